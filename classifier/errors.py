@@ -1,0 +1,53 @@
+"""The one exception hierarchy of tierwise.
+
+Every error a user can cause (bad data, bad config, bad policy, bad bundle, bad request) is a
+``TierwiseError``. The CLI prints its message and exits 2; the HTTP app maps it to a 4xx JSON
+answer (400 unless the subclass says otherwise). Messages name the file, row or field at fault
+and say how to fix it. Programming errors are left as ordinary Python exceptions.
+"""
+
+from __future__ import annotations
+
+
+class TierwiseError(Exception):
+    """Base class of every user-facing error. ``http_status`` is what the server answers."""
+
+    http_status: int = 400
+
+
+class ConfigError(TierwiseError, ValueError):
+    """A configuration value (dataclass field, YAML key, CLI flag) is missing or invalid."""
+
+
+class SchemaError(TierwiseError, ValueError):
+    """A label schema is malformed, or data does not match it."""
+
+
+class DataError(TierwiseError, ValueError):
+    """A data file cannot be read, or (in strict mode) holds a bad row."""
+
+
+class PolicyError(TierwiseError, ValueError):
+    """A routing policy file is malformed."""
+
+
+class BundleError(TierwiseError):
+    """A model bundle is missing, incomplete, tampered with or of an unknown format."""
+
+
+class ExportValidationError(TierwiseError):
+    """An exported ONNX model disagrees with the PyTorch model beyond tolerance."""
+
+
+class InputError(TierwiseError, ValueError):
+    """A request to the runtime or server is malformed (type, size, encoding)."""
+
+
+class PayloadTooLargeError(InputError):
+    """A request body or batch is over the configured limit."""
+
+    http_status = 413
+
+
+class AuditError(TierwiseError):
+    """An audit log is unreadable or its hash chain is broken."""

@@ -1,0 +1,58 @@
+import pytest
+
+from classifier.data.schema import Head, LabelSchema
+from classifier.errors import SchemaError
+
+
+def test_default_schema_roundtrips_through_yaml(tmp_path):
+    schema = LabelSchema.default()
+    schema.to_yaml(tmp_path / "s.yaml")
+    again = LabelSchema.from_yaml(tmp_path / "s.yaml")
+    assert again.head_names == ["tier", "task", "sensitivity"]
+    assert again.head("tier").classes == ("cheap", "frontier")
+    assert again.head("sensitivity").negative_class == "none"
+
+
+def test_shipped_schema_matches_default():
+    from pathlib import Path
+
+    shipped = LabelSchema.from_yaml(Path(__file__).parents[1] / "training" / "schema.yaml")
+    assert shipped.to_dict() == LabelSchema.default().to_dict()
+
+
+def test_custom_heads_are_allowed():
+    schema = LabelSchema.from_dict({"heads": [{"name": "lang", "classes": ["en", "de", "fr"]}]})
+    assert schema.head("lang").index("de") == 1
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({}, "'heads'"),
+        ({"heads": [{"name": "Tier", "classes": ["a", "b"]}]}, "head name"),
+        ({"heads": [{"name": "t", "classes": ["a"]}]}, "at least two"),
+        ({"heads": [{"name": "t", "classes": ["a", "a"]}]}, "duplicate classes"),
+        ({"heads": [{"name": "t", "classes": ["a", "b"], "colour": 1}]}, "unknown keys"),
+        ({"heads": [{"name": "t", "classes": ["a", "b"], "positive_class": "c"}]}, "positive_class"),
+        ({"heads": [{"name": "t", "classes": ["a", "b"]}, {"name": "t", "classes": ["a", "b"]}]}, "duplicate head"),
+    ],
+)
+def test_malformed_schemas_name_the_problem(data, fragment):
+    with pytest.raises(SchemaError, match=fragment):
+        LabelSchema.from_dict(data)
+
+
+def test_unknown_label_names_head():
+    with pytest.raises(SchemaError, match="head 'tier'"):
+        LabelSchema.default().head("tier").index("medium")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SchemaError, match="does not exist"):
+        LabelSchema.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_head_is_hashable_and_frozen():
+    h = Head(name="x", classes=["a", "b"])
+    with pytest.raises(Exception):
+        h.name = "y"  # type: ignore[misc]
