@@ -1,0 +1,808 @@
+"""The routing policy: turn calibrated head probabilities into one auditable routing decision.
+
+A *policy* is a small, owner-approved YAML document (``serving/policy.example.yaml`` shows every
+field with comments). ``Policy.from_yaml`` / ``Policy.from_dict`` validate it completely and raise
+``PolicyError`` naming the field path at fault (``tiers[1].price.input_per_million: must be a
+number >= 0``). ``PolicyEngine(policy, schema)`` checks the policy against the label schema (heads
+and classes it names must exist) and then decides:
+
+1. **tier threshold**: ``p(positive class of the tier head) >= thresholds.tier`` goes to
+   ``routing.strong_tier``, the rest to ``routing.cheap_tier``;
+2. **task overrides**: the predicted task may raise the tier to a minimum (``code`` -> frontier);
+3. **uncertainty**: a tier probability within ``uncertainty.tier_band`` of the threshold, or a head
+   whose top probability is under its floor, escalates (to the strong tier, or to the safe
+   decision) and is flagged ``uncertain``. An uncertain prediction never silently stays cheap;
+4. **sensitivity gates** (last, so they override everything above): a sensitivity class whose
+   probability reaches its threshold blocks the request or restricts it to allowed tiers / trust
+   levels (``pii`` -> self-hosted only).
+
+``PolicyEngine.safe_decision(reason, flags)`` is the explicit decision for input that cannot be
+classified (and for faults): it never raises. ``decide_batch`` is the vectorised form of
+``decide``; ``tier_indices`` returns only the routed tier per row (for evaluation and costing).
+
+What this module leaves out: computing probabilities (``runtime.py``), fitting thresholds
+(``classifier.evaluation.thresholds``) and logging decisions (``audit.py``). It imports numpy,
+pyyaml and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from classifier.errors import PolicyError
+
+TRUST_LEVELS = ("external", "internal", "self_hosted")
+SENSITIVITY_ACTIONS = ("block", "restrict", "allow")
+UNCERTAINTY_ACTIONS = ("escalate", "safe_decision")
+SAFE_ACTIONS = ("route", "block")
+
+# Flags a decision may carry (the runtime adds ``truncated`` and ``invalid_input`` itself).
+FLAG_UNCERTAIN = "uncertain"
+FLAG_FALLBACK = "fallback"
+FLAG_BLOCKED = "blocked"
+
+# rule names (stable identifiers that end up in audit logs and metrics)
+RULE_TIER = "tier_threshold"
+RULE_TASK = "task_override"
+RULE_UNCERTAIN = "uncertainty"
+RULE_SENSITIVITY = "sensitivity"
+RULE_SAFE = "safe_decision"
+
+# Probabilities of a head must sum to 1 within this tolerance to count as a distribution.
+_SUM_TOL = 1e-3
+
+
+# ------------------------------------------------------------------------------------------
+# Validation helpers: each names the full field path in its error.
+# ------------------------------------------------------------------------------------------
+def _fail(path: str, message: str) -> PolicyError:
+    return PolicyError(f"{path}: {message}")
+
+
+def _mapping(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(path, f"must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_keys(data: Mapping[str, Any], path: str, required: Iterable[str], optional: Iterable[str]) -> None:
+    required = list(required)
+    allowed = set(required) | set(optional)
+    for key in required:
+        if key not in data:
+            raise _fail(f"{path}.{key}" if path else key, "is required")
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    if unknown:
+        where = path or "policy"
+        raise _fail(where, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _string(value: Any, path: str) -> str:
+    # YAML reads versions like 1.2 and dates as numbers/dates: accept scalars, store as text.
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        raise _fail(path, "must be a non-empty string")
+    text = str(value).strip()
+    if not text:
+        raise _fail(path, "must be a non-empty string")
+    return text
+
+
+def _number(value: Any, path: str, *, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, hi_open: bool = False) -> float:
+    bounds = []
+    if lo is not None:
+        bounds.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        bounds.append(f"{'<' if hi_open else '<='} {hi:g}")
+    want = "must be a number" + (" " + " and ".join(bounds) if bounds else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, f"{want}, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise _fail(path, f"{want}, got {value!r}")
+    if lo is not None and (x <= lo if lo_open else x < lo):
+        raise _fail(path, f"{want}, got {value!r}")
+    if hi is not None and (x >= hi if hi_open else x > hi):
+        raise _fail(path, f"{want}, got {value!r}")
+    return x
+
+
+def _choice(value: Any, path: str, options: Sequence[str]) -> str:
+    if value not in options:
+        raise _fail(path, f"must be one of {list(options)}, got {value!r}")
+    return str(value)
+
+
+def _string_list(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(path, "must be a non-empty list of names")
+    return tuple(_string(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+# ------------------------------------------------------------------------------------------
+# Policy data
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Approval:
+    approved_by: str
+    approved_at: str
+    ticket: str
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One destination. ``input_per_million`` / ``output_per_million`` are USD per M tokens."""
+
+    name: str
+    model: str
+    input_per_million: float
+    output_per_million: float
+    trust: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SensitivityRule:
+    """What happens when a sensitivity class is detected.
+
+    ``block``: refuse the request. ``restrict``: route only to ``allowed_tiers`` or tiers whose
+    trust level is in ``allowed_trust`` (union of both). ``allow``: no constraint.
+    """
+
+    action: str
+    allowed_tiers: tuple[str, ...] = ()
+    allowed_trust: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskOverride:
+    """Raise the tier to at least ``min_tier`` when the task head predicts this class
+    (argmax, and its probability >= ``min_probability``)."""
+
+    min_tier: str
+    min_probability: float = 0.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated routing policy. Build it with ``from_dict`` / ``from_yaml``."""
+
+    owner: str
+    version: str
+    approval: Approval
+    tiers: tuple[Tier, ...]
+    # routing: which heads and tiers the rules act on
+    tier_head: str
+    cheap_tier: str
+    strong_tier: str
+    task_head: str | None
+    sensitivity_head: str | None
+    sensitivity_rules: dict[str, SensitivityRule]
+    task_overrides: dict[str, TaskOverride]
+    tier_threshold: float
+    sensitivity_thresholds: dict[str, float]
+    threshold_provenance: dict[str, Any]
+    tier_band: float
+    min_confidence: dict[str, float]
+    min_confidence_actions: dict[str, str]
+    uncertainty_action: str
+    safe_action: str
+    safe_tier: str | None
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    # -- lookups -----------------------------------------------------------------------------
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+    def tier(self, name: str) -> Tier:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise PolicyError(f"no tier named {name!r}; the policy has {self.tier_names}")
+
+    def tier_index(self, name: str) -> int:
+        return self.tier_names.index(name)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Policy:
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"policy file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            return cls.from_dict(data)
+        except PolicyError as exc:
+            raise PolicyError(f"{path}: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Policy:  # noqa: C901 - one linear walk over the schema
+        top = _mapping(data, "policy")
+        _check_keys(
+            top, "",
+            required=("owner", "version", "approval", "tiers", "thresholds"),
+            optional=("description", "routing", "sensitivity", "task_overrides", "uncertainty",
+                      "safe_decision"),
+        )
+        owner = _string(top["owner"], "owner")
+        version = _string(top["version"], "version")
+        description = str(top.get("description") or "")
+
+        ap = _mapping(top["approval"], "approval")
+        _check_keys(ap, "approval", required=("approved_by", "approved_at", "ticket"), optional=())
+        approval = Approval(
+            approved_by=_string(ap["approved_by"], "approval.approved_by"),
+            approved_at=_string(ap["approved_at"], "approval.approved_at"),
+            ticket=_string(ap["ticket"], "approval.ticket"),
+        )
+
+        # tiers ------------------------------------------------------------------------------
+        raw_tiers = top["tiers"]
+        if not isinstance(raw_tiers, list) or len(raw_tiers) < 2:
+            raise _fail("tiers", "must be a list of at least two tiers, ordered cheap -> strong")
+        tiers: list[Tier] = []
+        for i, rt in enumerate(raw_tiers):
+            p = f"tiers[{i}]"
+            rt = _mapping(rt, p)
+            name_for_path = rt.get("name") if isinstance(rt.get("name"), str) else None
+            if name_for_path:
+                p = f"tiers.{name_for_path}"
+            _check_keys(rt, p, required=("name", "model", "price", "trust"), optional=("description",))
+            name = _string(rt["name"], f"{p}.name")
+            if name in {t.name for t in tiers}:
+                raise _fail(f"{p}.name", f"duplicate tier name {name!r}")
+            price = _mapping(rt["price"], f"{p}.price")
+            _check_keys(price, f"{p}.price", required=("input_per_million", "output_per_million"),
+                        optional=("currency",))
+            tiers.append(Tier(
+                name=name,
+                model=_string(rt["model"], f"{p}.model"),
+                input_per_million=_number(price["input_per_million"], f"{p}.price.input_per_million", lo=0),
+                output_per_million=_number(price["output_per_million"], f"{p}.price.output_per_million", lo=0),
+                trust=_choice(rt["trust"], f"{p}.trust", TRUST_LEVELS),
+                description=str(rt.get("description") or ""),
+            ))
+        names = [t.name for t in tiers]
+
+        def tier_ref(value: Any, path: str) -> str:
+            name = _string(value, path)
+            if name not in names:
+                raise _fail(path, f"unknown tier {name!r}; the policy's tiers are {names}")
+            return name
+
+        # routing ----------------------------------------------------------------------------
+        routing = _mapping(top.get("routing") or {}, "routing")
+        _check_keys(routing, "routing", required=(),
+                    optional=("tier_head", "cheap_tier", "strong_tier", "task_head", "sensitivity_head"))
+        tier_head = _string(routing.get("tier_head", "tier"), "routing.tier_head")
+        cheap_tier = tier_ref(routing.get("cheap_tier", names[0]), "routing.cheap_tier")
+        default_strong = "frontier" if "frontier" in names else names[1]
+        strong_tier = tier_ref(routing.get("strong_tier", default_strong), "routing.strong_tier")
+        if names.index(strong_tier) <= names.index(cheap_tier):
+            raise _fail("routing.strong_tier",
+                        f"{strong_tier!r} must come after cheap_tier {cheap_tier!r} in 'tiers' "
+                        "(tiers are ordered cheap -> strong)")
+        task_head = routing.get("task_head", "task")
+        task_head = None if task_head is None else _string(task_head, "routing.task_head")
+        sens_head = routing.get("sensitivity_head", "sensitivity")
+        sens_head = None if sens_head is None else _string(sens_head, "routing.sensitivity_head")
+
+        # sensitivity ------------------------------------------------------------------------
+        sens = _mapping(top.get("sensitivity") or {}, "sensitivity")
+        sens_rules: dict[str, SensitivityRule] = {}
+        for cls_name, raw_rule in sens.items():
+            p = f"sensitivity.{cls_name}"
+            rule = _mapping(raw_rule, p)
+            _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust"))
+            action = _choice(rule["action"], f"{p}.action", SENSITIVITY_ACTIONS)
+            allowed_tiers: tuple[str, ...] = ()
+            allowed_trust: tuple[str, ...] = ()
+            if "allowed_tiers" in rule:
+                allowed_tiers = tuple(tier_ref(v, f"{p}.allowed_tiers[{j}]")
+                                      for j, v in enumerate(_string_list(rule["allowed_tiers"], f"{p}.allowed_tiers")))
+            if "allowed_trust" in rule:
+                allowed_trust = tuple(_choice(v, f"{p}.allowed_trust[{j}]", TRUST_LEVELS)
+                                      for j, v in enumerate(_string_list(rule["allowed_trust"], f"{p}.allowed_trust")))
+            if action == "restrict":
+                if not allowed_tiers and not allowed_trust:
+                    raise _fail(p, "action 'restrict' needs 'allowed_tiers' and/or 'allowed_trust'")
+                if not any(t.name in allowed_tiers or t.trust in allowed_trust for t in tiers):
+                    raise _fail(p, "no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
+            elif allowed_tiers or allowed_trust:
+                raise _fail(p, f"allowed_tiers/allowed_trust only apply to action 'restrict', not {action!r}")
+            sens_rules[str(cls_name)] = SensitivityRule(action, allowed_tiers, allowed_trust)
+
+        # task overrides ---------------------------------------------------------------------
+        task_ov = _mapping(top.get("task_overrides") or {}, "task_overrides")
+        overrides: dict[str, TaskOverride] = {}
+        for task_name, raw_ov in task_ov.items():
+            p = f"task_overrides.{task_name}"
+            ov = _mapping(raw_ov, p)
+            _check_keys(ov, p, required=("min_tier",), optional=("min_probability",))
+            overrides[str(task_name)] = TaskOverride(
+                min_tier=tier_ref(ov["min_tier"], f"{p}.min_tier"),
+                min_probability=_number(ov.get("min_probability", 0.0), f"{p}.min_probability", lo=0, hi=1),
+            )
+
+        # thresholds -------------------------------------------------------------------------
+        th = _mapping(top["thresholds"], "thresholds")
+        _check_keys(th, "thresholds", required=("tier",), optional=("sensitivity", "provenance"))
+        tier_threshold = _number(th["tier"], "thresholds.tier", lo=0, hi=1)
+        sens_th_raw = _mapping(th.get("sensitivity") or {}, "thresholds.sensitivity")
+        sens_thresholds = {
+            str(k): _number(v, f"thresholds.sensitivity.{k}", lo=0, hi=1, lo_open=True)
+            for k, v in sens_th_raw.items()
+        }
+        for cls_name, rule in sens_rules.items():
+            if rule.action != "allow" and cls_name not in sens_thresholds:
+                raise _fail(f"thresholds.sensitivity.{cls_name}",
+                            f"is required: sensitivity class {cls_name!r} has a {rule.action!r} rule")
+        provenance = _mapping(th.get("provenance") or {}, "thresholds.provenance")
+
+        # uncertainty ------------------------------------------------------------------------
+        unc = _mapping(top.get("uncertainty") or {}, "uncertainty")
+        _check_keys(unc, "uncertainty", required=(), optional=("tier_band", "min_confidence", "action"))
+        tier_band = _number(unc.get("tier_band", 0.0), "uncertainty.tier_band", lo=0, hi=0.5)
+        unc_action = _choice(unc.get("action", "escalate"), "uncertainty.action", UNCERTAINTY_ACTIONS)
+        min_conf: dict[str, float] = {}
+        min_conf_actions: dict[str, str] = {}
+        for head, raw_floor in _mapping(unc.get("min_confidence") or {}, "uncertainty.min_confidence").items():
+            p = f"uncertainty.min_confidence.{head}"
+            if isinstance(raw_floor, Mapping):
+                floor_map = dict(raw_floor)
+                _check_keys(floor_map, p, required=("floor",), optional=("action",))
+                min_conf[str(head)] = _number(floor_map["floor"], f"{p}.floor", lo=0, hi=1)
+                if "action" in floor_map:
+                    min_conf_actions[str(head)] = _choice(floor_map["action"], f"{p}.action", UNCERTAINTY_ACTIONS)
+            else:
+                min_conf[str(head)] = _number(raw_floor, p, lo=0, hi=1)
+
+        # safe decision ----------------------------------------------------------------------
+        safe = _mapping(top.get("safe_decision") or {"action": "route", "tier": strong_tier}, "safe_decision")
+        _check_keys(safe, "safe_decision", required=("action",), optional=("tier",))
+        safe_action = _choice(safe["action"], "safe_decision.action", SAFE_ACTIONS)
+        safe_tier: str | None = None
+        if safe_action == "route":
+            if "tier" not in safe:
+                raise _fail("safe_decision.tier", "is required when action is 'route'")
+            safe_tier = tier_ref(safe["tier"], "safe_decision.tier")
+        elif "tier" in safe:
+            raise _fail("safe_decision.tier", "must be omitted when action is 'block'")
+
+        return cls(
+            owner=owner, version=version, approval=approval, tiers=tuple(tiers),
+            tier_head=tier_head, cheap_tier=cheap_tier, strong_tier=strong_tier,
+            task_head=task_head, sensitivity_head=sens_head,
+            sensitivity_rules=sens_rules, task_overrides=overrides,
+            tier_threshold=tier_threshold, sensitivity_thresholds=sens_thresholds,
+            threshold_provenance=provenance,
+            tier_band=tier_band, min_confidence=min_conf, min_confidence_actions=min_conf_actions,
+            uncertainty_action=unc_action, safe_action=safe_action, safe_tier=safe_tier,
+            description=description, raw=copy.deepcopy(dict(top)),
+        )
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as plain data (the validated input, with thresholds as currently set)."""
+        return copy.deepcopy(self.raw)
+
+    def to_yaml(self, path: str | Path | None = None, *, header: str = "") -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if header:
+            text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def with_thresholds(
+        self,
+        *,
+        tier: float | None = None,
+        sensitivity: Mapping[str, float] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        version: str | None = None,
+    ) -> Policy:
+        """A copy with new thresholds (and provenance merged in); re-validated."""
+        data = self.to_dict()
+        th = dict(data.get("thresholds") or {})
+        if tier is not None:
+            th["tier"] = float(tier)
+        if sensitivity:
+            merged = dict(th.get("sensitivity") or {})
+            merged.update({k: float(v) for k, v in sensitivity.items()})
+            th["sensitivity"] = merged
+        if provenance:
+            prov = dict(th.get("provenance") or {})
+            prov.update(copy.deepcopy(dict(provenance)))
+            th["provenance"] = prov
+        data["thresholds"] = th
+        if version is not None:
+            data["version"] = version
+        return Policy.from_dict(data)
+
+
+# ------------------------------------------------------------------------------------------
+# Decisions
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Decision:
+    """One routing decision. ``tier`` and ``model`` are None when ``blocked``."""
+
+    tier: str | None
+    model: str | None
+    rule: str
+    reason: str
+    probabilities: dict[str, dict[str, float]]
+    thresholds: dict[str, Any]
+    policy_version: str
+    flags: list[str] = field(default_factory=list)
+    blocked: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "model": self.model,
+            "blocked": self.blocked,
+            "rule": self.rule,
+            "reason": self.reason,
+            "probabilities": {h: dict(p) for h, p in self.probabilities.items()},
+            "thresholds": copy.deepcopy(self.thresholds),
+            "policy_version": self.policy_version,
+            "flags": list(self.flags),
+        }
+
+
+def _add_flag(flags: list[str], flag: str) -> None:
+    if flag not in flags:
+        flags.append(flag)
+
+
+class PolicyEngine:
+    """Applies a ``Policy`` to head probabilities. Validated against the label schema once."""
+
+    def __init__(self, policy: Policy, schema: Any) -> None:
+        self.policy = policy
+        self.schema = schema
+        self._check_against_schema()
+        p = policy
+        self._names = p.tier_names
+        self._cheap = self._names.index(p.cheap_tier)
+        self._strong = self._names.index(p.strong_tier)
+        tier_head = schema.head(p.tier_head)
+        positive = tier_head.positive_class or tier_head.classes[-1]
+        self._tier_pos = tier_head.classes.index(positive)
+        self._tier_positive = positive
+        # tier order indices each sensitivity rule may use (restrict) or None (block)
+        self._allowed: dict[str, list[int] | None] = {}
+        for cls_name, rule in p.sensitivity_rules.items():
+            if rule.action == "block":
+                self._allowed[cls_name] = None
+            elif rule.action == "restrict":
+                self._allowed[cls_name] = [
+                    i for i, t in enumerate(p.tiers)
+                    if t.name in rule.allowed_tiers or t.trust in rule.allowed_trust
+                ]
+        self._thresholds = self._threshold_summary()
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_against_schema(self) -> None:
+        p, s = self.policy, self.schema
+
+        def head(name: str, path: str) -> Any:
+            if name not in s:
+                raise PolicyError(f"{path}: head {name!r} is not in the label schema {s.head_names}")
+            return s.head(name)
+
+        tier_head = head(p.tier_head, "routing.tier_head")
+        if tier_head.num_classes != 2 and tier_head.positive_class is None:
+            raise PolicyError(
+                f"routing.tier_head: head {p.tier_head!r} has {tier_head.num_classes} classes and no "
+                "positive_class in the schema; the tier threshold needs one positive class"
+            )
+        if p.task_overrides:
+            if p.task_head is None:
+                raise PolicyError("task_overrides: needs routing.task_head")
+            task = head(p.task_head, "routing.task_head")
+            for name in p.task_overrides:
+                if name not in task.classes:
+                    raise PolicyError(f"task_overrides.{name}: not a class of head {task.name!r} {list(task.classes)}")
+        if p.sensitivity_rules or p.sensitivity_thresholds:
+            if p.sensitivity_head is None:
+                raise PolicyError("sensitivity: needs routing.sensitivity_head")
+            sens = head(p.sensitivity_head, "routing.sensitivity_head")
+            for name in p.sensitivity_rules:
+                if name not in sens.classes:
+                    raise PolicyError(f"sensitivity.{name}: not a class of head {sens.name!r} {list(sens.classes)}")
+                if name == sens.negative_class:
+                    raise PolicyError(f"sensitivity.{name}: is the head's benign (negative) class; "
+                                      "rules apply to sensitive classes only")
+            for name in p.sensitivity_thresholds:
+                if name not in sens.classes:
+                    raise PolicyError(f"thresholds.sensitivity.{name}: not a class of head {sens.name!r} {list(sens.classes)}")
+        for name in p.min_confidence:
+            head(name, f"uncertainty.min_confidence.{name}")
+
+    def _threshold_summary(self) -> dict[str, Any]:
+        p = self.policy
+        out: dict[str, Any] = {p.tier_head: {self._tier_positive: p.tier_threshold}}
+        if p.sensitivity_thresholds and p.sensitivity_head:
+            out[p.sensitivity_head] = dict(p.sensitivity_thresholds)
+        if p.tier_band:
+            out["tier_band"] = p.tier_band
+        if p.min_confidence:
+            out["min_confidence"] = dict(p.min_confidence)
+        return out
+
+    @property
+    def thresholds(self) -> dict[str, Any]:
+        return copy.deepcopy(self._thresholds)
+
+    # -- safe decision -----------------------------------------------------------------------
+    def safe_decision(self, reason: str, flags: Sequence[str] = (),
+                      probabilities: Mapping[str, Mapping[str, float]] | None = None) -> Decision:
+        """The explicit decision for input that cannot be classified, or for a fault."""
+        p = self.policy
+        out_flags = list(dict.fromkeys(flags))
+        _add_flag(out_flags, FLAG_FALLBACK)
+        if p.safe_action == "block":
+            _add_flag(out_flags, FLAG_BLOCKED)
+            tier = model = None
+            blocked = True
+            text = f"safe decision (block): {reason}"
+        else:
+            tier = p.safe_tier
+            model = p.tier(tier).model if tier else None
+            blocked = False
+            text = f"safe decision (route to {tier}): {reason}"
+        return Decision(
+            tier=tier, model=model, rule=RULE_SAFE, reason=text,
+            probabilities={h: dict(v) for h, v in (probabilities or {}).items()},
+            thresholds=self.thresholds, policy_version=p.version, flags=out_flags, blocked=blocked,
+        )
+
+    # -- probabilities in --------------------------------------------------------------------
+    def _validate_batch(self, probs: Mapping[str, Any]) -> tuple[
+            dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], list[str], int]:
+        """Arrays [n, C] per schema head, a per-row 'valid' mask, per-head-and-row validity and
+        per-row problems. Thread-safe: nothing is stored on the engine."""
+        if not isinstance(probs, Mapping):
+            raise TypeError("probs must be a mapping head -> array")
+        arrays: dict[str, np.ndarray] = {}
+        n = None
+        for h in self.schema.heads:
+            if h.name not in probs:
+                continue
+            a = np.asarray(probs[h.name], dtype=np.float64)
+            if a.ndim == 1:
+                a = a[None, :]
+            if a.ndim != 2 or a.shape[1] != h.num_classes:
+                raise ValueError(f"head {h.name!r}: expected probabilities of shape [n, {h.num_classes}], got {a.shape}")
+            if n is None:
+                n = a.shape[0]
+            elif a.shape[0] != n:
+                raise ValueError(f"head {h.name!r}: {a.shape[0]} rows, other heads have {n}")
+            arrays[h.name] = a
+        if n is None:
+            raise ValueError("no probabilities for any schema head")
+        valid = np.ones(n, dtype=bool)
+        head_ok: dict[str, np.ndarray] = {}
+        problem = [""] * n
+        needed = {self.policy.tier_head}
+        if self.policy.sensitivity_rules:
+            needed.add(self.policy.sensitivity_head)  # type: ignore[arg-type]
+        if self.policy.task_overrides:
+            needed.add(self.policy.task_head)  # type: ignore[arg-type]
+        needed |= set(self.policy.min_confidence)
+        missing = sorted(x for x in needed if x not in arrays)
+        if missing:
+            raise ValueError(f"probabilities missing for head(s) {missing} the policy needs")
+        for name, a in arrays.items():
+            finite = np.isfinite(a).all(axis=1)
+            ok = finite & (a >= -1e-9).all(axis=1) & (np.abs(a.sum(axis=1) - 1.0) <= _SUM_TOL)
+            for i in np.flatnonzero(valid & ~ok):
+                problem[i] = f"head {name!r} probabilities are not a distribution"
+            valid &= ok
+            head_ok[name] = ok
+        return arrays, valid, head_ok, problem, n
+
+    # -- decisions ---------------------------------------------------------------------------
+    def decide(self, probs: Mapping[str, Any], *, flags: Sequence[str] = ()) -> Decision:
+        """Decide for one prompt: ``probs`` maps head -> probabilities of shape (C,)."""
+        return self.decide_batch(probs, flags=[list(flags)])[0]
+
+    def decide_batch(self, probs: Mapping[str, Any], *,
+                     flags: Sequence[Sequence[str]] | None = None) -> list[Decision]:
+        """Decide for n prompts at once: ``probs`` maps head -> [n, C]; ``flags`` one list per row.
+
+        Never raises on bad probabilities: malformed input yields safe decisions.
+        """
+        try:
+            arrays, valid, head_ok, problem, n = self._validate_batch(probs)
+        except (TypeError, ValueError) as exc:
+            count = len(flags) if flags is not None else 1
+            return [self.safe_decision(f"cannot read probabilities: {exc}", list(flags[i]) if flags else [])
+                    for i in range(max(count, 1))]
+        row_flags = [list(dict.fromkeys(flags[i])) if flags is not None and i < len(flags) else [] for i in range(n)]
+        plan = self._plan(arrays)
+        out: list[Decision] = []
+        for i in range(n):
+            # a head whose row is not a distribution is left out (NaN is neither JSON nor evidence)
+            probs_i = {
+                name: {c: float(a[i, j]) for j, c in enumerate(self.schema.head(name).classes)}
+                for name, a in arrays.items() if head_ok[name][i]
+            }
+            if not valid[i]:
+                out.append(self.safe_decision(problem[i], row_flags[i] + [FLAG_FALLBACK], probs_i))
+                continue
+            out.append(self._build(i, plan, probs_i, row_flags[i]))
+        return out
+
+    def tier_indices(self, probs: Mapping[str, Any]) -> np.ndarray:
+        """Routed tier index per row (into ``policy.tiers``), -1 where blocked. Vectorised."""
+        arrays, valid, _, _, _ = self._validate_batch(probs)
+        plan = self._plan(arrays)
+        tiers = plan["final"].copy()
+        safe_idx = -1 if self.policy.safe_tier is None else self._names.index(self.policy.safe_tier)
+        tiers[~valid] = safe_idx
+        return tiers
+
+    def _plan(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:  # noqa: C901
+        """The whole rule cascade on arrays. Each step records where it changed the outcome."""
+        p = self.policy
+        n = next(iter(arrays.values())).shape[0]
+        p_pos = np.nan_to_num(arrays[p.tier_head][:, self._tier_pos], nan=1.0)
+        t = p.tier_threshold
+        above = p_pos >= t
+        base = np.where(above, self._strong, self._cheap).astype(np.int64)
+        tier = base.copy()
+
+        # task overrides: raise to a minimum tier
+        task_rule = np.full(n, "", dtype=object)
+        if p.task_overrides and p.task_head in arrays:
+            task_p = arrays[p.task_head]
+            classes = self.schema.head(p.task_head).classes
+            arg = np.argmax(task_p, axis=1)
+            top = task_p[np.arange(n), arg]
+            for cls_name, ov in p.task_overrides.items():
+                j = classes.index(cls_name)
+                min_idx = self._names.index(ov.min_tier)
+                hit = (arg == j) & (top >= ov.min_probability) & (tier < min_idx)
+                tier[hit] = min_idx
+                task_rule[hit] = cls_name
+
+        # uncertainty
+        unc_reason = np.full(n, "", dtype=object)
+        unc_safe = np.zeros(n, dtype=bool)
+        band = (np.abs(p_pos - t) < p.tier_band) if p.tier_band > 0 else np.zeros(n, dtype=bool)
+        for i in np.flatnonzero(band):
+            unc_reason[i] = f"p({self._tier_positive})={p_pos[i]:.3f} within {p.tier_band:g} of threshold {t:g}"
+        if p.uncertainty_action == "safe_decision":
+            unc_safe |= band
+        for head, floor in p.min_confidence.items():
+            if head not in arrays:
+                continue
+            top = arrays[head].max(axis=1)
+            low = top < floor
+            for i in np.flatnonzero(low):
+                msg = f"head {head!r} top probability {top[i]:.3f} below floor {floor:g}"
+                unc_reason[i] = f"{unc_reason[i]}; {msg}" if unc_reason[i] else msg
+            if p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision":
+                unc_safe |= low
+        uncertain = unc_reason != ""
+        before_unc = tier.copy()
+        esc = uncertain & ~unc_safe & (tier < self._strong)
+        tier[esc] = self._strong
+        safe_idx = -1 if p.safe_tier is None else self._names.index(p.safe_tier)
+        tier[unc_safe] = safe_idx if p.safe_action == "route" else -1
+        unc_changed = uncertain & (tier != before_unc)
+
+        # sensitivity gates (override everything above)
+        sens_detected: list[list[str]] = [[] for _ in range(n)]
+        sens_block = np.zeros(n, dtype=bool)
+        before_sens = tier.copy()
+        if p.sensitivity_rules and p.sensitivity_head in arrays:
+            sp = arrays[p.sensitivity_head]
+            classes = self.schema.head(p.sensitivity_head).classes
+            allowed_mask = np.ones((n, len(self._names)), dtype=bool)
+            for cls_name, rule in p.sensitivity_rules.items():
+                if rule.action == "allow":
+                    continue
+                hit = sp[:, classes.index(cls_name)] >= p.sensitivity_thresholds[cls_name]
+                for i in np.flatnonzero(hit):
+                    sens_detected[i].append(cls_name)
+                allowed = self._allowed[cls_name]
+                if allowed is None:
+                    sens_block |= hit
+                else:
+                    row_mask = np.zeros(len(self._names), dtype=bool)
+                    row_mask[allowed] = True
+                    allowed_mask[hit] &= row_mask
+            # several restrict rules whose allowed tiers do not overlap: nothing may serve -> block
+            sens_block |= ~allowed_mask.any(axis=1)
+            restricted = ~sens_block & ~allowed_mask.all(axis=1)
+            for i in np.flatnonzero(restricted):
+                ok = np.flatnonzero(allowed_mask[i])
+                cur = tier[i]
+                if cur < 0 or allowed_mask[i, cur]:
+                    continue  # already blocked (safe decision), or the tier is allowed
+                # the lowest allowed tier at least as strong as the one chosen, else the strongest
+                stronger = ok[ok >= cur]
+                tier[i] = int(stronger[0]) if stronger.size else int(ok[-1])
+            tier[sens_block] = -1
+        sens_changed = (tier != before_sens) | sens_block
+
+        return {
+            "p_pos": p_pos, "base": base, "task_rule": task_rule, "unc_reason": unc_reason,
+            "uncertain": uncertain, "unc_safe": unc_safe, "unc_changed": unc_changed,
+            "sens_detected": sens_detected, "sens_block": sens_block, "sens_changed": sens_changed,
+            "final": tier,
+        }
+
+    def _build(self, i: int, plan: dict[str, Any], probs_i: dict[str, dict[str, float]],
+               flags: list[str]) -> Decision:
+        p = self.policy
+        t = p.tier_threshold
+        p_pos = plan["p_pos"][i]
+        base = self._names[plan["base"][i]]
+        cmp = ">=" if p_pos >= t else "<"
+        reasons = [f"p({self._tier_positive})={p_pos:.3f} {cmp} threshold {t:g} -> {base}"]
+        rule = RULE_TIER
+        if plan["task_rule"][i]:
+            ov = p.task_overrides[plan["task_rule"][i]]
+            reasons.append(f"task {plan['task_rule'][i]!r} requires at least {ov.min_tier}")
+            rule = f"{RULE_TASK}:{plan['task_rule'][i]}"
+        if plan["uncertain"][i]:
+            _add_flag(flags, FLAG_UNCERTAIN)
+            if plan["unc_safe"][i]:
+                reasons.append(f"uncertain ({plan['unc_reason'][i]}) -> safe decision")
+                rule = f"{RULE_UNCERTAIN}:{RULE_SAFE}"
+            else:
+                reasons.append(f"uncertain ({plan['unc_reason'][i]}) -> escalate to at least {p.strong_tier}")
+                if plan["unc_changed"][i]:
+                    rule = f"{RULE_UNCERTAIN}:escalate"
+        detected = plan["sens_detected"][i]
+        if detected:
+            shown = ", ".join(
+                f"{c} p={probs_i[p.sensitivity_head][c]:.3f} >= {p.sensitivity_thresholds[c]:g}"  # type: ignore[index]
+                for c in detected
+            )
+            if plan["sens_block"][i]:
+                blocking = [c for c in detected if p.sensitivity_rules[c].action == "block"]
+                if blocking:
+                    reasons.append(f"sensitivity {shown}: blocked by rule for {', '.join(blocking)}")
+                    rule = f"{RULE_SENSITIVITY}:{blocking[0]}:block"
+                else:
+                    reasons.append(f"sensitivity {shown}: no tier satisfies every restriction -> blocked")
+                    rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:block"
+            elif plan["sens_changed"][i]:
+                reasons.append(f"sensitivity {shown}: restricted -> {self._names[plan['final'][i]]}")
+                rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:restrict"
+            else:
+                reasons.append(f"sensitivity {shown}: {self._names[plan['final'][i]]} already allowed")
+        final = int(plan["final"][i])
+        blocked = final < 0
+        if blocked:
+            _add_flag(flags, FLAG_BLOCKED)
+            tier_name = model = None
+        else:
+            tier_name = self._names[final]
+            model = p.tiers[final].model
+        reasons.append("final: blocked" if blocked else f"final: {tier_name} ({model})")
+        return Decision(
+            tier=tier_name, model=model, rule=rule, reason="; ".join(reasons),
+            probabilities=probs_i, thresholds=self.thresholds, policy_version=p.version,
+            flags=flags, blocked=blocked,
+        )
