@@ -80,3 +80,17 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_path) -> Path:
     out = tmp_path_factory.mktemp("model") / "tiny"
     model.save(out, tokenizer=tok, info={"max_length": 64})
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model exported to a verified fp32 bundle (``<dir>.tar.gz`` packed next to it),
+    with the example policy. Session-wide: copy it before changing any file."""
+    from classifier.training.export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_model(ExportConfig(
+        model_dir=tiny_model_dir, out_dir=out, policy=ROOT / "serving" / "policy.example.yaml",
+        dataset=None, log_to_mlflow=False,
+    ))
+    return out

@@ -1,0 +1,585 @@
+"""Bundles: the directory (or ``.tar.gz``) of files a router loads, and its hash manifest.
+
+A bundle holds ``model.onnx``, ``tokenizer.json``, ``schema.yaml``, ``policy.yaml``,
+``calibration.json`` and ``manifest.json`` (layout in docs/design.md). The manifest records the
+sha256 of every other file, so a router can refuse a bundle that was tampered with, is missing a
+file or was written in a format it does not know, before it serves a single request.
+
+This module writes bundles (``write_bundle`` by file role, ``write_bundle_files`` from a name ->
+content map) and their manifests, verifies them (``verify_bundle``, ``load_verified`` which also
+returns the verified bytes), changes single files (``update_bundle_file`` re-hashes the manifest),
+packs bundles into ``.tar.gz`` archives (``pack``) and unpacks them safely (``unpack``). It knows nothing about what the
+files mean (the runtime parses them) and imports the standard library only, so routers can use
+it without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import re
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from classifier.errors import BundleError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "tierwise-bundle"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+SCHEMA_FILE = "schema.yaml"
+POLICY_FILE = "policy.yaml"
+CALIBRATION_FILE = "calibration.json"
+# Files a router cannot work without. calibration.json may be absent (temperatures 1.0).
+REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE, SCHEMA_FILE, POLICY_FILE)
+KINDS = ("teacher", "student")
+QUANTIZATIONS = (None, "int8")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+# A bundle file name: one path component, no hidden files, nothing a shell or tar would misread.
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the runtime accepts: tokens per prompt, characters read per prompt, prompts per batch."""
+
+    max_length: int = 128
+    max_chars: int = 4096
+    max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "max_chars", "max_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BundleError(f"input_limits.{name} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> InputLimits:
+        if not isinstance(data, Mapping):
+            raise BundleError(f"manifest.json: input_limits must be a mapping, got {data!r}")
+        unknown = set(data) - {"max_length", "max_chars", "max_batch"}
+        if unknown:
+            raise BundleError(f"manifest.json: input_limits has unknown keys {sorted(unknown)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json``. ``extra`` keeps every other key (e.g. the parity report)."""
+
+    kind: str
+    files: dict[str, str]
+    input_limits: InputLimits
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    training_run_id: str | None = None
+    mlflow_model_version: str | None = None
+    library_versions: dict[str, str] = field(default_factory=dict)
+    quantization: str | None = None
+    created_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KNOWN = ("format", "format_version", "kind", "files", "training_run_id", "mlflow_model_version",
+              "library_versions", "input_limits", "quantization", "created_at")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": self.format,
+            "format_version": self.format_version,
+            "kind": self.kind,
+            "files": dict(sorted(self.files.items())),
+            "training_run_id": self.training_run_id,
+            "mlflow_model_version": self.mlflow_model_version,
+            "library_versions": dict(self.library_versions),
+            "input_limits": self.input_limits.to_dict(),
+            "quantization": self.quantization,
+            "created_at": self.created_at,
+        }
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
+        """Parse and check a manifest; ``BundleError`` names the field at fault."""
+        if not isinstance(data, Mapping):
+            raise BundleError(f"{source}: must be a JSON object")
+        fmt = data.get("format")
+        if fmt != FORMAT:
+            raise BundleError(f"{source}: unknown bundle format {fmt!r}; expected {FORMAT!r}")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{source}: unsupported format_version {version!r}; this tierwise reads version "
+                f"{FORMAT_VERSION}. Re-export the bundle with this version of tierwise"
+            )
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise BundleError(f"{source}: kind must be one of {list(KINDS)}, got {kind!r}")
+        files = data.get("files")
+        if not isinstance(files, Mapping) or not files:
+            raise BundleError(f"{source}: 'files' must map every bundle file to its sha256")
+        for name, digest in files.items():
+            _check_name(name, source)
+            if name == MANIFEST_FILE:
+                raise BundleError(f"{source}: the manifest cannot list itself under 'files'")
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise BundleError(f"{source}: files.{name} must be a sha256 hex digest, got {digest!r}")
+        quant = data.get("quantization")
+        if quant not in QUANTIZATIONS:
+            raise BundleError(f"{source}: quantization must be one of {list(QUANTIZATIONS)}, got {quant!r}")
+        if "input_limits" not in data:
+            raise BundleError(f"{source}: 'input_limits' is missing")
+        limits = InputLimits.from_dict(data["input_limits"])
+        lib = data.get("library_versions") or {}
+        if not isinstance(lib, Mapping):
+            raise BundleError(f"{source}: library_versions must be a mapping")
+        return cls(
+            kind=str(kind),
+            files={str(k): str(v) for k, v in files.items()},
+            input_limits=limits,
+            training_run_id=_opt_str(data.get("training_run_id")),
+            mlflow_model_version=_opt_str(data.get("mlflow_model_version")),
+            library_versions={str(k): str(v) for k, v in lib.items()},
+            quantization=quant,
+            created_at=str(data.get("created_at") or ""),
+            extra={k: v for k, v in data.items() if k not in cls._KNOWN},
+        )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _check_name(name: Any, source: str) -> None:
+    if not isinstance(name, str) or not _FILE_NAME.match(name):
+        raise BundleError(
+            f"{source}: {name!r} is not a valid bundle file name (one path component of letters, "
+            "digits, '.', '_' or '-')"
+        )
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # write-then-rename: a reader never sees half a file, a crash never leaves one
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bundle_files(directory: Path) -> list[str]:
+    """Names of the files in a bundle directory (the manifest excluded); refuses subfolders."""
+    names = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name == MANIFEST_FILE:
+            continue
+        if not entry.is_file() or entry.is_symlink():
+            raise BundleError(f"{directory}: {entry.name!r} is not a plain file; a bundle holds plain files only")
+        _check_name(entry.name, str(directory))
+        names.append(entry.name)
+    return names
+
+
+# -- writing ------------------------------------------------------------------------------------
+def write_manifest(directory: str | Path, **meta: Any) -> Manifest:
+    """Hash every file in ``directory`` and write ``manifest.json``.
+
+    ``meta`` holds the manifest fields (``kind``, ``input_limits``, ``training_run_id``, ...);
+    keys that are not manifest fields are kept as extra entries (e.g. ``parity``). Required files
+    must be present.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {directory} does not exist")
+    names = _bundle_files(directory)
+    missing = [n for n in REQUIRED_FILES if n not in names]
+    if missing:
+        raise BundleError(f"{directory}: cannot write a manifest, required file(s) missing: {missing}")
+    meta = dict(meta)
+    limits = meta.pop("input_limits", None)
+    if isinstance(limits, Mapping):
+        limits = InputLimits.from_dict(limits)
+    elif limits is None:
+        limits = InputLimits()
+    elif not isinstance(limits, InputLimits):
+        raise BundleError(f"input_limits must be a mapping or InputLimits, got {limits!r}")
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": meta.pop("kind", "teacher"),
+        "files": {n: sha256_file(directory / n) for n in names},
+        "training_run_id": meta.pop("training_run_id", None),
+        "mlflow_model_version": meta.pop("mlflow_model_version", None),
+        "library_versions": meta.pop("library_versions", {}) or {},
+        "input_limits": limits.to_dict(),
+        "quantization": meta.pop("quantization", None),
+        "created_at": meta.pop("created_at", None) or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+    }
+    manifest = Manifest.from_dict(data, source=str(directory / MANIFEST_FILE))
+    _atomic_write(directory / MANIFEST_FILE, _dump(manifest))
+    return manifest
+
+
+def _json_default(value: Any) -> Any:
+    # extras come from callers' reports: numpy scalars/arrays and paths are written as plain JSON
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (Path, PurePosixPath)):
+        return str(value)
+    raise TypeError(f"manifest value of type {type(value).__name__} is not JSON serialisable")
+
+
+def _dump(manifest: Manifest) -> bytes:
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False, default=_json_default)
+    return (text + "\n").encode("utf-8")
+
+
+def write_bundle_files(directory: str | Path, files: Mapping[str, bytes | str | Path], **meta: Any) -> Manifest:
+    """Create a bundle directory from ``files`` (name -> bytes, text or a source path) + manifest.
+
+    The directory must be new, empty, or an old bundle (which is replaced as a whole).
+    """
+    directory = Path(directory)
+    if directory.exists():
+        if not directory.is_dir():
+            raise BundleError(f"{directory} exists and is not a directory")
+        leftovers = [p.name for p in directory.iterdir()]
+        if leftovers and MANIFEST_FILE not in leftovers:
+            raise BundleError(
+                f"{directory} is not empty and is not a bundle ({sorted(leftovers)[:5]}); "
+                "choose an empty or new output directory"
+            )
+        for p in directory.iterdir():  # an old bundle: replace it whole, never mix files
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+            else:
+                raise BundleError(f"{directory}: cannot replace old bundle, {p.name!r} is a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        _check_name(name, str(directory))
+        if name == MANIFEST_FILE:
+            raise BundleError("write_bundle: the manifest is written from meta, not passed as a file")
+        if isinstance(content, Path):
+            data = content.read_bytes()
+        elif isinstance(content, str):
+            data = content.encode("utf-8")
+        else:
+            data = bytes(content)
+        _atomic_write(directory / name, data)
+    return write_manifest(directory, **meta)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that produce or read bundles (those installed)."""
+    out = {"python": platform.python_version()}
+    for dist in ("tierwise", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def identity_calibration(head_names: list[str]) -> str:
+    """``calibration.json`` text with every temperature 1.0 (until ``tierwise calibrate`` refits)."""
+    doc = {"temperatures": {h: 1.0 for h in head_names}, "fitted_on": None, "metrics": {},
+           "note": "identity temperatures written at export; run tierwise calibrate"}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def write_bundle(
+    directory: str | Path,
+    files: Mapping[str, bytes | str | Path] | None = None,
+    *,
+    onnx_bytes: bytes | None = None,
+    tokenizer_path: str | Path | None = None,
+    schema: Any = None,
+    policy_path: str | Path | None = None,
+    calibration: str | bytes | None = None,
+    kind: str = "teacher",
+    max_length: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+    **meta: Any,
+) -> Path:
+    """Write a complete bundle and return its directory.
+
+    Give the files either in ``files`` (name -> bytes/text/path) or by role: ``onnx_bytes``,
+    ``tokenizer_path``, ``schema`` (a ``LabelSchema`` or YAML text), ``policy_path`` (default: the
+    repository's ``serving/policy.example.yaml``) and ``calibration`` (default: temperatures 1.0).
+    ``max_length`` sets ``input_limits`` (unless ``input_limits`` is in ``meta``); ``extra`` and
+    ``meta`` become manifest entries (``training_run_id``, ``quantization``, ``parity``, ...).
+    """
+    out: dict[str, bytes | str | Path] = dict(files or {})
+    if onnx_bytes is not None:
+        out[MODEL_FILE] = bytes(onnx_bytes)
+    if tokenizer_path is not None:
+        out[TOKENIZER_FILE] = Path(tokenizer_path)
+    head_names: list[str] | None = None
+    if schema is not None:
+        if hasattr(schema, "to_yaml"):
+            head_names = list(schema.head_names)
+            with tempfile.TemporaryDirectory() as tmp:
+                schema.to_yaml(Path(tmp) / SCHEMA_FILE)
+                out[SCHEMA_FILE] = (Path(tmp) / SCHEMA_FILE).read_bytes()
+        else:
+            out[SCHEMA_FILE] = schema
+    if policy_path is not None:
+        out[POLICY_FILE] = Path(policy_path)
+    elif POLICY_FILE not in out:
+        default = Path(__file__).resolve().parents[2] / "serving" / "policy.example.yaml"
+        if not default.is_file():
+            raise BundleError("write_bundle: no policy given and serving/policy.example.yaml was not found")
+        out[POLICY_FILE] = default
+    if calibration is not None:
+        out[CALIBRATION_FILE] = calibration
+    elif CALIBRATION_FILE not in out and head_names is not None:
+        out[CALIBRATION_FILE] = identity_calibration(head_names)
+    missing = [n for n in REQUIRED_FILES if n not in out]
+    if missing:
+        raise BundleError(f"write_bundle: required file(s) {missing} not given")
+    for name, content in out.items():
+        if isinstance(content, Path) and not content.is_file():
+            raise BundleError(f"write_bundle: source of {name} ({content}) does not exist")
+    meta = {**meta, **dict(extra or {})}
+    if max_length is not None and "input_limits" not in meta:
+        meta["input_limits"] = InputLimits(max_length=int(max_length), max_chars=32 * int(max_length))
+    meta.setdefault("library_versions", library_versions())
+    write_bundle_files(directory, out, kind=kind, **meta)
+    return Path(directory)
+
+
+def update_bundle_file(directory: str | Path, name: str, data: bytes | str) -> Manifest:
+    """Replace (or add) one file of a verified bundle and re-hash the manifest.
+
+    The bundle is verified first: re-hashing a tampered bundle would launder the tampering.
+    """
+    directory = Path(directory)
+    _check_name(name, str(directory))
+    if name == MANIFEST_FILE:
+        raise BundleError("update_bundle_file: the manifest is rewritten by this function, not passed in")
+    manifest = verify_bundle(directory)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    _atomic_write(directory / name, payload)
+    files = dict(manifest.files)
+    files[name] = sha256_bytes(payload)
+    updated = Manifest(**{**_fields(manifest), "files": files})
+    _atomic_write(directory / MANIFEST_FILE, _dump(updated))
+    return updated
+
+
+def _fields(manifest: Manifest) -> dict[str, Any]:
+    return {k: getattr(manifest, k) for k in (*Manifest._KNOWN, "extra")}
+
+
+def update_manifest(directory: str | Path, **changes: Any) -> Manifest:
+    """Change manifest metadata (not file hashes) of a verified bundle, e.g. a calibration note."""
+    directory = Path(directory)
+    manifest = verify_bundle(directory)
+    data = manifest.to_dict()
+    if "files" in changes or "format" in changes or "format_version" in changes:
+        raise BundleError("update_manifest cannot change files or format; use update_bundle_file")
+    data.update(changes)
+    updated = Manifest.from_dict(data, source=str(directory / MANIFEST_FILE))
+    _atomic_write(directory / MANIFEST_FILE, _dump(updated))
+    return updated
+
+
+# -- reading and verifying ------------------------------------------------------------------------
+def read_manifest(directory: str | Path) -> Manifest:
+    """Parse ``manifest.json`` without checking file hashes."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{Path(directory)} is not a tierwise bundle: {MANIFEST_FILE} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); the manifest is damaged, re-export the bundle") from None
+    return Manifest.from_dict(data, source=str(path))
+
+
+def load_verified(directory: str | Path, names: tuple[str, ...] | None = None) -> tuple[Manifest, dict[str, bytes]]:
+    """Verify a bundle directory and return its manifest and the bytes of ``names``.
+
+    Every listed file is hashed; the bytes returned are the bytes that were hashed (no second
+    read a tamperer could race). ``names`` defaults to every file in the manifest.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"bundle {directory} does not exist or is not a directory")
+    manifest = read_manifest(directory)
+    missing_req = [n for n in REQUIRED_FILES if n not in manifest.files]
+    if missing_req:
+        raise BundleError(f"{directory}: incomplete bundle, the manifest lists no {missing_req}")
+    wanted = set(manifest.files if names is None else names)
+    present = set(_bundle_files(directory))
+    contents: dict[str, bytes] = {}
+    for name, digest in sorted(manifest.files.items()):
+        path = directory / name
+        if name not in present:
+            raise BundleError(f"{directory}: incomplete bundle, file {name!r} listed in the manifest is missing")
+        if name in wanted:
+            data = path.read_bytes()
+            actual = sha256_bytes(data)
+            contents[name] = data
+        else:
+            actual = sha256_file(path)
+        if actual != digest:
+            raise BundleError(
+                f"{directory}: file {name!r} does not match its manifest hash (expected {digest[:12]}..., "
+                f"got {actual[:12]}...): the bundle was modified after export. Re-export it, or change "
+                "files only through update_bundle_file"
+            )
+    unlisted = sorted(present - set(manifest.files))
+    if unlisted:
+        raise BundleError(
+            f"{directory}: file(s) {unlisted} are not in the manifest; a bundle may hold only the "
+            "files its manifest lists (add files with update_bundle_file)"
+        )
+    return manifest, contents
+
+
+def verify_bundle(directory: str | Path) -> Manifest:
+    """Check format, completeness and every hash of a bundle directory; return its manifest."""
+    manifest, _ = load_verified(directory, names=())
+    return manifest
+
+
+# -- archives -----------------------------------------------------------------------------------
+def is_archive(path: str | Path) -> bool:
+    return str(path).endswith(ARCHIVE_SUFFIXES)
+
+
+def pack(directory: str | Path, out: str | Path | None = None) -> Path:
+    """Verify a bundle and write it as ``<dir>.tar.gz`` (one top folder named like the bundle)."""
+    directory = Path(directory)
+    manifest = verify_bundle(directory)
+    out = Path(out) if out is not None else directory.with_name(directory.name + ".tar.gz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    # fixed mtime/owner: the same bundle packs to the same archive contents
+    mtime = 0
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name in [MANIFEST_FILE, *sorted(manifest.files)]:
+            data = (directory / name).read_bytes()
+            info = tarfile.TarInfo(f"{directory.name}/{name}")
+            info.size = len(data)
+            info.mtime = mtime
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    _atomic_write(out, buf.getvalue())
+    return out
+
+
+def unpack(archive: str | Path, dest: str | Path, *, verify: bool = True) -> Path:
+    """Extract a bundle archive into ``dest`` safely and return the bundle directory.
+
+    Refuses absolute paths, ``..``, links, devices and anything outside one top folder, then
+    verifies the extracted bundle (``verify=False`` for callers that verify it themselves).
+    """
+    archive = Path(archive)
+    dest = Path(dest)
+    if not archive.is_file():
+        raise BundleError(f"bundle archive {archive} does not exist")
+    try:
+        tar = tarfile.open(archive, mode="r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{archive}: not a readable tar archive ({exc})") from None
+    with tar:
+        members = tar.getmembers()
+        tops: set[str] = set()
+        for m in members:
+            p = PurePosixPath(m.name)
+            if m.name.startswith(("/", "\\")) or p.is_absolute() or ".." in p.parts or "\\" in m.name:
+                raise BundleError(f"{archive}: unsafe member path {m.name!r} (absolute or '..'); refusing to extract")
+            if not (m.isfile() or m.isdir()):
+                raise BundleError(f"{archive}: member {m.name!r} is a link or special file; refusing to extract")
+            parts = [x for x in p.parts if x not in ("", ".")]
+            if not parts:
+                continue
+            if m.isfile() and len(parts) != 2:
+                raise BundleError(
+                    f"{archive}: member {m.name!r} is not '<bundle>/<file>'; a bundle archive holds one folder of files"
+                )
+            tops.add(parts[0])
+        if len(tops) != 1:
+            raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops)}")
+        dest.mkdir(parents=True, exist_ok=True)
+        if hasattr(tarfile, "data_filter"):
+            # the standard library's own guard (Python >= 3.10.12/3.11.4) on top of the checks above
+            tar.extractall(dest, filter="data")
+        else:  # pragma: no cover - older Pythons: the member checks above are the guard
+            tar.extractall(dest)
+    bundle_dir = dest / tops.pop()
+    if verify:
+        verify_bundle(bundle_dir)
+    return bundle_dir
+
+
+class OpenedBundle:
+    """A bundle directory ready to read: the directory itself, or a safe temporary extraction of
+    an archive (removed by :meth:`close`). Nothing is verified here: read the files through
+    :func:`load_verified`."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if path.is_file() and is_archive(path):
+            self._tmp = tempfile.TemporaryDirectory(prefix="tierwise-bundle-")
+            try:
+                # the caller (Router.load) verifies every file as it reads it
+                self.directory = unpack(path, self._tmp.name, verify=False)
+            except BaseException:
+                self._tmp.cleanup()
+                raise
+        elif path.is_dir():
+            self.directory = path
+        elif not path.exists():
+            raise BundleError(f"bundle {path} does not exist (give a bundle directory or its .tar.gz)")
+        else:
+            raise BundleError(f"bundle {path} is neither a directory nor a .tar.gz archive")
+        self.source = path
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> OpenedBundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

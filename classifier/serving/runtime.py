@@ -1,0 +1,374 @@
+"""The torch-free runtime: load a verified bundle and turn prompts into routing decisions.
+
+``Router.load(path)`` verifies the bundle manifest (a directory or its ``.tar.gz``), builds one
+ONNX Runtime session and one fast tokenizer from the verified bytes, reads the calibration
+temperatures and the routing policy, and warms the session up. Then::
+
+    router.logits(texts)         # raw logits per head, [n, C]
+    router.predict_proba(texts)  # temperature-scaled softmax per head
+    router.route("text")         # -> Decision; router.route([...]) -> list[Decision]
+
+``route`` never raises on a prompt it cannot classify (not a string, empty, not encodable, or a
+fault inside inference): that prompt gets the policy's explicit safe decision, flagged
+``invalid_input`` or ``fallback``. Prompts longer than the bundle's input limits are cut and
+flagged ``truncated``. Batches are answered like single prompts (padding is masked out).
+
+What this module leaves out: the policy rules (``policy.py``), audit logging (``audit.py``) and
+HTTP (``app.py``). It imports numpy, onnxruntime, tokenizers, pyyaml and the standard library only,
+never torch or transformers, so a router process stays small and starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+from tokenizers import Tokenizer
+
+from classifier.data.schema import LabelSchema
+from classifier.errors import BundleError, ConfigError, InputError, PolicyError, SchemaError
+from classifier.serving import bundle as bundle_io
+from classifier.serving.policy import Decision, Policy, PolicyEngine
+
+logger = logging.getLogger(__name__)
+
+FLAG_TRUNCATED = "truncated"
+FLAG_INVALID_INPUT = "invalid_input"
+FLAG_FALLBACK = "fallback"
+INPUT_NAMES = ("input_ids", "attention_mask")
+
+
+def output_name(head: str) -> str:
+    """The ONNX output holding a head's logits."""
+    return f"logits_{head}"
+
+
+def check_text(text: Any) -> str | None:
+    """Why ``text`` cannot be classified, or None when it can."""
+    if not isinstance(text, str):
+        return f"expected a string, got {type(text).__name__}"
+    if not text.strip():
+        return "the prompt is empty"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"the prompt is not valid Unicode text ({exc.reason} at position {exc.start})"
+    return None
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature if temperature != 1.0 else logits
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+class Router:
+    """A loaded bundle: tokenizer + ONNX session + temperatures + policy engine.
+
+    Thread-safe for concurrent ``logits``/``predict_proba``/``route`` calls (ONNX Runtime sessions
+    and tokenizers may be shared between threads). Build it with :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        *,
+        bundle_dir: Path,
+        manifest: bundle_io.Manifest,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        schema: LabelSchema,
+        temperatures: Mapping[str, float],
+        policy: Policy,
+        source: Path | None = None,
+        opened: bundle_io.OpenedBundle | None = None,
+    ) -> None:
+        self.bundle_dir = bundle_dir
+        self.source = source or bundle_dir
+        self.manifest = manifest
+        self.input_limits = manifest.input_limits
+        self.schema = schema
+        self.head_names = schema.head_names
+        self.temperatures = {h: float(temperatures.get(h, 1.0)) for h in self.head_names}
+        self.policy = policy
+        self.engine = PolicyEngine(policy, schema)
+        self._session = session
+        self._tokenizer = tokenizer
+        self._opened = opened
+        self._outputs = [output_name(h) for h in self.head_names]
+        self._max_chars = self.input_limits.max_chars
+        self._max_batch = self.input_limits.max_batch
+        # sha256 of manifest.json: names this exact bundle (model, tokenizer, policy, calibration)
+        self.bundle_hash = bundle_io.sha256_file(bundle_dir / bundle_io.MANIFEST_FILE)
+        self.model_version = manifest.mlflow_model_version or manifest.training_run_id
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        threads: int = 1,
+        policy: Policy | str | Path | Mapping[str, Any] | None = None,
+    ) -> Router:
+        """Verify and load a bundle directory or ``.tar.gz``.
+
+        ``threads`` is ONNX Runtime's intra-op thread count (1 suits a server that answers many
+        small requests in parallel). ``policy`` replaces the bundle's own ``policy.yaml``.
+        """
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+        opened = bundle_io.OpenedBundle(path)
+        try:
+            return cls._load_dir(opened, threads, policy)
+        except BaseException:
+            opened.close()
+            raise
+
+    @classmethod
+    def _load_dir(cls, opened: bundle_io.OpenedBundle, threads: int, policy: Any) -> Router:
+        directory = opened.directory
+        manifest, files = bundle_io.load_verified(directory)
+        schema = _parse_schema(files[bundle_io.SCHEMA_FILE], directory)
+        temperatures = _parse_calibration(files.get(bundle_io.CALIBRATION_FILE), schema, directory)
+        resolved = _resolve_policy(policy, files[bundle_io.POLICY_FILE], directory)
+        tokenizer = _build_tokenizer(files[bundle_io.TOKENIZER_FILE], manifest.input_limits, directory)
+        session = _build_session(files[bundle_io.MODEL_FILE], threads, schema, directory)
+        router = cls(
+            bundle_dir=directory, manifest=manifest, session=session, tokenizer=tokenizer,
+            schema=schema, temperatures=temperatures, policy=resolved, source=opened.source, opened=opened,
+        )
+        router._warm_up()
+        return router
+
+    def _warm_up(self) -> None:
+        # the first run allocates buffers and picks kernels: pay for it at load, not on request 1
+        self.logits(["warm up"])
+
+    def close(self) -> None:
+        """Remove the temporary extraction of an archive bundle (no-op for a directory)."""
+        if self._opened is not None:
+            self._opened.close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- numbers -------------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids and attention mask ([n, seq] int64, padded to the longest) and a per-row
+        ``truncated`` mask. ``texts`` must be valid strings (see :func:`check_text`)."""
+        limit = self._max_chars
+        cut = np.fromiter((len(t) > limit for t in texts), dtype=bool, count=len(texts))
+        if cut.any():
+            texts = [t[:limit] if c else t for t, c in zip(texts, cut, strict=True)]
+        if len(texts) == 1:
+            encs = [self._tokenizer.encode(texts[0])]
+        else:
+            encs = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        truncated = cut | np.fromiter((bool(e.overflowing) for e in encs), dtype=bool, count=len(encs))
+        return ids, mask, truncated
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self._outputs, {"input_ids": ids, "attention_mask": mask})
+
+    def _logits_with_flags(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        n = len(texts)
+        if n <= self._max_batch:
+            ids, mask, truncated = self.encode(texts)
+            outs = self._run(ids, mask)
+            return dict(zip(self.head_names, outs, strict=True)), truncated
+        # large inputs: sort by length so each chunk pads little, then restore the order
+        order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=n), kind="stable")
+        result = {h: np.empty((n, self.schema.head(h).num_classes), dtype=np.float32) for h in self.head_names}
+        truncated = np.zeros(n, dtype=bool)
+        for start in range(0, n, self._max_batch):
+            idx = order[start:start + self._max_batch]
+            ids, mask, trunc = self.encode([texts[i] for i in idx])
+            for h, out in zip(self.head_names, self._run(ids, mask), strict=True):
+                result[h][idx] = out
+            truncated[idx] = trunc
+        return result, truncated
+
+    def _checked(self, texts: str | Sequence[str]) -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, Sequence):
+            raise InputError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+        for i, t in enumerate(texts):
+            problem = check_text(t)
+            if problem is not None:
+                raise InputError(f"texts[{i}]: {problem}")
+        return list(texts)
+
+    def logits(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
+        """Raw (uncalibrated) logits per head, float32 [n, C]. ``InputError`` names a bad item."""
+        texts = self._checked(texts)
+        if not texts:
+            return {h: np.zeros((0, self.schema.head(h).num_classes), np.float32) for h in self.head_names}
+        return self._logits_with_flags(texts)[0]
+
+    def proba_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Temperature-scaled softmax of logits (float64 copies, the input is left alone)."""
+        return {h: _softmax(np.asarray(logits[h], dtype=np.float64), self.temperatures[h]) for h in self.head_names}
+
+    def predict_proba(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
+        """Calibrated probabilities per head, [n, C], rows sum to 1."""
+        return self.proba_from_logits(self.logits(texts))
+
+    # -- decisions -----------------------------------------------------------------------------
+    def route(self, texts: Any) -> Decision | list[Decision]:
+        """One decision per prompt; a single string gives one Decision, a list a list.
+
+        Never raises for bad prompts or inference faults: those get the safe decision, flagged.
+        """
+        if isinstance(texts, (list, tuple)):
+            return self._route_many(texts)
+        return self._route_many([texts])[0]
+
+    def _route_many(self, texts: Sequence[Any]) -> list[Decision]:
+        n = len(texts)
+        out: list[Decision | None] = [None] * n
+        good: list[int] = []
+        for i, t in enumerate(texts):
+            problem = check_text(t)
+            if problem is None:
+                good.append(i)
+            else:
+                where = f"prompt {i}: " if n > 1 else ""
+                out[i] = self.engine.safe_decision(f"{where}cannot classify: {problem}", [FLAG_INVALID_INPUT])
+        if good:
+            for i, d in zip(good, self._decide([texts[i] for i in good]), strict=True):
+                out[i] = d
+        return out  # type: ignore[return-value]
+
+    def _decide(self, texts: list[str]) -> list[Decision]:
+        try:
+            logits, truncated = self._logits_with_flags(texts)
+            probs = self.proba_from_logits(logits)
+        except Exception as exc:  # noqa: BLE001 - a router must answer: any inference fault -> safe decision
+            logger.exception("inference failed for %d prompt(s); answering with the safe decision", len(texts))
+            reason = f"inference failed ({type(exc).__name__})"
+            return [self.engine.safe_decision(reason, [FLAG_FALLBACK]) for _ in texts]
+        flags = [[FLAG_TRUNCATED] if t else [] for t in truncated]
+        return self.engine.decide_batch(probs, flags=flags)
+
+    def safe_decision(self, reason: str, flags: Sequence[str] = ()) -> Decision:
+        """The policy's explicit escalate decision (for callers that fail before ``route``)."""
+        return self.engine.safe_decision(reason, list(flags))
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded: for logs, health endpoints and audit records."""
+        m = self.manifest
+        return {
+            "bundle": str(self.source),
+            "kind": m.kind,
+            "format_version": m.format_version,
+            "quantization": m.quantization,
+            "training_run_id": m.training_run_id,
+            "mlflow_model_version": m.mlflow_model_version,
+            "model_sha256": m.files.get(bundle_io.MODEL_FILE),
+            "bundle_hash": self.bundle_hash,
+            "policy_version": self.policy.version,
+            "heads": list(self.head_names),
+            "input_limits": m.input_limits.to_dict(),
+            "temperatures": dict(self.temperatures),
+        }
+
+
+# -- parsing the bundle files ---------------------------------------------------------------------
+def _parse_schema(data: bytes, directory: Path) -> LabelSchema:
+    try:
+        return LabelSchema.from_dict(yaml.safe_load(data), source=str(directory / bundle_io.SCHEMA_FILE))
+    except (yaml.YAMLError, SchemaError) as exc:
+        raise BundleError(f"{directory / bundle_io.SCHEMA_FILE}: invalid schema: {exc}") from None
+
+
+def _parse_calibration(data: bytes | None, schema: LabelSchema, directory: Path) -> dict[str, float]:
+    if data is None:
+        return {h: 1.0 for h in schema.head_names}
+    where = directory / bundle_io.CALIBRATION_FILE
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc})") from None
+    temps = doc.get("temperatures", {}) if isinstance(doc, dict) else None
+    if not isinstance(temps, dict):
+        raise BundleError(f"{where}: 'temperatures' must map head names to positive numbers")
+    out = {h: 1.0 for h in schema.head_names}
+    for head, value in temps.items():
+        if head not in schema:
+            raise BundleError(f"{where}: temperatures.{head}: not a head of the schema {schema.head_names}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise BundleError(f"{where}: temperatures.{head} must be a finite number > 0, got {value!r}")
+        out[head] = float(value)
+    return out
+
+
+def _resolve_policy(policy: Any, bundled: bytes, directory: Path) -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, (str, Path)):
+        return Policy.from_yaml(policy)
+    if isinstance(policy, Mapping):
+        return Policy.from_dict(dict(policy))
+    if policy is not None:
+        raise ConfigError(f"policy must be a Policy, a YAML path or a mapping, got {type(policy).__name__}")
+    where = directory / bundle_io.POLICY_FILE
+    try:
+        return Policy.from_dict(yaml.safe_load(bundled))
+    except yaml.YAMLError as exc:
+        raise BundleError(f"{where}: not valid YAML: {exc}") from None
+    except PolicyError as exc:
+        raise BundleError(f"{where}: invalid policy: {exc}") from None
+
+
+def _build_tokenizer(data: bytes, limits: bundle_io.InputLimits, directory: Path) -> Tokenizer:
+    try:
+        tok = Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise BundleError(f"{directory / bundle_io.TOKENIZER_FILE}: not a valid tokenizers file ({exc})") from None
+    tok.enable_truncation(max_length=limits.max_length)
+    pad_id = tok.token_to_id("[PAD]")
+    # pad to the longest prompt of the batch only: a single prompt is never padded
+    tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+    return tok
+
+
+def _build_session(model: bytes, threads: int, schema: LabelSchema, directory: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind error types
+        raise BundleError(f"{directory / bundle_io.MODEL_FILE}: ONNX Runtime cannot load the model ({exc})") from None
+    inputs = {i.name: i.type for i in session.get_inputs()}
+    for name in INPUT_NAMES:
+        if inputs.get(name) != "tensor(int64)":
+            raise BundleError(
+                f"{directory / bundle_io.MODEL_FILE}: expected int64 input {name!r}, the model has {inputs}"
+            )
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [output_name(h) for h in schema.head_names if output_name(h) not in outputs]
+    if missing:
+        raise BundleError(
+            f"{directory / bundle_io.MODEL_FILE}: outputs {missing} for the schema's heads are missing "
+            f"(the model has {sorted(outputs)}); the model and schema.yaml do not belong together"
+        )
+    return session
