@@ -1,0 +1,194 @@
+"""Per-model token prices (``training/prices.yaml``) and the cost of routing each row to a tier.
+
+What is here: ``Prices`` (loaded and validated from YAML or a dict), ``Prices.check_models`` (every
+model a data set names must have a price) and ``row_costs``: for each row, the USD cost of sending
+it to its ``cheap_model`` and to its ``frontier_model``,
+``(input_tokens * input_per_million + output_tokens * output_per_million) / 1e6``.
+
+What is left out: how costs are aggregated into curves and savings (``classifier.evaluation.costs``),
+currency conversion, cached-token or batch discounts, and per-request minimums. A row without a
+model or without token counts (e.g. a sensitivity-only row) gets a NaN cost; callers drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from classifier.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+TIERS = ("cheap", "frontier")
+_MODEL_KEYS = {"input_per_million", "output_per_million", "tier", "members", "description"}
+
+__all__ = ["ModelPrice", "Prices", "row_costs"]
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """USD per million input / output tokens of one model (or pool), and the tier it serves."""
+
+    name: str
+    input_per_million: float
+    output_per_million: float
+    tier: str
+    members: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("input_per_million", "output_per_million"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"model {self.name!r}: {key} must be a non-negative number, got {value!r}")
+            object.__setattr__(self, key, float(value))
+        if self.tier not in TIERS:
+            raise ConfigError(f"model {self.name!r}: tier must be one of {list(TIERS)}, got {self.tier!r}")
+        object.__setattr__(self, "members", tuple(str(m) for m in self.members))
+
+    def cost(self, input_tokens: float | np.ndarray, output_tokens: float | np.ndarray) -> Any:
+        """USD for the given token counts (scalars or arrays)."""
+        return (np.asarray(input_tokens, dtype=np.float64) * self.input_per_million
+                + np.asarray(output_tokens, dtype=np.float64) * self.output_per_million) / 1e6
+
+
+@dataclass(frozen=True)
+class Prices:
+    """The price table: model name -> ``ModelPrice``. ``source`` names the file in error messages."""
+
+    models: Mapping[str, ModelPrice]
+    currency: str = "USD"
+    source: str = "<dict>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError(f"{self.source}: 'models' must list at least one priced model")
+        object.__setattr__(self, "models", dict(self.models))
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<dict>") -> Prices:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a price file must be a mapping with a 'models' mapping")
+        raw = data.get("models")
+        if not isinstance(raw, dict) or not raw:
+            raise ConfigError(
+                f"{source}: 'models' must map model names to "
+                "{input_per_million, output_per_million, tier}"
+            )
+        models: dict[str, ModelPrice] = {}
+        for name, entry in raw.items():
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{source}: models[{name!r}] must be a mapping")
+            unknown = set(entry) - _MODEL_KEYS
+            if unknown:
+                raise ConfigError(
+                    f"{source}: models[{name!r}] has unknown keys {sorted(unknown)}; "
+                    f"allowed: {sorted(_MODEL_KEYS)}"
+                )
+            missing = {"input_per_million", "output_per_million", "tier"} - set(entry)
+            if missing:
+                raise ConfigError(f"{source}: models[{name!r}] is missing {sorted(missing)}")
+            members = entry.get("members") or ()
+            if not isinstance(members, (list, tuple)):
+                raise ConfigError(f"{source}: models[{name!r}].members must be a list of model names")
+            try:
+                models[str(name)] = ModelPrice(
+                    name=str(name),
+                    input_per_million=entry["input_per_million"],
+                    output_per_million=entry["output_per_million"],
+                    tier=entry["tier"],
+                    members=tuple(members),
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+        currency = data.get("currency", "USD")
+        if not isinstance(currency, str) or not currency:
+            raise ConfigError(f"{source}: 'currency' must be a non-empty string, got {currency!r}")
+        extra = {k: v for k, v in data.items() if k not in {"models", "currency"}}
+        return cls(models=models, currency=currency, source=source, extra=extra)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Prices:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"price file {path} does not exist; pass --prices with a valid file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    # -- lookup ----------------------------------------------------------------------------------
+    def __contains__(self, name: object) -> bool:
+        return name in self.models
+
+    def get(self, name: str) -> ModelPrice:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ConfigError(
+                f"model {name!r} has no price in {self.source}; add it under 'models' "
+                f"(known: {sorted(self.models)})"
+            ) from None
+
+    def check_models(self, names: Iterable[str], *, column: str = "model") -> None:
+        """Raise ``ConfigError`` naming every model in ``names`` that the price file lacks."""
+        unknown = sorted({str(n) for n in names if n is not None and str(n) not in self.models})
+        if unknown:
+            raise ConfigError(
+                f"the data names {column} {unknown} with no price in {self.source}; add them under "
+                f"'models' (known: {sorted(self.models)}) or pass --prices with a file that has them"
+            )
+
+
+def _tokens(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        raise DataError(f"the data has no {column!r} column; costs need input_tokens and output_tokens")
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(values < 0)
+    if bad.size:
+        row = frame.index[bad[0]]
+        row_id = frame.loc[row, "id"] if "id" in frame.columns else row
+        raise DataError(f"column {column!r} has {bad.size} negative token counts (first at row {row_id!r})")
+    return values
+
+
+def row_costs(frame: pd.DataFrame, prices: Prices) -> tuple[np.ndarray, np.ndarray]:
+    """``(cost_cheap, cost_frontier)``: USD per row for sending it to its cheap / frontier model.
+
+    Raises ``ConfigError`` if a row names a model that ``prices`` lacks. Rows with a null model or
+    null token counts get NaN. A model priced under the other tier than the column that names it
+    is logged as a warning (it is costed as priced, not refused).
+    """
+    in_tok = _tokens(frame, "input_tokens")
+    out_tok = _tokens(frame, "output_tokens")
+    result = []
+    for tier in TIERS:
+        column = f"{tier}_model"
+        cost = np.full(len(frame), np.nan)
+        if column not in frame.columns:
+            result.append(cost)
+            continue
+        models = frame[column]
+        present = models.notna().to_numpy()
+        prices.check_models(models[present].unique(), column=column)
+        for name in models[present].unique():
+            price = prices.get(str(name))
+            if price.tier != tier:
+                logger.warning(
+                    "%s: model %r is priced as tier %r but the data uses it as %s",
+                    prices.source, name, price.tier, column,
+                )
+            rows = (models == name).to_numpy()
+            cost[rows] = price.cost(in_tok[rows], out_tok[rows])
+        result.append(cost)
+    return result[0], result[1]
