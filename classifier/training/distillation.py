@@ -47,6 +47,7 @@ class DistillConfig:
     dropout: float = 0.1
     max_length: int = 128
     max_train_rows: int | None = None
+    max_eval_rows: int | None = None
     patience: int = 3
     seed: int = 13
     teacher_batch_size: int = 64
@@ -165,6 +166,9 @@ class StudentDistiller:
             train = train.sample(n=cfg.max_train_rows, random_state=cfg.seed).reset_index(drop=True)
         splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in cfg.eval_splits}
         splits = {s: f for s, f in splits.items() if len(f)}
+        if cfg.max_eval_rows:
+            splits = {s: (f.sample(n=cfg.max_eval_rows, random_state=cfg.seed).reset_index(drop=True)
+                          if len(f) > cfg.max_eval_rows else f) for s, f in splits.items()}
         if "validation" not in splits:
             raise DataError("the data set has no 'validation' split to early-stop the student on")
 
@@ -218,7 +222,7 @@ class StudentDistiller:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss)
+                total += float(loss.detach())
                 n_batches += 1
                 bar.set_postfix(loss=f"{total / n_batches:.4f}")
             val_logits = _batched_logits(student, split_seqs["validation"], pad_id, 512, "student (validation)")
@@ -325,7 +329,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=defaults.data, help="data build directory or dataset.parquet")
     parser.add_argument("--out", default=defaults.out, help="student bundle directory to write")
     parser.add_argument("--policy", default=defaults.policy, help="policy YAML to ship in the bundle")
-    for name in ("dim", "hidden", "epochs", "batch_size", "max_length", "max_train_rows", "patience", "seed"):
+    for name in ("dim", "hidden", "epochs", "batch_size", "max_length", "max_train_rows", "max_eval_rows",
+                 "patience", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(defaults, name))
     for name in ("lr", "embedding_lr", "kd_weight", "kd_temperature", "dropout"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=getattr(defaults, name))
