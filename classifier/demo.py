@@ -53,21 +53,32 @@ def step(title: str, cmd: list[str], *, capture: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m classifier.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--skip-build", action="store_true", help="reuse data/build if it exists")
-    parser.add_argument("--name", default="quick", help="model/bundle name prefix (default: quick)")
+    parser.add_argument("--full", action="store_true",
+                        help="the full preset (README numbers): all training rows, int8 bundle too, full student")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")
     (ROOT / "mlruns").mkdir(exist_ok=True)
-    name = args.name
-    model, teacher, student = f"models/{name}", f"bundles/{name}-teacher", f"bundles/{name}-student"
+    if args.full:
+        name, preset, model, teacher, student = "full", "default", "models/teacher", "bundles/teacher", "bundles/student"
+        distill_extra: list[str] = []
+    else:
+        name, preset = "quick", "quick"
+        model, teacher, student = "models/quick", "bundles/quick-teacher", "bundles/quick-student"
+        distill_extra = ["--max-train-rows", "4000", "--epochs", "6", "--max-length", "64", "--max-eval-rows", "600"]
     t0 = time.perf_counter()
 
     if not (args.skip_build and (ROOT / "data/build/dataset.parquet").is_file()):
         step("1. build the default data set", _tierwise("data", "build", "--no-progress"))
     step("2. baselines", _tierwise("baseline"))
-    step("3. train the quick preset (MLflow-tracked)", _tierwise("train", "--preset", "quick", "--output-dir", model, "--progress", "false"))
+    if not (args.full and (ROOT / model / "model.safetensors").is_file()):
+        step(f"3. train the {preset} preset (MLflow-tracked)",
+             _tierwise("train", "--preset", preset, "--output-dir", model, "--progress", "false"))
     step("4. export the ONNX bundle (parity-checked)", _tierwise("export", "--model", model, "--out", teacher))
+    if args.full:
+        step("4b. export the int8 bundle", _tierwise("export", "--model", model, "--out", teacher + "-int8", "--int8"))
+        step("4c. calibrate the int8 bundle", _tierwise("calibrate", "--bundle", teacher + "-int8", "--alpha", "0.05", "--delta", "0.1", "--out", "evaluation/calibration-full-teacher-int8"))
     step("5. calibrate: temperatures + thresholds for a 5% misroute budget", _tierwise("calibrate", "--bundle", teacher, "--alpha", "0.05", "--delta", "0.1", "--out", f"evaluation/calibration-{name}-teacher"))
-    step("6. distil the fast student", _tierwise("distill", "--teacher", model, "--out", student, "--max-train-rows", "4000", "--epochs", "6", "--max-length", "64", "--max-eval-rows", "600"))
+    step("6. distil the fast student", _tierwise("distill", "--teacher", model, "--out", student, *distill_extra))
     step("7. calibrate the student", _tierwise("calibrate", "--bundle", student, "--alpha", "0.05", "--delta", "0.1", "--out", f"evaluation/calibration-{name}-student"))
 
     sys.stdout.write("\n=== 8. route example prompts with the student bundle\n")
