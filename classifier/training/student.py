@@ -18,7 +18,12 @@ from classifier.errors import ConfigError
 
 
 class StaticStudent(nn.Module):
-    """Bag of distilled token vectors -> masked mean -> LayerNorm-free MLP -> linear heads."""
+    """Bag of distilled token vectors -> [masked mean, masked max] -> MLP -> linear heads.
+
+    Mean pooling carries the gist of the prompt (tier, task); max pooling lets one telling token
+    (a name, a key prefix, an ``@``) fire a detector without being averaged away in a long prompt,
+    which the sensitivity head needs.
+    """
 
     def __init__(self, embeddings: np.ndarray, schema: LabelSchema, hidden: int = 256, dropout: float = 0.1) -> None:
         super().__init__()
@@ -31,20 +36,23 @@ class StaticStudent(nn.Module):
         self.embedding = nn.Embedding.from_pretrained(torch.as_tensor(embeddings, dtype=torch.float32), freeze=False)
         dim = embeddings.shape[1]
         self.hidden = hidden
-        self.trunk = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout)) if hidden else nn.Identity()
-        out_dim = hidden or dim
+        self.trunk = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Dropout(dropout)) if hidden else nn.Identity()
+        out_dim = hidden or 2 * dim
         self.heads = nn.ModuleDict({h.name: nn.Linear(out_dim, h.num_classes) for h in schema.heads})
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.unsqueeze(-1).to(torch.float32)
-        summed = (self.embedding(input_ids) * mask).sum(dim=1)
-        return summed / mask.sum(dim=1).clamp(min=1.0)
+        tok = self.embedding(input_ids)
+        mean = (tok * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        # padding pushed far down so it never wins the max; an all-padding row yields -1e4 (finite)
+        peak = (tok + (mask - 1.0) * 1e4).max(dim=1).values
+        return torch.cat([mean, peak], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = self.trunk(self.pooled(input_ids, attention_mask))
         return tuple(self.heads[n](z) for n in self.head_names)
 
-    def to_onnx(self, opset: int = 17):
+    def to_onnx(self, opset: int = 18):
         """Build the ONNX graph by hand: exact, tiny, and free of exporter quirks.
 
         GELU is written with Erf so any opset >= 13 runs it; GELU here matches torch's exact GELU.
@@ -64,12 +72,18 @@ class StaticStudent(nn.Module):
             helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),
             helper.make_node("ReduceSum", ["maskf", "axis1"], ["count"], keepdims=1),
             helper.make_node("Max", ["count", "one"], ["countc"]),
-            helper.make_node("Div", ["summed", "countc"], ["pooled"]),
+            helper.make_node("Div", ["summed", "countc"], ["mean"]),
+            helper.make_node("Sub", ["mask3", "one"], ["maskm1"]),
+            helper.make_node("Mul", ["maskm1", "big"], ["penalty"]),
+            helper.make_node("Add", ["tok", "penalty"], ["tokpen"]),
+            helper.make_node("ReduceMax", ["tokpen", "axis1"], ["peak"], keepdims=0),
+            helper.make_node("Concat", ["mean", "peak"], ["pooled"], axis=1),
         ]
         inits += [
             numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
             numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+            numpy_helper.from_array(np.array([1e4], dtype=np.float32), "big"),
         ]
         feat = "pooled"
         if self.hidden:
