@@ -36,5 +36,29 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check classifier tests
 
+# Fuzzing, about FUZZ_SECONDS per tool: the hypothesis properties of the runtime and policy
+# (sharing the budget), schemathesis against a live server, then atheris on the runtime entry
+# points (crash reproducers and the corpus go to FUZZ_OUT; FUZZ_BUNDLE, default a tiny bundle
+# built for the run). `make test` runs short versions.
+FUZZ_SECONDS ?= 60
+FUZZ_OUT ?= /tmp/tierwise-fuzz
+FUZZ_BUNDLE ?=
+fuzz: $(STAMP)
+	TIERWISE_FUZZ_SECONDS=$$(( $(FUZZ_SECONDS) / 4 )) TIERWISE_FUZZ_EXAMPLES=500 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py -k "not api"
+	TIERWISE_FUZZ_SECONDS=$(FUZZ_SECONDS) TIERWISE_FUZZ_EXAMPLES=500 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py -k api
+	mkdir -p $(FUZZ_OUT)/corpus
+	$(BIN)/python fuzz/fuzz_runtime.py $(if $(FUZZ_BUNDLE),--bundle=$(FUZZ_BUNDLE)) $(FUZZ_OUT)/corpus -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-rss_limit_mb=4096 -artifact_prefix=$(FUZZ_OUT)/ -print_final_stats=1
+
+# Load and soak: `tierwise serve` on 127.0.0.1 under a bounded load (LOAD_SECONDS, default 180),
+# errors must be 0, RSS sampled; writes evaluation/load.json. LOAD_BUNDLE defaults to
+# bundles/student, else bundles/quick-student, else a tiny bundle built for the run.
+LOAD_SECONDS ?= 180
+LOAD_BUNDLE ?=
+load: $(STAMP)
+	LOAD_SECONDS=$(LOAD_SECONDS) $(BIN)/python -m classifier.loadtest $(LOAD_BUNDLE)
+
 clean:
 	rm -rf data/build mlruns bundles models

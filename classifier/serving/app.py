@@ -9,9 +9,35 @@ Endpoints:
 - ``GET /openapi.json``: the API schema.
 
 Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx status (``TierwiseError.http_status``;
-400 for a malformed body, 413 for a body or batch over its limit, 503 while no bundle is
-loaded). A well-formed request whose prompt cannot be classified (empty, undecodable, or an
-inference fault) is answered 200 with the policy's safe decision, flagged, never a 500.
+400 for a malformed body, 408 for a body not received in time, 413 for a body or batch over its
+limit, 503 while no bundle is loaded). A well-formed request whose prompt cannot be classified
+(empty, undecodable, or an inference fault) is answered 200 with the policy's safe decision,
+flagged, never a 500. What each kind of bad request gets:
+
+- not JSON, not UTF-8 at all, nested too deep, numbers too long to parse: 400;
+- JSON type errors (``text`` a number, list or null; ``texts`` not a list of strings; both or
+  neither of ``text``/``texts``; unknown fields; a ``request_id`` that is not 1-128 visible
+  ASCII characters): 400 naming the field;
+- a body over ``max_body_bytes`` or more prompts than ``max_batch``: 413;
+- a body that does not arrive within ``body_timeout_s`` (a slow client): 408 and the connection
+  is closed, so a slow-loris client holds nothing for longer than that; ``tierwise serve`` also
+  closes a connection whose request line and headers take longer than ``--header-timeout-s``,
+  idle keep-alive connections after ``--keep-alive-s``, and parses HTTP with h11, which answers
+  400 to a request head still incomplete after 16 KiB (httptools, uvicorn's default when
+  installed, buffers headers without bound: one connection streaming 48 MB of headers grew the
+  process by 48 MB);
+- a JSON body whose strings hold invalid UTF-8 bytes: the bad bytes become lone surrogates
+  (``surrogateescape``), so each such prompt gets the safe decision flagged ``invalid_input``
+  while the rest of a batch is classified;
+- empty, whitespace-only, control-only or lone-surrogate prompts: 200, safe decision,
+  ``invalid_input``; prompts with control characters or over the length limits: 200, classified,
+  flagged ``control_chars`` / ``truncated`` (see ``runtime.py`` for the truncation policy);
+- an inference fault or a decision past ``deadline_ms``: 200, safe decision, ``fallback``.
+
+A bundle that is missing at startup leaves the server up but unready (``/readyz`` 503 naming the
+reason) while it checks every ``bundle_retry_s`` seconds whether the bundle has appeared; a
+bundle that is there but fails verification is never served (``tierwise serve`` refuses to start
+with it, exit 2; one that appears later and fails keeps ``/readyz`` at 503 with the reason).
 
 What this module leaves out: TLS, authentication and rate limiting (put the service behind a
 proxy that does them) and multi-process workers (run several processes behind a balancer).
@@ -21,8 +47,11 @@ Imports fastapi, uvicorn, prometheus_client and the torch-free runtime only.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import re
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -39,6 +68,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from classifier import __version__
 from classifier.errors import (
     AuditError,
+    BundleError,
     ConfigError,
     InputError,
     PayloadTooLargeError,
@@ -57,13 +87,30 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ROUTE_PATH = "/v1/route"
 ENDPOINTS = (ROUTE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
+DEFAULT_BODY_TIMEOUT_S = 10.0
+DEFAULT_BUNDLE_RETRY_S = 5.0
+DEFAULT_DEADLINE_MS = 2000.0
+DEFAULT_KEEP_ALIVE_S = 5
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+MAX_HEAD_BYTES = 16 * 1024  # request line + headers (h11's incomplete-event limit)
+DEFAULT_LIMIT_CONCURRENCY = 1024
 MAX_REQUEST_ID = 128
+# visible ASCII only: a request id is echoed in a response header and written to logs, so no
+# CR/LF (header splitting, forged log lines), no spaces, nothing that needs encoding
+REQUEST_ID_PATTERN = r"^[!-~]+$"
+_REQUEST_ID = re.compile(r"[!-~]+")
 
 
 class ServiceUnavailableError(TierwiseError):
     """No verified bundle is loaded (yet), or the audit log cannot be written."""
 
     http_status = 503
+
+
+class RequestTimeoutError(InputError):
+    """The request body did not arrive within the server's body timeout."""
+
+    http_status = 408
 
 
 def error_body(kind: str, message: str) -> dict[str, Any]:
@@ -75,18 +122,40 @@ def _json_error(status: int, kind: str, message: str) -> JSONResponse:
 
 
 # -- request and response documents (OpenAPI) ----------------------------------------------------
-class RouteRequest(BaseModel):
-    """Exactly one of ``text`` (one prompt) or ``texts`` (a batch)."""
+def _route_request_schema(schema: dict[str, Any]) -> None:
+    """The request schema as the server enforces it: fields are never null (leave them out), and
+    exactly one of ``text`` / ``texts`` is required."""
+    for prop in schema.get("properties", {}).values():
+        branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:
+            prop.update(branches[0])
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [{"text": "Write a haiku about the sea"},
+                          {"texts": ["hi", "prove that sqrt(2) is irrational"], "request_id": "req-42"}]
 
-    model_config = ConfigDict(extra="forbid", strict=True,
-                              json_schema_extra={"examples": [{"text": "Write a haiku about the sea"},
-                                                              {"texts": ["hi", "prove that sqrt(2) is irrational"],
-                                                               "request_id": "req-42"}]})
+
+class RouteRequest(BaseModel):
+    """Exactly one of ``text`` (one prompt) or ``texts`` (a batch); no field may be null."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_route_request_schema)
 
     text: str | None = Field(None, description="one prompt")
-    texts: list[str] | None = Field(None, description="a batch of prompts (at most the server's max batch)")
-    request_id: str | None = Field(None, min_length=1, max_length=MAX_REQUEST_ID,
-                                   description="echoed back and written to the audit log; generated if absent")
+    texts: list[str] | None = Field(None, min_length=1,
+                                    description="a batch of prompts (at most the server's max batch)")
+    request_id: str | None = Field(None, min_length=1, max_length=MAX_REQUEST_ID, pattern=REQUEST_ID_PATTERN,
+                                   description="1-128 visible ASCII characters; echoed back (body and "
+                                               "x-request-id header) and written to the audit log; "
+                                               "generated if absent")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = [k for k in ("text", "texts", "request_id") if k in data and data[k] is None]
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)}: must not be null (leave the field out instead)")
+        return data
 
     @model_validator(mode="after")
     def _one_of(self) -> RouteRequest:
@@ -124,19 +193,100 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 408, 413, 503)}
 
 
 # -- ASGI middleware ------------------------------------------------------------------------------
+if sys.version_info >= (3, 11):
+    async def _receive_by(receive: Receive, deadline: float) -> Message:
+        async with asyncio.timeout_at(deadline):  # no extra task, unlike wait_for on 3.10
+            return await receive()
+else:  # pragma: no cover - Python 3.10
+    async def _receive_by(receive: Receive, deadline: float) -> Message:
+        return await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+
+
+def guarded_h11_protocol(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol, plus a deadline for each request's head (request line + headers).
+
+    uvicorn times out idle keep-alive connections, but not a client that opens a connection (or
+    starts its next request) and then sends its headers a byte at a time. This closes such a
+    connection ``header_timeout_s`` after it opened or after its last response, unless a request
+    is in progress by then (its body has its own deadline, see ``BodyLimitMiddleware``).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being handled: not ours to cut
+            if not self.transport.is_closing():
+                logger.info("closing a connection whose request head took over %g s", header_timeout_s)
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._cancel_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def escape_invalid_utf8(body: bytes) -> bytes:
+    """A JSON body whose strings hold invalid UTF-8 bytes, rewritten so that those bytes become
+    lone surrogates (``surrogateescape``, written as ``\\udcXX`` escapes): the prompts that hold
+    them then get the runtime's safe decision instead of the whole request a 400. A body that is
+    valid UTF-8, or is not JSON even so, is returned unchanged (and answered as usual)."""
+    if body.isascii():
+        return body
+    try:
+        body.decode("utf-8")
+        return body
+    except UnicodeDecodeError:
+        pass
+    try:
+        return json.dumps(json.loads(body.decode("utf-8", "surrogateescape"))).encode("ascii")
+    except (ValueError, RecursionError):
+        return body
+
+
 class BodyLimitMiddleware:
-    """Buffer request bodies up to ``max_bytes``; answer 413 JSON beyond (the app never sees them).
+    """Buffer request bodies up to ``max_bytes`` within ``timeout_s`` seconds; answer 413 JSON
+    beyond the size and 408 JSON (closing the connection) past the time: the app never sees them.
+    JSON bodies with invalid UTF-8 inside strings are rewritten (:func:`escape_invalid_utf8`).
 
     The route handler needs the whole body anyway, so buffering here costs nothing extra.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -157,8 +307,18 @@ class BodyLimitMiddleware:
         chunks: list[bytes] = []
         size = 0
         more = True
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await _receive_by(receive, deadline)
+            except asyncio.TimeoutError:
+                logger.info("request body not received within %g s: 408, closing the connection", self.timeout_s)
+                timeout = JSONResponse(
+                    error_body(RequestTimeoutError.__name__,
+                               f"the request body did not arrive within {self.timeout_s:g} s"),
+                    status_code=408, headers={"connection": "close"})
+                await timeout(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -168,7 +328,7 @@ class BodyLimitMiddleware:
                 return
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
+        body = escape_invalid_utf8(b"".join(chunks))
         replayed = False
 
         async def replay() -> Message:
@@ -214,6 +374,7 @@ class _State:
         self.error: str | None = "the bundle is still loading"
         self.owns_router = False
         self.audit: Any = None
+        self.closing = False
 
 
 def create_app(
@@ -226,16 +387,27 @@ def create_app(
     max_batch: int | None = None,
     audit_log: str | Path | None = None,
     metrics: ServingMetrics | None = None,
+    deadline_ms: float | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    bundle_retry_s: float | None = DEFAULT_BUNDLE_RETRY_S,
 ) -> FastAPI:
     """Build the app. Give a ``bundle`` path (loaded and verified at startup; ``/readyz`` is 503
-    until that succeeds, and stays 503 with the reason if it fails) or an already loaded
-    ``router``. ``max_batch`` defaults to the bundle's ``input_limits.max_batch``."""
+    until that succeeds, and stays 503 with the reason while it fails: the load is tried again
+    every ``bundle_retry_s`` seconds, None for never) or an already loaded ``router``.
+    ``max_batch`` defaults to the bundle's ``input_limits.max_batch``; ``deadline_ms`` is the
+    per-request inference deadline of a router loaded from ``bundle`` (a given ``router`` keeps its
+    own); ``body_timeout_s`` bounds how long a request body may take to arrive."""
     if bundle is None and router is None:
         raise ConfigError("create_app needs a bundle path or a loaded router")
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be an integer >= 1, got {max_body_bytes!r}")
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
         raise ConfigError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+    for name, value in (("body_timeout_s", body_timeout_s), ("bundle_retry_s", bundle_retry_s)):
+        if value is None and name == "bundle_retry_s":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{name} must be a number > 0, got {value!r}")
     state = _State()
     metrics = metrics or ServingMetrics(ENDPOINTS)
 
@@ -244,29 +416,58 @@ def create_app(
         state.error = None
         metrics.set_bundle(loaded.info())
 
+    def try_load() -> bool:
+        from classifier.serving.runtime import Router
+
+        if not Path(bundle).exists():
+            error = f"cannot load bundle {bundle}: it does not exist (yet)"
+        else:
+            try:
+                loaded = Router.load(bundle, threads=threads, policy=policy, deadline_ms=deadline_ms)
+            except (TierwiseError, OSError) as exc:
+                error = f"cannot load bundle {bundle}: {exc}"
+            else:
+                if state.closing:  # loaded in the background while the server shut down
+                    loaded.close()
+                    return False
+                attach(loaded)
+                state.owns_router = True
+                logger.info("serving bundle %s", bundle)
+                return True
+        if error != state.error:  # log each new reason once, not on every retry
+            logger.error("%s%s", error, f"; trying again every {bundle_retry_s:g} s" if bundle_retry_s else "")
+        # keep running: /healthz answers, /readyz says why we are not ready
+        state.error = error
+        metrics.set_bundle(None)
+        return False
+
+    async def retry_load() -> None:
+        while not state.closing:
+            await asyncio.sleep(bundle_retry_s)  # type: ignore[arg-type]
+            if not state.closing and await asyncio.to_thread(try_load):
+                return
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         if audit_log is not None:
             from classifier.serving.audit import AuditLog
 
             state.audit = AuditLog(audit_log)
+        retry: asyncio.Task | None = None
         if router is not None:
             attach(router)
-        else:
-            from classifier.serving.runtime import Router
-
-            try:
-                attach(Router.load(bundle, threads=threads, policy=policy))
-                state.owns_router = True
-                logger.info("serving bundle %s", bundle)
-            except (TierwiseError, OSError) as exc:
-                # keep running: /healthz answers, /readyz says why we are not ready
-                state.error = f"cannot load bundle {bundle}: {exc}"
-                metrics.set_bundle(None)
-                logger.error("%s", state.error)
+        elif not try_load() and bundle_retry_s:
+            retry = asyncio.create_task(retry_load())
         try:
             yield
         finally:
+            state.closing = True
+            if retry is not None:
+                retry.cancel()
+                try:
+                    await retry
+                except asyncio.CancelledError:
+                    pass
             if state.owns_router and state.router is not None:
                 state.router.close()
             state.router = None
@@ -300,6 +501,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not parse the body (not UTF-8, too deep, huge numbers)
+            return _json_error(400, InputError.__name__,
+                               f"{exc.detail}: the body must be UTF-8 JSON such as {{\"text\": \"...\"}} "
+                               "or {\"texts\": [\"...\"]}")
         return _json_error(exc.status_code, "HTTPError", str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -328,8 +533,7 @@ def create_app(
         loaded = state.router
         if loaded is None:
             raise ServiceUnavailableError(state.error or "no bundle loaded")
-        request_id = body.request_id or request.headers.get("x-request-id") or uuid.uuid4().hex
-        request_id = request_id[:MAX_REQUEST_ID]
+        request_id = body.request_id or _header_request_id(request) or uuid.uuid4().hex
         single = body.texts is None
         texts = [body.text] if single else list(body.texts or ())
         if not texts:
@@ -352,10 +556,31 @@ def create_app(
         return Response(json.dumps(payload, ensure_ascii=False, allow_nan=False), media_type="application/json",
                         headers={"x-request-id": request_id})
 
+    def openapi_with_limits() -> dict[str, Any]:
+        # the batch limit is known once the bundle is loaded: publish it as maxItems
+        doc = app.openapi_schema or FastAPI.openapi(app)
+        texts = doc["components"]["schemas"]["RouteRequest"]["properties"]["texts"]
+        limit = max_batch or (state.router.input_limits.max_batch if state.router is not None else None)
+        if limit:
+            texts["maxItems"] = limit
+        else:
+            texts.pop("maxItems", None)
+        return doc
+
+    app.openapi = openapi_with_limits  # type: ignore[method-assign]
+
     # outermost last: metrics see every answer, including the 413s of the body limit
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _header_request_id(request: Request) -> str | None:
+    """The client's ``x-request-id`` header when it is a usable id (else one is generated)."""
+    value = request.headers.get("x-request-id")
+    if value and len(value) <= MAX_REQUEST_ID and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
 
 
 def _audit(audit: Any, router: Any, decisions: list[Any], texts: list[Any], request_id: str,
@@ -384,22 +609,65 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=None,
                         help="most prompts per request (default: the bundle's input_limits.max_batch)")
     parser.add_argument("--audit-log", type=Path, default=None, help="append every decision to this hash-chained log")
+    parser.add_argument("--deadline-ms", type=float, default=DEFAULT_DEADLINE_MS,
+                        help="per-request inference deadline; past it the answer is the safe decision flagged "
+                             f"fallback (0: none; default {DEFAULT_DEADLINE_MS:g})")
+    parser.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help=f"a request body must arrive within this many seconds, else 408 (default {DEFAULT_BODY_TIMEOUT_S:g})")
+    parser.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                        help="close a connection whose request line and headers take longer than this "
+                             f"(default {DEFAULT_HEADER_TIMEOUT_S:g})")
+    parser.add_argument("--keep-alive-s", type=int, default=DEFAULT_KEEP_ALIVE_S,
+                        help=f"close idle keep-alive connections after this many seconds (default {DEFAULT_KEEP_ALIVE_S})")
+    parser.add_argument("--limit-concurrency", type=int, default=DEFAULT_LIMIT_CONCURRENCY,
+                        help="answer 503 beyond this many open connections or requests in flight "
+                             f"(default {DEFAULT_LIMIT_CONCURRENCY})")
+    parser.add_argument("--bundle-retry-s", type=float, default=DEFAULT_BUNDLE_RETRY_S,
+                        help="when the bundle does not exist yet, look for it again every this many seconds "
+                             f"(the server is up but unready meanwhile; default {DEFAULT_BUNDLE_RETRY_S:g})")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Serve a bundle. A bundle that exists but fails verification (tampered, incomplete, of an
+    unknown format) refuses to start: exit 2 with the reason, before the port is bound. A bundle
+    path that does not exist yet starts the server unready (``/readyz`` 503) until it appears:
+    deployments that sync the bundle in next to the server are not a crash loop."""
     import uvicorn
 
     from classifier.serving.runtime import Router
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
-    # load (and verify) before binding the port: a bad bundle exits 2 with the reason
-    router = Router.load(args.bundle, threads=args.threads, policy=args.policy)
-    app = create_app(args.bundle, router=router, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
-                     audit_log=args.audit_log)
+    for flag, value in (("--deadline-ms", args.deadline_ms), ("--body-timeout-s", args.body_timeout_s),
+                        ("--keep-alive-s", args.keep_alive_s), ("--limit-concurrency", args.limit_concurrency),
+                        ("--header-timeout-s", args.header_timeout_s),
+                        ("--bundle-retry-s", args.bundle_retry_s)):
+        if not value >= 0 or (value == 0 and flag not in ("--deadline-ms",)):
+            raise ConfigError(f"{flag} must be > 0{' (or 0 for none)' if flag == '--deadline-ms' else ''}, got {value}")
+    deadline_ms = args.deadline_ms or None
+    router = None
+    if args.bundle.exists():
+        # load (and verify) before binding the port: a bad bundle exits 2 with the reason
+        try:
+            router = Router.load(args.bundle, threads=args.threads, policy=args.policy, deadline_ms=deadline_ms)
+        except BundleError as exc:
+            raise BundleError(f"refusing to serve {args.bundle}: {exc}") from None
+    else:
+        if args.policy is not None:
+            from classifier.serving.policy import Policy
+
+            Policy.from_yaml(args.policy)  # a bad policy fails now, not later in the background
+        logger.warning("bundle %s does not exist: starting unready (/readyz answers 503) and looking for it "
+                       "every %g s", args.bundle, args.bundle_retry_s)
+    app = create_app(args.bundle, router=router, threads=args.threads, policy=args.policy,
+                     max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, audit_log=args.audit_log,
+                     deadline_ms=deadline_ms, body_timeout_s=args.body_timeout_s, bundle_retry_s=args.bundle_retry_s)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    http=guarded_h11_protocol(args.header_timeout_s), h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+                    timeout_keep_alive=args.keep_alive_s, limit_concurrency=args.limit_concurrency)
     finally:
-        router.close()
+        if router is not None:
+            router.close()
     return 0

@@ -19,6 +19,9 @@ and classes it names must exist) and then decides:
 ``PolicyEngine.safe_decision(reason, flags)`` is the explicit decision for input that cannot be
 classified (and for faults): it never raises. ``decide_batch`` is the vectorised form of
 ``decide``; ``tier_indices`` returns only the routed tier per row (for evaluation and costing).
+``decide`` (and ``decide_batch`` of one row, which is what a router calls per request) runs the
+same cascade on plain Python floats: numpy's per-call overhead is most of the cost of one row.
+Both paths share the code that writes the reason, and a test holds them to the same answers.
 
 What this module leaves out: computing probabilities (``runtime.py``), fitting thresholds
 (``classifier.evaluation.thresholds``) and logging decisions (``audit.py``). It imports numpy,
@@ -459,7 +462,7 @@ class Decision:
             "rule": self.rule,
             "reason": self.reason,
             "probabilities": {h: dict(p) for h, p in self.probabilities.items()},
-            "thresholds": copy.deepcopy(self.thresholds),
+            "thresholds": _copy_plain(self.thresholds),
             "policy_version": self.policy_version,
             "flags": list(self.flags),
         }
@@ -468,6 +471,16 @@ class Decision:
 def _add_flag(flags: list[str], flag: str) -> None:
     if flag not in flags:
         flags.append(flag)
+
+
+def _copy_plain(value: Any) -> Any:
+    """Deep copy of plain data (dicts, lists, scalars): what ``copy.deepcopy`` does for thresholds,
+    at a fraction of its cost (it runs for every decision)."""
+    if isinstance(value, dict):
+        return {k: _copy_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_plain(v) for v in value]
+    return value
 
 
 class PolicyEngine:
@@ -496,6 +509,38 @@ class PolicyEngine:
                     if t.name in rule.allowed_tiers or t.trust in rule.allowed_trust
                 ]
         self._thresholds = self._threshold_summary()
+        self._prepare_row_path()
+
+    def _prepare_row_path(self) -> None:
+        """Precompute what the single-row path (``_decide_row``) reads, as plain Python values."""
+        p, s = self.policy, self.schema
+        self._heads = [(h.name, h.num_classes, tuple(h.classes)) for h in s.heads]
+        needed = {p.tier_head}
+        if p.sensitivity_rules:
+            needed.add(p.sensitivity_head)  # type: ignore[arg-type]
+        if p.task_overrides:
+            needed.add(p.task_head)  # type: ignore[arg-type]
+        needed |= set(p.min_confidence)
+        self._needed = frozenset(needed)
+        self._row_overrides: list[tuple[str, int, int, float]] = []
+        if p.task_overrides:
+            classes = s.head(p.task_head).classes
+            self._row_overrides = [(name, classes.index(name), self._names.index(ov.min_tier), ov.min_probability)
+                                   for name, ov in p.task_overrides.items()]
+        self._row_min_conf = [
+            (head, floor, p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision")
+            for head, floor in p.min_confidence.items()
+        ]
+        self._row_sens: list[tuple[str, int, float, frozenset[int] | None]] = []
+        if p.sensitivity_rules:
+            classes = s.head(p.sensitivity_head).classes
+            for name, rule in p.sensitivity_rules.items():
+                if rule.action == "allow":
+                    continue
+                allowed = self._allowed[name]
+                self._row_sens.append((name, classes.index(name), p.sensitivity_thresholds[name],
+                                       None if allowed is None else frozenset(allowed)))
+        self._safe_idx = -1 if p.safe_tier is None else self._names.index(p.safe_tier)
 
     # -- checks ------------------------------------------------------------------------------
     def _check_against_schema(self) -> None:
@@ -548,7 +593,7 @@ class PolicyEngine:
 
     @property
     def thresholds(self) -> dict[str, Any]:
-        return copy.deepcopy(self._thresholds)
+        return _copy_plain(self._thresholds)
 
     # -- safe decision -----------------------------------------------------------------------
     def safe_decision(self, reason: str, flags: Sequence[str] = (),
@@ -620,8 +665,11 @@ class PolicyEngine:
 
     # -- decisions ---------------------------------------------------------------------------
     def decide(self, probs: Mapping[str, Any], *, flags: Sequence[str] = ()) -> Decision:
-        """Decide for one prompt: ``probs`` maps head -> probabilities of shape (C,)."""
-        return self.decide_batch(probs, flags=[list(flags)])[0]
+        """Decide for one prompt: ``probs`` maps head -> probabilities of shape (C,) (or (1, C))."""
+        rows = self._one_row(probs)
+        if rows is None:  # anything unusual (bad shapes, not a distribution): the batch path answers
+            return self.decide_batch(probs, flags=[list(flags)])[0]
+        return self._decide_row(rows, list(dict.fromkeys(flags)))
 
     def decide_batch(self, probs: Mapping[str, Any], *,
                      flags: Sequence[Sequence[str]] | None = None) -> list[Decision]:
@@ -629,6 +677,10 @@ class PolicyEngine:
 
         Never raises on bad probabilities: malformed input yields safe decisions.
         """
+        if flags is not None and len(flags) == 1:
+            rows = self._one_row(probs)
+            if rows is not None:
+                return [self._decide_row(rows, list(dict.fromkeys(flags[0])))]
         try:
             arrays, valid, head_ok, problem, n = self._validate_batch(probs)
         except (TypeError, ValueError) as exc:
@@ -751,35 +803,151 @@ class PolicyEngine:
             "final": tier,
         }
 
-    def _build(self, i: int, plan: dict[str, Any], probs_i: dict[str, dict[str, float]],
-               flags: list[str]) -> Decision:
+    # -- one row, plain floats ---------------------------------------------------------------
+    def _one_row(self, probs: Any) -> dict[str, list[float]] | None:
+        """Head -> one row of floats when ``probs`` is one well-formed row whose every head is a
+        distribution and every head the policy needs is there; None sends it to the batch path
+        (which owns the error answers)."""
+        if not isinstance(probs, Mapping):
+            return None
+        rows: dict[str, list[float]] = {}
+        for name, n_classes, _ in self._heads:
+            value = probs.get(name)
+            if value is None:
+                if name in probs:
+                    return None
+                continue
+            try:
+                a = value if type(value) is np.ndarray and value.dtype == np.float64 else np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                return None
+            if a.shape == (n_classes,):
+                row = a.tolist()
+            elif a.shape == (1, n_classes):
+                row = a[0].tolist()
+            else:
+                return None
+            total = 0.0
+            for x in row:
+                if not x >= -1e-9:  # also false for NaN; +inf makes the sum fail below
+                    return None
+                total += x
+            if not abs(total - 1.0) <= _SUM_TOL:
+                return None
+            rows[name] = row
+        if not self._needed.issubset(rows):
+            return None
+        return rows
+
+    def _decide_row(self, rows: dict[str, list[float]], flags: list[str]) -> Decision:
+        """``_plan`` + ``_build`` for one valid row, on Python floats (same rules, same order)."""
         p = self.policy
         t = p.tier_threshold
-        p_pos = plan["p_pos"][i]
-        base = self._names[plan["base"][i]]
+        p_pos = rows[p.tier_head][self._tier_pos]
+        base = self._strong if p_pos >= t else self._cheap
+        tier = base
+        task_rule = ""
+        if self._row_overrides and p.task_head in rows:
+            task_p = rows[p.task_head]
+            top = max(task_p)
+            arg = task_p.index(top)  # first maximum, as np.argmax
+            for name, j, min_idx, min_prob in self._row_overrides:
+                if arg == j and top >= min_prob and tier < min_idx:
+                    tier = min_idx
+                    task_rule = name
+
+        unc_reason = ""
+        unc_safe = False
+        if p.tier_band > 0 and abs(p_pos - t) < p.tier_band:
+            unc_reason = f"p({self._tier_positive})={p_pos:.3f} within {p.tier_band:g} of threshold {t:g}"
+            if p.uncertainty_action == "safe_decision":
+                unc_safe = True
+        for head, floor, safe in self._row_min_conf:
+            if head not in rows:
+                continue
+            top = max(rows[head])
+            if top < floor:
+                msg = f"head {head!r} top probability {top:.3f} below floor {floor:g}"
+                unc_reason = f"{unc_reason}; {msg}" if unc_reason else msg
+                if safe:
+                    unc_safe = True
+        uncertain = unc_reason != ""
+        before_unc = tier
+        if uncertain and not unc_safe and tier < self._strong:
+            tier = self._strong
+        if unc_safe:
+            tier = self._safe_idx if p.safe_action == "route" else -1
+        unc_changed = uncertain and tier != before_unc
+
+        detected: list[str] = []
+        sens_block = False
+        before_sens = tier
+        if self._row_sens and p.sensitivity_head in rows:
+            sp = rows[p.sensitivity_head]
+            allowed_now: set[int] | None = None  # None: every tier allowed
+            for name, j, threshold, allowed in self._row_sens:
+                if not sp[j] >= threshold:
+                    continue
+                detected.append(name)
+                if allowed is None:
+                    sens_block = True
+                else:
+                    allowed_now = set(allowed) if allowed_now is None else allowed_now & allowed
+            if allowed_now is not None and not allowed_now:
+                sens_block = True  # restrictions that do not overlap: nothing may serve
+            if not sens_block and allowed_now is not None and len(allowed_now) < len(self._names):
+                if tier >= 0 and tier not in allowed_now:
+                    ok = sorted(allowed_now)
+                    stronger = [k for k in ok if k >= tier]
+                    tier = stronger[0] if stronger else ok[-1]
+            if sens_block:
+                tier = -1
+        sens_changed = tier != before_sens or sens_block
+
+        probs_i = {name: dict(zip(classes, rows[name], strict=True)) for name, _, classes in self._heads
+                   if name in rows}
+        return self._compose(p_pos, base, task_rule, uncertain, unc_safe, unc_reason, unc_changed,
+                             detected, sens_block, sens_changed, tier, probs_i, flags)
+
+    def _build(self, i: int, plan: dict[str, Any], probs_i: dict[str, dict[str, float]],
+               flags: list[str]) -> Decision:
+        return self._compose(
+            plan["p_pos"][i], int(plan["base"][i]), plan["task_rule"][i], bool(plan["uncertain"][i]),
+            bool(plan["unc_safe"][i]), plan["unc_reason"][i], bool(plan["unc_changed"][i]),
+            plan["sens_detected"][i], bool(plan["sens_block"][i]), bool(plan["sens_changed"][i]),
+            int(plan["final"][i]), probs_i, flags,
+        )
+
+    def _compose(self, p_pos: float, base_idx: int, task_rule: str, uncertain: bool, unc_safe: bool,
+                 unc_reason: str, unc_changed: bool, detected: list[str], sens_block: bool,
+                 sens_changed: bool, final: int, probs_i: dict[str, dict[str, float]],
+                 flags: list[str]) -> Decision:
+        """The Decision (rule, reason, flags) from one row's outcome of the cascade."""
+        p = self.policy
+        t = p.tier_threshold
+        base = self._names[base_idx]
         cmp = ">=" if p_pos >= t else "<"
         reasons = [f"p({self._tier_positive})={p_pos:.3f} {cmp} threshold {t:g} -> {base}"]
         rule = RULE_TIER
-        if plan["task_rule"][i]:
-            ov = p.task_overrides[plan["task_rule"][i]]
-            reasons.append(f"task {plan['task_rule'][i]!r} requires at least {ov.min_tier}")
-            rule = f"{RULE_TASK}:{plan['task_rule'][i]}"
-        if plan["uncertain"][i]:
+        if task_rule:
+            ov = p.task_overrides[task_rule]
+            reasons.append(f"task {task_rule!r} requires at least {ov.min_tier}")
+            rule = f"{RULE_TASK}:{task_rule}"
+        if uncertain:
             _add_flag(flags, FLAG_UNCERTAIN)
-            if plan["unc_safe"][i]:
-                reasons.append(f"uncertain ({plan['unc_reason'][i]}) -> safe decision")
+            if unc_safe:
+                reasons.append(f"uncertain ({unc_reason}) -> safe decision")
                 rule = f"{RULE_UNCERTAIN}:{RULE_SAFE}"
             else:
-                reasons.append(f"uncertain ({plan['unc_reason'][i]}) -> escalate to at least {p.strong_tier}")
-                if plan["unc_changed"][i]:
+                reasons.append(f"uncertain ({unc_reason}) -> escalate to at least {p.strong_tier}")
+                if unc_changed:
                     rule = f"{RULE_UNCERTAIN}:escalate"
-        detected = plan["sens_detected"][i]
         if detected:
             shown = ", ".join(
                 f"{c} p={probs_i[p.sensitivity_head][c]:.3f} >= {p.sensitivity_thresholds[c]:g}"  # type: ignore[index]
                 for c in detected
             )
-            if plan["sens_block"][i]:
+            if sens_block:
                 blocking = [c for c in detected if p.sensitivity_rules[c].action == "block"]
                 if blocking:
                     reasons.append(f"sensitivity {shown}: blocked by rule for {', '.join(blocking)}")
@@ -787,12 +955,11 @@ class PolicyEngine:
                 else:
                     reasons.append(f"sensitivity {shown}: no tier satisfies every restriction -> blocked")
                     rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:block"
-            elif plan["sens_changed"][i]:
-                reasons.append(f"sensitivity {shown}: restricted -> {self._names[plan['final'][i]]}")
+            elif sens_changed:
+                reasons.append(f"sensitivity {shown}: restricted -> {self._names[final]}")
                 rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:restrict"
             else:
-                reasons.append(f"sensitivity {shown}: {self._names[plan['final'][i]]} already allowed")
-        final = int(plan["final"][i])
+                reasons.append(f"sensitivity {shown}: {self._names[final]} already allowed")
         blocked = final < 0
         if blocked:
             _add_flag(flags, FLAG_BLOCKED)

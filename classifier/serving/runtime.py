@@ -8,10 +8,36 @@ temperatures and the routing policy, and warms the session up. Then::
     router.predict_proba(texts)  # temperature-scaled softmax per head
     router.route("text")         # -> Decision; router.route([...]) -> list[Decision]
 
-``route`` never raises on a prompt it cannot classify (not a string, empty, not encodable, or a
-fault inside inference): that prompt gets the policy's explicit safe decision, flagged
-``invalid_input`` or ``fallback``. Prompts longer than the bundle's input limits are cut and
-flagged ``truncated``. Batches are answered like single prompts (padding is masked out).
+``route`` never raises, whatever it is given: a prompt it cannot classify gets the policy's
+explicit safe decision (escalate), flagged, with the reason. What each kind of input gets:
+
+- not a string (None, a number, bytes, ...), empty, or nothing but whitespace, control and
+  invisible format characters: the safe decision, flagged ``invalid_input``;
+- a string that is not valid Unicode (lone surrogates such as ``"\\ud800"``, which is also what
+  the server makes of invalid UTF-8 bytes inside a JSON string): the safe decision, ``invalid_input``;
+- C0/C1 control characters (NUL, ESC, DEL, ...; tab, newline and carriage return are kept): they
+  are deleted before tokenising, as BERT's text cleaning does (so ``AKIA\\x00KEY`` is read as
+  ``AKIAKEY`` and a credential cannot be hidden by splitting it), and the decision is flagged
+  ``control_chars``; a prompt with nothing visible left gets the safe decision (``invalid_input``);
+- any other text (mixed scripts, emoji, right-to-left marks) is classified as it is; characters
+  the tokenizer does not know become its unknown token;
+- an inference fault (the ONNX session raises, returns outputs of the wrong shape or non-finite
+  logits) or a run past ``deadline_ms``: the safe decision, flagged ``fallback``, for every prompt
+  of that call, with the reason (the fault is logged, never the prompt).
+
+**Truncation policy.** The model reads a bounded window of each prompt: first the prompt is cut to
+``input_limits.max_chars`` characters (this bounds the tokenizer's work whatever the size of the
+input), then control characters are deleted, then the tokenizer keeps the first
+``input_limits.max_length`` tokens (special tokens included). Whatever lies past the window is
+not read: the decision is flagged ``truncated`` so the policy owner and the audit log can see that
+the classifier saw only the head of the prompt (a credential past the window is not detected).
+
+**Deadline.** With ``deadline_ms`` set (``Router.load(..., deadline_ms=...)``), each ``route``
+call has that budget for tokenising and inference. A watchdog thread sets ONNX Runtime's
+``RunOptions.terminate`` on a run past its deadline, so a stuck or very slow run is abandoned
+rather than waited for; a call that still ends past its deadline is answered with the safe
+decision, ``fallback``. A batch is one call: its prompts share the budget.
+Batches are answered like single prompts (padding is masked out).
 
 What this module leaves out: the policy rules (``policy.py``), audit logging (``audit.py``) and
 HTTP (``app.py``). It imports numpy, onnxruntime, tokenizers, pyyaml and the standard library only,
@@ -23,6 +49,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +71,16 @@ logger = logging.getLogger(__name__)
 FLAG_TRUNCATED = "truncated"
 FLAG_INVALID_INPUT = "invalid_input"
 FLAG_FALLBACK = "fallback"
+FLAG_CONTROL_CHARS = "control_chars"
 INPUT_NAMES = ("input_ids", "attention_mask")
+
+# C0 and C1 control characters and DEL, except tab, newline and carriage return
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# a character that is none of: whitespace, control, or an invisible format character (soft
+# hyphen, zero-width space/joiners, bidi marks and isolates, word joiner, BOM, variation selectors)
+_VISIBLE = re.compile(
+    r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufe00-\ufe0f\ufeff]"
+)
 
 
 def output_name(head: str) -> str:
@@ -51,17 +89,66 @@ def output_name(head: str) -> str:
 
 
 def check_text(text: Any) -> str | None:
-    """Why ``text`` cannot be classified, or None when it can."""
+    """Why ``text`` cannot be classified, or None when it can. Never raises."""
     if not isinstance(text, str):
         return f"expected a string, got {type(text).__name__}"
-    if not text.strip():
-        return "the prompt is empty"
+    if _VISIBLE.search(text) is None:
+        if not text.strip():
+            return "the prompt is empty"
+        return "the prompt is empty (nothing but control, format or whitespace characters)"
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             return f"the prompt is not valid Unicode text ({exc.reason} at position {exc.start})"
     return None
+
+
+class DeadlineExceeded(Exception):
+    """A ``route`` call ran past its ``deadline_ms`` (internal: answered with the safe decision)."""
+
+
+class _Watchdog:
+    """One daemon thread that sets ``RunOptions.terminate`` on ONNX runs past their deadline.
+
+    ``arm`` and ``disarm`` are a lock and a dict operation each (no thread wake-up on the request
+    path); the thread looks at the armed runs every ``period`` seconds, so a run is stopped between
+    its deadline and ``period`` later. The router picks ``period`` as a quarter of its deadline.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._runs: dict[int, tuple[float, ort.RunOptions]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, run_options: ort.RunOptions) -> int:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="tierwise-deadline", daemon=True)
+                self._thread.start()
+            key = self._next
+            self._next += 1
+            self._runs[key] = (deadline, run_options)
+            return key
+
+    def disarm(self, key: int) -> None:
+        with self._lock:
+            self._runs.pop(key, None)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            now = time.monotonic()
+            with self._lock:
+                for key, (deadline, run_options) in list(self._runs.items()):
+                    if deadline <= now:
+                        run_options.terminate = True  # ONNX Runtime stops at its next node
+                        del self._runs[key]
 
 
 def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -91,6 +178,7 @@ class Router:
         policy: Policy,
         source: Path | None = None,
         opened: bundle_io.OpenedBundle | None = None,
+        deadline_ms: float | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.source = source or bundle_dir
@@ -110,6 +198,8 @@ class Router:
         # sha256 of manifest.json: names this exact bundle (model, tokenizer, policy, calibration)
         self.bundle_hash = bundle_io.sha256_file(bundle_dir / bundle_io.MANIFEST_FILE)
         self.model_version = manifest.mlflow_model_version or manifest.training_run_id
+        self.deadline_ms = _check_deadline(deadline_ms)
+        self._watchdog = _Watchdog(period=min(1.0, (self.deadline_ms or 1000.0) / 4000.0))
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -118,23 +208,28 @@ class Router:
         path: str | Path,
         threads: int = 1,
         policy: Policy | str | Path | Mapping[str, Any] | None = None,
+        *,
+        deadline_ms: float | None = None,
     ) -> Router:
         """Verify and load a bundle directory or ``.tar.gz``.
 
         ``threads`` is ONNX Runtime's intra-op thread count (1 suits a server that answers many
         small requests in parallel). ``policy`` replaces the bundle's own ``policy.yaml``.
+        ``deadline_ms`` bounds each ``route`` call (None: no deadline); see the module docstring.
         """
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+        deadline_ms = _check_deadline(deadline_ms)
         opened = bundle_io.OpenedBundle(path)
         try:
-            return cls._load_dir(opened, threads, policy)
+            return cls._load_dir(opened, threads, policy, deadline_ms)
         except BaseException:
             opened.close()
             raise
 
     @classmethod
-    def _load_dir(cls, opened: bundle_io.OpenedBundle, threads: int, policy: Any) -> Router:
+    def _load_dir(cls, opened: bundle_io.OpenedBundle, threads: int, policy: Any,
+                  deadline_ms: float | None = None) -> Router:
         directory = opened.directory
         manifest, files = bundle_io.load_verified(directory)
         schema = _parse_schema(files[bundle_io.SCHEMA_FILE], directory)
@@ -145,6 +240,7 @@ class Router:
         router = cls(
             bundle_dir=directory, manifest=manifest, session=session, tokenizer=tokenizer,
             schema=schema, temperatures=temperatures, policy=resolved, source=opened.source, opened=opened,
+            deadline_ms=deadline_ms,
         )
         router._warm_up()
         return router
@@ -154,7 +250,9 @@ class Router:
         self.logits(["warm up"])
 
     def close(self) -> None:
-        """Remove the temporary extraction of an archive bundle (no-op for a directory)."""
+        """Remove the temporary extraction of an archive bundle (no-op for a directory) and stop
+        the deadline watchdog."""
+        self._watchdog.close()
         if self._opened is not None:
             self._opened.close()
 
@@ -165,30 +263,71 @@ class Router:
         self.close()
 
     # -- numbers -------------------------------------------------------------------------------
+    def clean(self, text: str) -> tuple[str, bool, bool]:
+        """The part of one valid prompt the model reads: cut to ``max_chars`` characters, control
+        characters deleted. Returns (text, cut, had_control_characters)."""
+        cut = len(text) > self._max_chars
+        if cut:
+            text = text[:self._max_chars]
+        if _CONTROL.search(text) is None:
+            return text, cut, False
+        return _CONTROL.sub("", text), cut, True
+
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids and attention mask ([n, seq] int64, padded to the longest) and a per-row
-        ``truncated`` mask. ``texts`` must be valid strings (see :func:`check_text`)."""
-        limit = self._max_chars
-        cut = np.fromiter((len(t) > limit for t in texts), dtype=bool, count=len(texts))
-        if cut.any():
-            texts = [t[:limit] if c else t for t, c in zip(texts, cut, strict=True)]
+        ``truncated`` mask. ``texts`` must be valid strings (see :func:`check_text`); they are
+        cleaned (:meth:`clean`) first."""
+        cleaned = [self.clean(t) for t in texts]
+        ids, mask, truncated = self._encode_clean([c[0] for c in cleaned])
+        cut = np.fromiter((c[1] for c in cleaned), dtype=bool, count=len(cleaned))
+        return ids, mask, truncated | cut
+
+    def _encode_clean(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``encode`` of already cleaned texts; the mask says where the tokenizer cut."""
         if len(texts) == 1:
             encs = [self._tokenizer.encode(texts[0])]
         else:
             encs = self._tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encs], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        truncated = cut | np.fromiter((bool(e.overflowing) for e in encs), dtype=bool, count=len(encs))
+        truncated = np.fromiter((bool(e.overflowing) for e in encs), dtype=bool, count=len(encs))
         return ids, mask, truncated
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-        return self._session.run(self._outputs, {"input_ids": ids, "attention_mask": mask})
+    def _run(self, ids: np.ndarray, mask: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if deadline is None:
+            outs = self._session.run(self._outputs, feeds)
+        else:
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded("the deadline passed before inference started")
+            run_options = ort.RunOptions()
+            key = self._watchdog.arm(deadline, run_options)
+            try:
+                outs = self._session.run(self._outputs, feeds, run_options)
+            except Exception:
+                if run_options.terminate or time.monotonic() >= deadline:
+                    raise DeadlineExceeded("inference was stopped at the deadline") from None
+                raise
+            finally:
+                self._watchdog.disarm(key)
+        # a session must give one [n, C] array per head: anything else is a fault, not logits
+        if len(outs) != len(self._outputs):
+            raise ValueError(f"the model returned {len(outs)} outputs, expected {len(self._outputs)}")
+        for h, out in zip(self.head_names, outs, strict=True):
+            want = (ids.shape[0], self.schema.head(h).num_classes)
+            if not isinstance(out, np.ndarray) or out.shape != want:
+                raise ValueError(f"output {output_name(h)!r} has shape {getattr(out, 'shape', None)}, expected {want}")
+            if not np.isfinite(out).all():
+                raise ValueError(f"output {output_name(h)!r} holds non-finite logits")
+        return outs
 
-    def _logits_with_flags(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _logits_with_flags(self, texts: Sequence[str], deadline: float | None = None,
+                           cleaned: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        encode = self._encode_clean if cleaned else self.encode
         n = len(texts)
         if n <= self._max_batch:
-            ids, mask, truncated = self.encode(texts)
-            outs = self._run(ids, mask)
+            ids, mask, truncated = encode(texts)
+            outs = self._run(ids, mask, deadline)
             return dict(zip(self.head_names, outs, strict=True)), truncated
         # large inputs: sort by length so each chunk pads little, then restore the order
         order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=n), kind="stable")
@@ -196,8 +335,8 @@ class Router:
         truncated = np.zeros(n, dtype=bool)
         for start in range(0, n, self._max_batch):
             idx = order[start:start + self._max_batch]
-            ids, mask, trunc = self.encode([texts[i] for i in idx])
-            for h, out in zip(self.head_names, self._run(ids, mask), strict=True):
+            ids, mask, trunc = encode([texts[i] for i in idx])
+            for h, out in zip(self.head_names, self._run(ids, mask, deadline), strict=True):
                 result[h][idx] = out
             truncated[idx] = trunc
         return result, truncated
@@ -230,40 +369,59 @@ class Router:
 
     # -- decisions -----------------------------------------------------------------------------
     def route(self, texts: Any) -> Decision | list[Decision]:
-        """One decision per prompt; a single string gives one Decision, a list a list.
+        """One decision per prompt; a list or tuple gives a list, anything else one Decision.
 
         Never raises for bad prompts or inference faults: those get the safe decision, flagged.
         """
+        start = time.monotonic()
         if isinstance(texts, (list, tuple)):
-            return self._route_many(texts)
-        return self._route_many([texts])[0]
+            return self._route_many(texts, start)
+        return self._route_many([texts], start)[0]
 
-    def _route_many(self, texts: Sequence[Any]) -> list[Decision]:
+    def _route_many(self, texts: Sequence[Any], start: float) -> list[Decision]:
         n = len(texts)
         out: list[Decision | None] = [None] * n
         good: list[int] = []
+        cleaned: list[str] = []
+        flags: list[list[str]] = []
         for i, t in enumerate(texts):
             problem = check_text(t)
             if problem is None:
-                good.append(i)
-            else:
-                where = f"prompt {i}: " if n > 1 else ""
-                out[i] = self.engine.safe_decision(f"{where}cannot classify: {problem}", [FLAG_INVALID_INPUT])
+                text, cut, control = self.clean(t)
+                if control and _VISIBLE.search(text) is None:
+                    problem = f"nothing visible in the first {self._max_chars} characters once control characters are removed"
+                else:
+                    good.append(i)
+                    cleaned.append(text)
+                    flags.append(([FLAG_TRUNCATED] if cut else []) + ([FLAG_CONTROL_CHARS] if control else []))
+                    continue
+            where = f"prompt {i}: " if n > 1 else ""
+            out[i] = self.engine.safe_decision(f"{where}cannot classify: {problem}", [FLAG_INVALID_INPUT])
         if good:
-            for i, d in zip(good, self._decide([texts[i] for i in good]), strict=True):
+            for i, d in zip(good, self._decide(cleaned, flags, start), strict=True):
                 out[i] = d
         return out  # type: ignore[return-value]
 
-    def _decide(self, texts: list[str]) -> list[Decision]:
+    def _decide(self, texts: list[str], flags: list[list[str]], start: float) -> list[Decision]:
+        deadline = None if self.deadline_ms is None else start + self.deadline_ms / 1000.0
         try:
-            logits, truncated = self._logits_with_flags(texts)
+            logits, truncated = self._logits_with_flags(texts, deadline, cleaned=True)
             probs = self.proba_from_logits(logits)
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("the answer came after the deadline")
+            for i in np.flatnonzero(truncated):
+                if FLAG_TRUNCATED not in flags[i]:
+                    flags[i].insert(0, FLAG_TRUNCATED)
+            return self.engine.decide_batch(probs, flags=flags)
+        except DeadlineExceeded as exc:
+            took = (time.monotonic() - start) * 1000.0
+            logger.warning("deadline of %g ms exceeded for %d prompt(s) after %.1f ms (%s); answering with the "
+                           "safe decision", self.deadline_ms, len(texts), took, exc)
+            reason = f"deadline of {self.deadline_ms:g} ms exceeded ({exc}; {took:.1f} ms)"
         except Exception as exc:  # noqa: BLE001 - a router must answer: any inference fault -> safe decision
             logger.exception("inference failed for %d prompt(s); answering with the safe decision", len(texts))
             reason = f"inference failed ({type(exc).__name__})"
-            return [self.engine.safe_decision(reason, [FLAG_FALLBACK]) for _ in texts]
-        flags = [[FLAG_TRUNCATED] if t else [] for t in truncated]
-        return self.engine.decide_batch(probs, flags=flags)
+        return [self.engine.safe_decision(reason, [*f, FLAG_FALLBACK]) for f in flags]
 
     def safe_decision(self, reason: str, flags: Sequence[str] = ()) -> Decision:
         """The policy's explicit escalate decision (for callers that fail before ``route``)."""
@@ -286,6 +444,15 @@ class Router:
             "input_limits": m.input_limits.to_dict(),
             "temperatures": dict(self.temperatures),
         }
+
+
+def _check_deadline(deadline_ms: Any) -> float | None:
+    if deadline_ms is None:
+        return None
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) \
+            or not math.isfinite(deadline_ms) or deadline_ms <= 0:
+        raise ConfigError(f"deadline_ms must be a number > 0 (or None for no deadline), got {deadline_ms!r}")
+    return float(deadline_ms)
 
 
 # -- parsing the bundle files ---------------------------------------------------------------------
