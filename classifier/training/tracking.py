@@ -67,10 +67,17 @@ def client(uri: str | None = None):
     """An ``MlflowClient`` on ``uri`` (default ``tracking_uri()``), registry on the same store."""
     from mlflow import MlflowClient
 
+    import mlflow
+
     uri = uri or tracking_uri()
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow's SQL registry resolves ``models:/<id>`` sources with a fresh default MlflowClient(),
+    # so the process-wide URIs must point at the same store, or registering fails with
+    # "Logged model ... not found" whenever MLFLOW_TRACKING_URI is not set in the environment.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
