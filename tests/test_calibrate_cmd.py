@@ -82,6 +82,7 @@ def test_calibrate_writes_bundle_and_reports(bundle, dataset, tmp_path, capsys):
     for alpha in ("0.02", "0.05", "0.10"):
         assert f"\n  {alpha:>6}" in stdout
     assert "Sensitivity gates" in stdout and "saving" in stdout
+    assert "test prec" in stdout and "test R@P" in stdout and "precision floor 0.95" in stdout
 
     verify_bundle(bundle)  # both rewritten files went through the manifest
     report = json.loads((out / "calibration_report.json").read_text())
@@ -93,6 +94,13 @@ def test_calibrate_writes_bundle_and_reports(bundle, dataset, tmp_path, capsys):
         assert m["after"]["nll"] <= m["before"]["nll"] + 1e-9
     for name in ("reliability_tier.png", "reliability_task.png", "reliability_sensitivity.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    for c, gate in report["calibration"]["sensitivity"].items():  # the default floor was applied
+        assert gate["min_precision"] == 0.95
+        measured = report["test"]["sensitivity"][c]
+        assert "precision" in measured and "recall_at_min_precision" in measured
+        if gate["precision_floor_binding"]:
+            assert gate["recall_target_met"] is False and f"WARNING: {c}: precision floor" in stdout
 
     fitted = report["calibration"]["tier_threshold"]
     assert fitted["misroute_upper"] <= 0.05 and fitted["n"] == 540  # 600 calibration rows, 60 of them without a tier
@@ -136,3 +144,47 @@ def test_missing_calibration_split_is_a_clear_error(bundle, tmp_path, capsys):
     rc = cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "r")])
     assert rc == 2
     assert "no rows with split == 'calibration'" in capsys.readouterr().err
+
+
+def test_precision_floor_conflict_is_reported(bundle, dataset, tmp_path, capsys):
+    """A near-useless (untrained) model cannot reach recall 0.99 at precision 0.5: the floor
+    raises the gate threshold above the recall threshold and the output says the target is missed."""
+    import pandas as pd
+
+    from classifier.evaluation.thresholds import fit_recall_threshold
+    from classifier.serving.runtime import Router
+
+    args = ["calibrate", "--bundle", str(bundle), "--data", str(dataset), "--pii-recall", "0.99",
+            "--credential-recall", "0.99", "--threads", "1", "--no-bias"]
+    assert cli_main(args + ["--min-precision", "0", "--out", str(tmp_path / "off")]) == 0
+    off = json.loads((tmp_path / "off" / "calibration_report.json").read_text())["calibration"]["sensitivity"]
+    capsys.readouterr()
+    assert cli_main(args + ["--min-precision", "0.5", "--out", str(tmp_path / "on")]) == 0
+    stdout = capsys.readouterr().out
+    on = json.loads((tmp_path / "on" / "calibration_report.json").read_text())["calibration"]["sensitivity"]
+    assert set(on) == set(off) == {"pii", "credential"}
+    for c in on:
+        assert off[c]["precision_threshold"] is None and not off[c]["precision_floor_binding"]
+        # the floor never lowers a threshold; the recall threshold itself is unchanged by it
+        assert on[c]["recall_threshold"] == pytest.approx(off[c]["threshold"])
+        assert on[c]["threshold"] >= off[c]["threshold"]
+    binding = [c for c in on if on[c]["precision_floor_binding"]]
+    assert binding, "the synthetic labels should make recall 0.99 and precision 0.5 conflict"
+    for c in binding:
+        g = on[c]
+        assert g["recall_target_met"] is False and g["recall"] < off[c]["recall"]
+        assert g["threshold"] == pytest.approx(g["precision_threshold"]) and g["precision"] >= 0.5
+        assert f"WARNING: {c}: precision floor 0.5 conflicts with recall target 0.99" in stdout
+        assert "recall_target_met: false" in stdout
+    # the policy carries the raised threshold; an independent refit on the calibration split agrees
+    frame = pd.read_parquet(dataset / "dataset.parquet")
+    cal = frame[(frame["split"] == "calibration") & frame["sensitivity"].notna()]
+    with Router.load(bundle) as router:
+        assert router.biases == {}
+        assert router.policy.sensitivity_thresholds[binding[0]] == pytest.approx(on[binding[0]]["threshold"])
+        assert router.policy.threshold_provenance["sensitivity"][binding[0]]["recall_target_met"] is False
+        p = router.predict_proba(cal["text"].tolist())["sensitivity"]
+    j = ["none", "pii", "credential"].index(binding[0])
+    refit = fit_recall_threshold(p[:, j], (cal["sensitivity"] == binding[0]).to_numpy(), 0.99, delta=0.1,
+                                 min_precision=0.5)
+    assert refit.threshold == pytest.approx(on[binding[0]]["threshold"], rel=1e-5)

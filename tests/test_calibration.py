@@ -7,6 +7,7 @@ import pytest
 
 from classifier.data.schema import LabelSchema
 from classifier.evaluation.calibration import (
+    BiasedTemperatureScaler,
     TemperatureScaler,
     VectorScaler,
     brier,
@@ -122,3 +123,53 @@ def test_calibrate_heads_report_and_plots(tmp_path):
     assert [p.name for p in paths] == ["reliability_tier.png", "reliability_task.png", "reliability_sensitivity.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_bias_fixes_a_shifted_positive_class_where_temperature_cannot():
+    """Binary head over-confident (x2) AND shifted towards the positive class (+0.8 logit):
+    temperature alone cannot undo the shift; T + b (Platt) can, on held-out rows too."""
+    z, y = calibrated_set(8000, 2, seed=21)
+    shifted = 2.0 * z + np.array([0.0, 0.8])
+    fit_z, fit_y, test_z, test_y = shifted[:4000], y[:4000], shifted[4000:], y[4000:]
+    ts = TemperatureScaler().fit(fit_z, fit_y)
+    bs = BiasedTemperatureScaler().fit(fit_z, fit_y)
+    assert bs.nll_after_ < ts.nll_after_ and bs.nll_temperature_ == pytest.approx(ts.nll_after_)
+    assert bs.temperature_ == pytest.approx(2.0, rel=0.1)
+    assert bs.bias_.sum() == pytest.approx(0.0, abs=1e-9)
+    # the positive-minus-negative bias undoes the +0.8 shift (divided by T)
+    assert bs.bias_[1] - bs.bias_[0] == pytest.approx(-0.8 / 2.0, abs=0.1)
+    p_t, p_b = ts.predict_proba(test_z), bs.predict_proba(test_z)
+    assert nll(p_b, test_y) < nll(p_t, test_y)
+    assert ece_positive(p_b[:, 1], test_y == 1) < ece_positive(p_t[:, 1], test_y == 1)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        BiasedTemperatureScaler().predict_proba(test_z)
+
+
+def test_calibrate_heads_adopts_a_bias_only_where_it_pays():
+    schema = LabelSchema.default()
+    zt, yt = calibrated_set(4000, 2, seed=31)
+    zs, ys = calibrated_set(4000, 3, seed=32)
+    # tier: shifted towards frontier; sensitivity: only over-confident (temperature is enough)
+    logits = {"tier": 1.5 * zt + np.array([0.0, 1.0]), "sensitivity": 2.0 * zs}
+    labels = {"tier": yt, "sensitivity": ys}
+    report = calibrate_heads(schema, logits, labels)
+    tier, sens = report.heads["tier"], report.heads["sensitivity"]
+    assert tier.bias is not None and tier.bias_test["lr_statistic"] > tier.bias_test["critical_value"]
+    assert sens.bias is None and sens.bias_test["lr_statistic"] <= sens.bias_test["critical_value"]
+    only_t = calibrate_heads(schema, logits, labels, biases=False)
+    assert only_t.heads["tier"].bias is None and only_t.heads["tier"].bias_test is None
+    assert tier.after["nll"] < only_t.heads["tier"].after["nll"]
+    assert tier.after["ece_positive"] < only_t.heads["tier"].after["ece_positive"]
+    assert sens.temperature == pytest.approx(only_t.heads["sensitivity"].temperature)
+    payload = report.calibration_json("unit test")
+    assert payload["biases"] == {"tier": list(tier.bias)} and payload["method"] == "temperature_scaling+bias"
+    assert "biases" not in only_t.calibration_json("unit test")
+    # held-out rows from the same shifted model: the bias keeps paying
+    zh, yh = calibrated_set(4000, 2, seed=33)
+    held = {"tier": 1.5 * zh + np.array([0.0, 1.0])}
+    with_b = report.evaluate(held, {"tier": yh})["tier"]["after"]
+    without_b = only_t.evaluate(held, {"tier": yh})["tier"]["after"]
+    assert with_b["nll"] < without_b["nll"] and with_b["ece_positive"] < without_b["ece_positive"]
+    probs = report.predict_proba(held)["tier"]
+    z = held["tier"] / tier.temperature + np.asarray(tier.bias)
+    np.testing.assert_allclose(probs, softmax(z))

@@ -128,6 +128,56 @@ def test_update_bundle_file_rehashes_and_temperatures_apply(bundle_copy: Path, r
         assert np.all(np.abs(probs["tier"][:, 1] - 0.5) <= np.abs(raw[:, 1] - 0.5) + 1e-12)
 
 
+def test_calibration_biases_apply(bundle_copy: Path, router: Router) -> None:
+    """``softmax(logits / T + b)``: what ``tierwise calibrate`` writes for a head that needs a bias."""
+    assert router.biases == {}  # the tiny bundle has temperatures only
+    calibration = {"temperatures": {"tier": 2.0, "task": 0.5},
+                   "biases": {"tier": [-0.4, 0.4], "sensitivity": [0.1, -0.3, 0.2]}, "fitted_on": "calibration", "method": "temperature_scaling+bias", "metrics": {}}
+    bundle_io.update_bundle_file(bundle_copy, "calibration.json", json.dumps(calibration))
+    with Router.load(bundle_copy) as calibrated:
+        assert set(calibrated.biases) == {"tier", "sensitivity"}
+        assert calibrated.info()["biases"] == calibration["biases"]
+        logits = router.logits(TEXTS)
+        probs = calibrated.predict_proba(TEXTS)
+        for head in calibrated.head_names:
+            z = logits[head].astype(np.float64) / calibrated.temperatures[head]
+            z = z + np.asarray(calibration["biases"].get(head, 0.0))
+            want = np.exp(z - z.max(axis=1, keepdims=True))
+            want /= want.sum(axis=1, keepdims=True)
+            np.testing.assert_allclose(probs[head], want, rtol=1e-6, atol=1e-9)
+        # a +0.8 shift of the tier log-odds towards frontier, on top of T = 2
+        raw = logits["tier"].astype(np.float64)
+        log_odds = np.log(probs["tier"][:, 1] / probs["tier"][:, 0])
+        np.testing.assert_allclose(log_odds, (raw[:, 1] - raw[:, 0]) / 2.0 + 0.8, rtol=1e-6, atol=1e-9)
+        # decisions use the biased probabilities
+        decision = calibrated.route(TEXTS[1])
+        tier_probs = decision.to_dict()["probabilities"]["tier"]
+        assert [tier_probs["cheap"], tier_probs["frontier"]] == pytest.approx(probs["tier"][1].tolist(), abs=1e-5)
+        # the single-prompt path leaves the caller's logits alone
+        one = {h: z[:1].astype(np.float64) for h, z in logits.items()}
+        before = {h: z.copy() for h, z in one.items()}
+        calibrated.proba_from_logits(one)
+        for h in one:
+            np.testing.assert_array_equal(one[h], before[h])
+
+
+@pytest.mark.parametrize(
+    ("biases", "message"),
+    [
+        ({"tier": [0.1]}, r"biases.tier must be a list of 2 finite numbers"),
+        ({"tier": [0.1, float("nan")]}, r"biases.tier must be a list of 2 finite numbers"),
+        ({"tier": "0.1"}, r"biases.tier must be a list"),
+        ({"nope": [0.0, 0.0]}, r"biases.nope: not a head of the schema"),
+        ([0.1, 0.2], r"'biases' must map head names"),
+    ],
+)
+def test_bad_biases_are_refused(bundle_copy: Path, biases, message: str) -> None:
+    doc = {"temperatures": {"tier": 1.0}, "biases": biases}
+    bundle_io.update_bundle_file(bundle_copy, "calibration.json", json.dumps(doc))
+    with pytest.raises(BundleError, match=message):
+        Router.load(bundle_copy)
+
+
 def test_update_refuses_a_tampered_bundle(bundle_copy: Path) -> None:
     (bundle_copy / "policy.yaml").write_text("owner: someone else\n")
     with pytest.raises(BundleError, match="policy.yaml"):

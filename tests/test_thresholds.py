@@ -23,6 +23,7 @@ from classifier.evaluation.thresholds import (
     fit_recall_threshold,
     fit_tier_threshold,
     max_passing_count,
+    recall_at_precision,
     threshold_for_cheap_share,
 )
 
@@ -171,7 +172,8 @@ def test_recall_gate_reaches_its_target_over_repeated_splits():
         return np.concatenate([pos, neg]), np.r_[np.ones(n_pos, bool), np.zeros(n_neg, bool)]
 
     for _ in range(reps):
-        fitted = fit_recall_threshold(*draw(300, 1000), target, delta=delta, cls="pii")
+        # the recall bound alone (the precision floor is a separate, calibration-split rule)
+        fitted = fit_recall_threshold(*draw(300, 1000), target, delta=delta, cls="pii", min_precision=0.0)
         assert fitted.certified and fitted.recall_lower >= target
         measured = evaluate_recall_threshold(fitted.threshold, *draw(20000, 20000))
         misses += measured["recall"] < target
@@ -184,10 +186,101 @@ def test_recall_gate_with_too_few_positives_is_not_certified():
     rng = np.random.default_rng(5)
     s = np.r_[rng.beta(5, 2, size=40), rng.beta(2, 5, size=400)]
     y = np.r_[np.ones(40, bool), np.zeros(400, bool)]
-    fitted = fit_recall_threshold(s, y, 0.99, delta=0.1, cls="credential")
-    assert not fitted.certified and fitted.recall == 1.0
+    fitted = fit_recall_threshold(s, y, 0.99, delta=0.1, cls="credential", min_precision=0.0)
+    assert not fitted.certified and fitted.recall == 1.0 and not fitted.recall_target_met
     assert fitted.threshold == pytest.approx(s[:40].min())
     needed = math.ceil(math.log(0.1) / math.log(0.99))
     assert f"needs >= {needed}" in fitted.notes[0]
     with pytest.raises(ConfigError, match="no calibration rows of class 'credential'"):
         fit_recall_threshold(s[40:], y[40:], 0.99, cls="credential")
+
+
+# -- the precision floor of the sensitivity gates ------------------------------------------------
+def gate_set(rng: np.random.Generator, n_pos: int, n_neg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positives ~ Beta(5, 2), negatives ~ Beta(2, 5): overlapping, so high recall costs precision."""
+    s = np.r_[rng.beta(5, 2, size=n_pos), rng.beta(2, 5, size=n_neg)]
+    return s, np.r_[np.ones(n_pos, bool), np.zeros(n_neg, bool)]
+
+
+def precision_at(t: float, s: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    flagged = s >= t
+    return int(np.sum(flagged & y)), int(flagged.sum())
+
+
+def test_precision_floor_is_respected_and_minimal():
+    rng = np.random.default_rng(21)
+    s, y = gate_set(rng, 600, 4000)
+    floor, delta = 0.9, 0.1
+    fitted = fit_recall_threshold(s, y, 0.95, delta=delta, cls="pii", min_precision=floor)
+    assert fitted.precision_bound == "clopper_pearson_lower" and fitted.precision_floor_met
+    tp, flagged = precision_at(fitted.threshold, s, y)
+    assert clopper_pearson_lower(tp, flagged, 1 - delta) >= floor
+    assert fitted.precision == pytest.approx(tp / flagged) and fitted.precision >= floor
+    # minimal: the next lower score as threshold (one more tie group flagged) fails the floor
+    lower = s[s < fitted.threshold].max()
+    tp2, flagged2 = precision_at(lower, s, y)
+    assert clopper_pearson_lower(tp2, flagged2, 1 - delta) < floor
+    # the recall target alone would flag far more benign prompts: the floor wins and says so
+    unfloored = fit_recall_threshold(s, y, 0.95, delta=delta, cls="pii", min_precision=0.0)
+    assert unfloored.certified and unfloored.recall_target_met and unfloored.precision < floor
+    assert unfloored.threshold == pytest.approx(fitted.recall_threshold)
+    assert fitted.threshold > unfloored.threshold and fitted.threshold == fitted.precision_threshold
+    assert fitted.flag_rate_negative < unfloored.flag_rate_negative
+
+
+def test_conflict_between_recall_target_and_precision_floor_is_reported(caplog):
+    # the credential situation: too few positives to certify 0.99, fallback "catch every positive"
+    rng = np.random.default_rng(5)
+    s, y = gate_set(rng, 200, 4000)
+    with caplog.at_level("WARNING", logger="classifier.evaluation.thresholds"):
+        fitted = fit_recall_threshold(s, y, 0.99, delta=0.1, cls="credential", min_precision=0.95)
+    assert not fitted.certified and fitted.precision_floor_binding
+    assert fitted.recall_target_met is False and fitted.to_dict()["recall_target_met"] is False
+    assert fitted.recall_threshold == pytest.approx(s[y].min()) and fitted.threshold > fitted.recall_threshold
+    assert fitted.recall == pytest.approx(np.mean(s[y] >= fitted.threshold)) and fitted.recall < 0.99
+    assert fitted.recall == pytest.approx(fitted.recall_at_min_precision)
+    assert fitted.precision >= 0.95
+    assert any("precision floor 0.95 wins over recall target 0.99" in n for n in fitted.notes)
+    assert "recall target NOT met" in caplog.text
+
+
+def test_precision_floor_that_does_not_bind_changes_nothing():
+    rng = np.random.default_rng(8)
+    s = np.r_[rng.uniform(0.6, 1.0, 400), rng.uniform(0.0, 0.4, 4000)]  # separable
+    y = np.r_[np.ones(400, bool), np.zeros(4000, bool)]
+    fitted = fit_recall_threshold(s, y, 0.95, delta=0.1, min_precision=0.95)
+    plain = fit_recall_threshold(s, y, 0.95, delta=0.1, min_precision=0.0)
+    assert fitted.threshold == plain.threshold and fitted.recall_target_met and not fitted.precision_floor_binding
+    assert fitted.precision_threshold <= fitted.threshold and fitted.recall_at_min_precision == 1.0
+
+
+def test_precision_floor_falls_back_to_the_point_estimate_and_to_the_recall_threshold():
+    # 5 positives on top: 5/5 has a CP lower bound of 0.1 ** (1/5) = 0.63 < 0.95 at confidence 0.9
+    s = np.r_[np.linspace(0.91, 0.99, 5), np.linspace(0.0, 0.9, 200)]
+    y = np.r_[np.ones(5, bool), np.zeros(200, bool)]
+    fitted = fit_recall_threshold(s, y, 0.9, delta=0.1, min_precision=0.95)
+    assert fitted.precision_bound == "point_estimate" and fitted.precision_threshold == pytest.approx(0.91)
+    assert any("point estimate" in n for n in fitted.notes)
+    # the highest scores are negatives and precision never reaches the floor: recall threshold kept
+    s2 = np.r_[np.linspace(0.5, 0.6, 5), np.linspace(0.7, 0.9, 20), np.linspace(0.0, 0.4, 50)]
+    y2 = np.r_[np.ones(5, bool), np.zeros(70, bool)]
+    kept = fit_recall_threshold(s2, y2, 0.9, delta=0.1, min_precision=0.95)
+    assert not kept.precision_floor_met and kept.precision_threshold is None
+    assert kept.threshold == kept.recall_threshold == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="min_precision"):
+        fit_recall_threshold(s, y, 0.9, min_precision=1.5)
+
+
+def test_recall_at_precision_matches_a_brute_force_scan():
+    rng = np.random.default_rng(3)
+    s, y = gate_set(rng, 150, 900)
+    s = np.round(s, 2)  # ties
+    best = 0.0
+    for t in np.unique(s):
+        tp, flagged = precision_at(t, s, y)
+        if tp / flagged >= 0.8:
+            best = max(best, tp / y.sum())
+    got = recall_at_precision(s, y, 0.8)
+    assert got["recall"] == pytest.approx(best) and best > 0
+    measured = evaluate_recall_threshold(0.5, s, y, min_precision=0.8)
+    assert measured["recall_at_min_precision"] == pytest.approx(best)

@@ -3,16 +3,19 @@
 Runs the bundle through the torch-free runtime (``Router.logits``: exactly what is served) on the
 ``calibration`` split of the data set, then:
 
-1. fits one temperature per head (``calibration.calibrate_heads``) and writes the bundle's
+1. fits one temperature per head, plus per-class biases where they lower the calibration NLL
+   significantly (``calibration.calibrate_heads``), and writes the bundle's
    ``calibration.json`` (through ``bundle.update_bundle_file``, which re-hashes the manifest);
 2. on the temperature-scaled probabilities, fits the tier threshold (Learn-then-Test with a
    Clopper-Pearson bound at ``alpha``/``delta``, conformal risk control with ``--method crc``, or
    the ``--target-cheap-share`` quantile) and the sensitivity gate thresholds (recall targets
-   with a lower confidence bound), and writes them into the bundle's ``policy.yaml`` with their
-   provenance (method, alpha, delta, n, date);
+   with a lower confidence bound, never below the ``--min-precision`` floor: when the two
+   conflict the floor wins and the output says the recall target is not met), and writes them
+   into the bundle's ``policy.yaml`` with their provenance (method, alpha, delta, n, date);
 3. evaluates on the ``test`` split: ECE per head before/after, the measured misroute rate, cheap
    share, cost and saving vs all-frontier at the threshold (prices from ``--prices``), the same
-   for alpha in {0.02, 0.05, 0.10}, the gate recalls, and the routing of the full policy;
+   for alpha in {0.02, 0.05, 0.10}, the gate recalls and precisions (and the recall reachable at
+   the precision floor), and the routing of the full policy;
 4. prints a table and writes ``calibration_report.json`` + reliability PNGs under ``--out``.
 
 What it leaves out: the statistics themselves (``calibration.py``, ``thresholds.py``) and the
@@ -60,6 +63,11 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pii-recall", type=float, default=0.97, help="recall target of the pii gate (default 0.97)")
     parser.add_argument("--credential-recall", type=float, default=0.99,
                         help="recall target of the credential gate (default 0.99)")
+    parser.add_argument("--min-precision", type=float, default=None,
+                        help="precision floor of every sensitivity gate on the calibration split; wins over "
+                        "the recall targets when they conflict (default 0.95; 0 disables)")
+    parser.add_argument("--no-bias", action="store_true",
+                        help="fit temperatures only, never per-class biases")
     parser.add_argument("--recall", action="append", default=[], metavar="CLASS=TARGET",
                         help="recall target of another sensitivity class (repeatable)")
     parser.add_argument("--prices", default="training/prices.yaml", help="price file (default training/prices.yaml)")
@@ -162,6 +170,9 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
     if args.target_cheap_share is not None and not 0.0 < args.target_cheap_share < 1.0:
         raise ConfigError(f"--target-cheap-share must be strictly between 0 and 1, got {args.target_cheap_share}")
     targets = _recall_targets(args)
+    min_precision = th.DEFAULT_MIN_PRECISION if args.min_precision is None else args.min_precision
+    if not 0.0 <= min_precision <= 1.0:
+        raise ConfigError(f"--min-precision must be in [0, 1] (0 disables the floor), got {min_precision}")
     bundle = Path(args.bundle)
     if not bundle.is_dir():
         raise ConfigError(f"--bundle {bundle}: must be a bundle directory (calibrate rewrites files in it)")
@@ -180,9 +191,9 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
     has_test = "test" in logits
 
     # 1. temperatures -------------------------------------------------------------------------
-    report = cal.calibrate_heads(schema, cal_logits, cal_labels)
+    report = cal.calibrate_heads(schema, cal_logits, cal_labels, biases=not args.no_bias)
     temps = report.temperatures
-    probs = {s: {h: cal.softmax(z, temps.get(h, 1.0)) for h, z in logits[s].items()} for s in logits}
+    probs = {s: report.predict_proba(logits[s]) for s in logits}
     test_ece = report.evaluate(logits["test"], labels["test"]) if has_test else {}
 
     # 2. tier threshold ---------------------------------------------------------------------------
@@ -224,7 +235,8 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
                 logger.warning("no calibration rows of sensitivity class %r: its threshold is left as it is", cls_name)
                 continue
             gates[cls_name] = th.fit_recall_threshold(probs["calibration"][sens_name][rows, j], ys[rows] == j,
-                                                      targets[cls_name], delta=args.delta, cls=cls_name)
+                                                      targets[cls_name], delta=args.delta, cls=cls_name,
+                                                      min_precision=min_precision)
 
     # 4. write the bundle ------------------------------------------------------------------------
     fitted_on = f"{data_path} split=calibration n={len(splits['calibration'])} at {now.isoformat()}"
@@ -242,11 +254,15 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
         "sensitivity": {
             c: {"method": "recall_clopper_pearson", "target_recall": g.target_recall, "delta": g.delta,
                 "n_positive": g.n_positive, "recall_lower": _round(g.recall_lower), "certified": g.certified,
-                "fitted_at": now.isoformat()}
+                "min_precision": g.min_precision, "precision_bound": g.precision_bound,
+                "precision": _round(g.precision), "recall": _round(g.recall),
+                "recall_target_met": g.recall_target_met, "fitted_at": now.isoformat()}
             for c, g in gates.items()
         },
         "temperatures": {h: _round(t) for h, t in temps.items()},
     }
+    if report.biases:
+        provenance["biases"] = {h: [_round(v) for v in b] for h, b in report.biases.items()}
     base_version = re.sub(r"\+cal\.\d+$", "", policy.version)
     new_policy = policy.with_thresholds(
         tier=fitted.threshold, sensitivity={c: g.threshold for c, g in gates.items()},
@@ -259,7 +275,7 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
     # 5. evaluate on test ----------------------------------------------------------------------
     result: dict[str, Any] = {
         "bundle": str(bundle), "data": str(data_path), "created_at": now.isoformat(),
-        "policy_version": new_policy.version, "temperatures": temps,
+        "policy_version": new_policy.version, "temperatures": temps, "biases": report.biases,
         "calibration": {"heads": report.to_dict()["heads"], "tier_threshold": fitted.to_dict(),
                         "sensitivity": {c: g.to_dict() for c, g in gates.items()}},
     }
@@ -285,7 +301,8 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
             sens_head = schema.head(sens_name)
             test["sensitivity"] = {
                 c: th.evaluate_recall_threshold(g.threshold, probs["test"][sens_name][rows, sens_head.classes.index(c)],
-                                                ys[rows] == sens_head.classes.index(c), delta=args.delta)
+                                                ys[rows] == sens_head.classes.index(c), delta=args.delta,
+                                                min_precision=g.min_precision)
                 for c, g in gates.items() if np.any(ys[rows] == sens_head.classes.index(c))
             }
         result["test"] = test
@@ -348,14 +365,16 @@ def _usd(x: Any) -> str:
 
 
 def _format(result: dict[str, Any], fitted: Any, gates: Mapping[str, Any], args: argparse.Namespace) -> str:
-    lines = ["", "Temperatures and ECE (test split; calibration split where no test rows)"]
-    lines.append(f"  {'head':<14}{'T':>8}{'ECE before':>12}{'ECE after':>11}{'ECE+ before':>13}{'ECE+ after':>12}")
+    lines = ["", "Temperatures (+ per-class biases) and ECE (test split; calibration split where no test rows)"]
+    lines.append(f"  {'head':<14}{'T':>8}{'ECE before':>12}{'ECE after':>11}{'ECE+ before':>13}{'ECE+ after':>12}"
+                 "  biases")
     test_ece = result.get("test", {}).get("ece") or {}
     for head, hc in result["calibration"]["heads"].items():
         ev = test_ece.get(head) or {"before": hc["before"], "after": hc["after"]}
         b, a = ev["before"], ev["after"]
         lines.append(f"  {head:<14}{hc['temperature']:>8.3f}{b.get('ece', float('nan')):>12.4f}"
-                     f"{a.get('ece', float('nan')):>11.4f}{_num(b.get('ece_positive')):>13}{_num(a.get('ece_positive')):>12}")
+                     f"{a.get('ece', float('nan')):>11.4f}{_num(b.get('ece_positive')):>13}{_num(a.get('ece_positive')):>12}"
+                     + ("  [" + ", ".join(f"{v:+.3f}" for v in hc["bias"]) + "]" if hc.get("bias") else "  -"))
     lines.append("")
     mode = (f"target cheap share {fitted.target_cheap_share:g}" if fitted.target_cheap_share is not None
             else f"{fitted.method}, alpha={fitted.alpha:g}, delta={fitted.delta:g}")
@@ -385,14 +404,29 @@ def _format(result: dict[str, Any], fitted: Any, gates: Mapping[str, Any], args:
         lines.append(f"  full policy on test tier rows: {shares}; misroute {_pct(pol['misroute_rate'])}")
     if gates:
         lines.append("")
-        lines.append("Sensitivity gates (recall target, lower bound at 1-delta)")
-        lines.append(f"  {'class':<12}{'threshold':>11}{'target':>9}{'cal recall':>12}{'cal lower':>11}"
-                     f"{'test recall':>13}{'test flag neg':>15}")
+        floors = sorted({g.min_precision for g in gates.values()})
+        floor = "off" if floors == [0.0] else "/".join(f"{f:g}" for f in floors)
+        lines.append(f"Sensitivity gates (recall target, lower bound at 1-delta; precision floor {floor}; "
+                     "R@P = best recall at precision >= floor)")
+        lines.append(f"  {'class':<12}{'threshold':>11}{'target':>9}{'cal recall':>12}{'cal lower':>11}{'cal prec':>10}"
+                     f"{'test recall':>13}{'test prec':>11}{'test R@P':>10}{'flag neg':>10}")
         for c, g in gates.items():
             te = (test.get("sensitivity") or {}).get(c, {})
+            status = [] if g.certified else ["not certified: too few positives"]
+            if g.precision_floor_binding:
+                status.append("precision floor wins")
             lines.append(f"  {c:<12}{g.threshold:>11.4f}{g.target_recall:>9.3f}{_pct(g.recall):>12}{_pct(g.recall_lower):>11}"
-                         f"{_pct(te.get('recall')):>13}{_pct(te.get('flag_rate_negative')):>15}"
-                         + ("" if g.certified else "  (not certified: too few positives)"))
+                         f"{_pct(g.precision):>10}{_pct(te.get('recall')):>13}{_pct(te.get('precision')):>11}"
+                         f"{_pct(te.get('recall_at_min_precision')):>10}{_pct(te.get('flag_rate_negative')):>10}"
+                         + (f"  ({'; '.join(status)})" if status else ""))
+        for c, g in gates.items():
+            if g.precision_floor_binding:
+                lines.append(f"  WARNING: {c}: precision floor {g.min_precision:g} conflicts with recall target "
+                             f"{g.target_recall:g}; the floor wins: calibration recall {_pct(g.recall)} "
+                             f"at precision {_pct(g.precision)} (recall_target_met: false)")
+            elif not g.precision_floor_met:
+                lines.append(f"  WARNING: {c}: no threshold reaches precision >= {g.min_precision:g} on calibration; "
+                             "the recall threshold is kept")
     return "\n".join(lines)
 
 

@@ -8,9 +8,21 @@ What is here:
 - ``ece`` (expected calibration error, 15 equal-width bins on the top-class confidence),
   ``ece_positive`` (the same on a binary head's positive-class probability), ``brier``, ``nll``
   and ``reliability_bins`` (the data behind a reliability diagram).
-- ``calibrate_heads(schema, logits, labels)``: fit a temperature per head and report ECE / Brier /
-  NLL before and after, as a ``CalibrationReport`` that writes the bundle's ``calibration.json``
-  payload and before/after reliability diagrams (PNG, matplotlib Agg).
+- ``BiasedTemperatureScaler``: ``softmax(z / T + b)``, one temperature plus a per-class bias
+  (for a binary head this is Platt scaling of the logit difference); the bias is centred (sums to
+  0; softmax ignores a common shift).
+- ``calibrate_heads(schema, logits, labels)``: fit a temperature per head and, where it pays, a
+  per-class bias, and report ECE / Brier / NLL before and after, as a ``CalibrationReport`` that
+  writes the bundle's ``calibration.json`` payload and before/after reliability diagrams (PNG,
+  matplotlib Agg).
+
+**When a head gets a bias.** Temperature-only is the default; the ``T + b`` fit (``C - 1`` extra
+parameters) replaces it only when the drop in calibration NLL is statistically meaningful: a
+likelihood-ratio test of the nested models, ``2 n (NLL_T - NLL_T+b) > chi2_{C-1}(1 - BIAS_LEVEL)``
+(``BIAS_LEVEL = 0.01``, i.e. a drop of more than about ``3.3 / n`` nats per row for a binary
+head). That keeps bias-free bundles for heads whose only miscalibration is over/under-confidence
+and adds a bias where the model is shifted towards one class (e.g. a prior shift between training
+and calibration data). Unlike a temperature, a bias can change argmax predictions.
 
 What is left out: choosing decision thresholds (``thresholds.py``), running the model
 (``classifier.serving.runtime``), and the CLI (``calibrate_cmd.py``). numpy + scipy (+ matplotlib
@@ -32,6 +44,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
+from scipy.stats import chi2
 
 from classifier.errors import ConfigError
 
@@ -43,8 +56,12 @@ _LOG_T_BOUNDS = (float(np.log(0.02)), float(np.log(50.0)))
 # fewer labelled rows than this and a head keeps T = 1 (a temperature fitted on a handful of rows
 # is noise, and a wrong temperature hurts more than none)
 MIN_ROWS = 20
+# level of the likelihood-ratio test that decides whether a head gets per-class biases
+BIAS_LEVEL = 0.01
 
 __all__ = [
+    "BIAS_LEVEL",
+    "BiasedTemperatureScaler",
     "CalibrationReport",
     "HeadCalibration",
     "TemperatureScaler",
@@ -205,6 +222,60 @@ class TemperatureScaler:
         return softmax(logits, self._fitted())
 
 
+class BiasedTemperatureScaler:
+    """``softmax(z / T + b)``: one temperature and a per-class bias, fitted jointly by NLL.
+
+    For two classes it is Platt scaling of the logit difference. ``bias_`` is centred (sums to 0):
+    softmax ignores a common shift, so only ``C - 1`` of the biases are free. ``l2`` is a tiny ridge
+    on ``b`` that keeps the fit finite when a class never occurs.
+    """
+
+    def __init__(self, *, l2: float = 1e-6, max_iter: int = 500, bounds: tuple[float, float] = _LOG_T_BOUNDS) -> None:
+        if l2 < 0:
+            raise ConfigError(f"BiasedTemperatureScaler.l2 must be >= 0, got {l2}")
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.bounds = bounds
+
+    def fit(self, logits: np.ndarray, y: np.ndarray) -> BiasedTemperatureScaler:
+        logits, y = _fit_checks(logits, y)
+        n, c = logits.shape
+        rows = np.arange(n)
+        onehot = np.zeros((n, c))
+        onehot[rows, y] = 1.0
+        # start from the temperature-only optimum: the joint fit can then only improve on it
+        start = TemperatureScaler(bounds=self.bounds).fit(logits, y)
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            inv_t = np.exp(-theta[0])
+            b = theta[1:]
+            logp = log_softmax(logits * inv_t + b, axis=1)
+            loss = -np.sum(logp * onehot) / n + self.l2 * np.sum(b**2)
+            g = (np.exp(logp) - onehot) / n  # dL/dz'
+            grad_log_t = -inv_t * np.sum(g * logits)
+            grad_b = np.sum(g, axis=0) + 2 * self.l2 * b
+            return float(loss), np.concatenate([[grad_log_t], grad_b])
+
+        theta0 = np.concatenate([[np.log(start.temperature_)], np.zeros(c)])
+        res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
+                       bounds=[self.bounds] + [(None, None)] * c, options={"maxiter": self.max_iter})
+        theta = res.x if res.fun <= objective(theta0)[0] else theta0
+        self.temperature_ = float(np.exp(theta[0]))
+        self.bias_ = theta[1:] - theta[1:].mean()
+        self.temperature_only_ = start.temperature_  # the T-only fit, for comparison
+        self.nll_temperature_ = start.nll_after_
+        self.nll_after_ = float(-np.mean(log_softmax(self.transform(logits), axis=1)[rows, y]))
+        return self
+
+    def transform(self, logits: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "bias_"):
+            raise RuntimeError("BiasedTemperatureScaler is not fitted; call fit(logits, y) first")
+        return np.asarray(logits, dtype=np.float64) / self.temperature_ + self.bias_
+
+    def predict_proba(self, logits: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(self.transform(logits), axis=1))
+
+
 class VectorScaler:
     """Per-class affine calibration ``softmax(w * z + b)`` (vector scaling, Guo et al., 2017).
 
@@ -252,7 +323,9 @@ class VectorScaler:
 # -- per-head calibration --------------------------------------------------------------------
 @dataclass
 class HeadCalibration:
-    """One head's fitted temperature and metrics before / after on the fitting rows."""
+    """One head's fitted temperature (and per-class bias, None when not adopted) and metrics
+    before / after on the fitting rows. ``bias_test``: the likelihood-ratio test that decided
+    about the bias (NLL with T only, with T + b, statistic, critical value), when it ran."""
 
     head: str
     n: int
@@ -260,9 +333,22 @@ class HeadCalibration:
     before: dict[str, float]
     after: dict[str, float]
     note: str = ""
+    bias: tuple[float, ...] | None = None
+    bias_test: dict[str, float] | None = None
+
+    def transform(self, logits: np.ndarray) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        return z + np.asarray(self.bias) if self.bias is not None else z
+
+    def predict_proba(self, logits: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(self.transform(logits), axis=-1))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"n": self.n, "temperature": self.temperature, "before": self.before, "after": self.after}
+        out: dict[str, Any] = {"n": self.n, "temperature": self.temperature, "before": self.before, "after": self.after}
+        if self.bias is not None:
+            out["bias"] = list(self.bias)
+        if self.bias_test is not None:
+            out["bias_test"] = self.bias_test
         if self.note:
             out["note"] = self.note
         return out
@@ -281,6 +367,15 @@ class CalibrationReport:
     def temperatures(self) -> dict[str, float]:
         return {name: hc.temperature for name, hc in self.heads.items()}
 
+    @property
+    def biases(self) -> dict[str, list[float]]:
+        """Per-class biases of the heads that have them (empty: temperatures only)."""
+        return {name: list(hc.bias) for name, hc in self.heads.items() if hc.bias is not None}
+
+    def predict_proba(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Calibrated probabilities per head (a head without a fit gets the plain softmax)."""
+        return {h: self.heads[h].predict_proba(z) if h in self.heads else softmax(z) for h, z in logits.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {"n_bins": self.n_bins, "heads": {name: hc.to_dict() for name, hc in self.heads.items()}}
 
@@ -290,11 +385,15 @@ class CalibrationReport:
                                        for name, hc in self.heads.items()}
         if extra_metrics:
             metrics_out.update(extra_metrics)
-        return {"temperatures": self.temperatures, "fitted_on": fitted_on, "method": "temperature_scaling",
-                "metrics": metrics_out}
+        out: dict[str, Any] = {"temperatures": self.temperatures, "fitted_on": fitted_on,
+                               "method": "temperature_scaling", "metrics": metrics_out}
+        if self.biases:  # absent key = no biases: bundles without them load exactly as before
+            out["biases"] = self.biases
+            out["method"] = "temperature_scaling+bias"
+        return out
 
     def evaluate(self, logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
-        """Metrics before / after with these temperatures on other rows (e.g. the test split)."""
+        """Metrics before / after with this calibration on other rows (e.g. the test split)."""
         out: dict[str, dict[str, dict[str, float]]] = {}
         for name, hc in self.heads.items():
             if name not in logits or name not in labels:
@@ -305,7 +404,7 @@ class CalibrationReport:
             pos = self.positive.get(name)
             out[name] = {
                 "before": metrics(softmax(z), y, positive=pos, n_bins=self.n_bins),
-                "after": metrics(softmax(z, hc.temperature), y, positive=pos, n_bins=self.n_bins),
+                "after": metrics(hc.predict_proba(z), y, positive=pos, n_bins=self.n_bins),
             }
         return out
 
@@ -326,11 +425,16 @@ def _positive_index(head: Any) -> int | None:
 
 
 def calibrate_heads(schema: Any, logits: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
-                    *, n_bins: int = N_BINS, min_rows: int = MIN_ROWS) -> CalibrationReport:
-    """Fit a temperature per schema head present in both ``logits`` and ``labels``.
+                    *, n_bins: int = N_BINS, min_rows: int = MIN_ROWS, biases: bool = True,
+                    bias_level: float = BIAS_LEVEL) -> CalibrationReport:
+    """Fit a temperature per schema head present in both ``logits`` and ``labels``, plus a
+    per-class bias where the likelihood-ratio test at ``bias_level`` says it pays (module
+    docstring; ``biases=False``: temperatures only).
 
     A head with fewer than ``min_rows`` labelled rows keeps T = 1 (noted in the report).
     """
+    if not 0.0 < bias_level < 1.0:
+        raise ConfigError(f"bias_level must be strictly between 0 and 1, got {bias_level}")
     heads: dict[str, HeadCalibration] = {}
     positive: dict[str, int] = {}
     for head in schema.heads:
@@ -348,11 +452,20 @@ def calibrate_heads(schema: Any, logits: Mapping[str, np.ndarray], labels: Mappi
             logger.warning("head %r: %s", head.name, note)
             heads[head.name] = HeadCalibration(head.name, int(y.size), 1.0, before, dict(before), note)
             continue
-        scaler = TemperatureScaler().fit(z, y)
-        after = metrics(scaler.predict_proba(z), y, positive=pos, n_bins=n_bins)
-        heads[head.name] = HeadCalibration(head.name, int(y.size), scaler.temperature_, before, after)
-        logger.info("head %r: T=%.3f, ECE %.4f -> %.4f (n=%d)", head.name, scaler.temperature_,
-                    before["ece"], after["ece"], y.size)
+        biased = BiasedTemperatureScaler().fit(z, y) if biases else None
+        t_only = biased.temperature_only_ if biased is not None else TemperatureScaler().fit(z, y).temperature_
+        hc = HeadCalibration(head.name, int(y.size), t_only, before, {})
+        if biased is not None:
+            stat = 2.0 * y.size * (biased.nll_temperature_ - biased.nll_after_)
+            critical = float(chi2.ppf(1.0 - bias_level, head.num_classes - 1))
+            hc.bias_test = {"nll_temperature": biased.nll_temperature_, "nll_temperature_bias": biased.nll_after_,
+                            "lr_statistic": stat, "critical_value": critical, "level": bias_level}
+            if stat > critical:
+                hc.temperature, hc.bias = biased.temperature_, tuple(float(v) for v in biased.bias_)
+        hc.after = metrics(hc.predict_proba(z), y, positive=pos, n_bins=n_bins)
+        heads[head.name] = hc
+        logger.info("head %r: T=%.3f, bias %s, ECE %.4f -> %.4f (n=%d)", head.name, hc.temperature,
+                    "none" if hc.bias is None else np.round(hc.bias, 3).tolist(), before["ece"], hc.after["ece"], y.size)
     return CalibrationReport(heads=heads, positive=positive, n_bins=n_bins,
                              class_names={h.name: tuple(h.classes) for h in schema.heads})
 
@@ -361,7 +474,7 @@ def calibrate_heads(schema: Any, logits: Mapping[str, np.ndarray], labels: Mappi
 def plot_reliability(report: CalibrationReport, logits: Mapping[str, np.ndarray],
                      labels: Mapping[str, np.ndarray], out_dir: str | Path, *,
                      split: str = "calibration") -> list[Path]:
-    """One PNG per head: reliability diagrams before (T=1) and after temperature scaling.
+    """One PNG per head: reliability diagrams before (T=1) and after calibration.
 
     Binary heads plot the positive-class probability (the one thresholds act on), other heads the
     top-class confidence. Bar width shows the bin, the diagonal is perfect calibration, and the
@@ -384,8 +497,8 @@ def plot_reliability(report: CalibrationReport, logits: Mapping[str, np.ndarray]
         pos = report.positive.get(name)
         fig, axes = plt.subplots(2, 2, figsize=(9, 5.5), sharex=True,
                                  gridspec_kw={"height_ratios": [4, 1]})
-        for col, (title, temp) in enumerate((("before (T=1)", 1.0), (f"after (T={hc.temperature:.2f})", hc.temperature))):
-            probs = softmax(z, temp)
+        after_title = f"after (T={hc.temperature:.2f}" + (", bias" if hc.bias is not None else "") + ")"
+        for col, (title, probs) in enumerate((("before (T=1)", softmax(z)), (after_title, hc.predict_proba(z)))):
             if pos is not None:
                 conf, hit = probs[:, pos], (y == pos).astype(float)
                 err = ece_positive(conf, hit, report.n_bins)

@@ -39,6 +39,20 @@ largest threshold whose recall on calibration positives has a Clopper-Pearson lo
 conditional on the positives). Tuned separately from cost: a gate trades benign prompts sent to
 a restricted tier for caught sensitive ones, never for money.
 
+**Precision floor.** Policy owners state a gate as "recall >= R at precision >= P": a gate that
+flags a large share of benign traffic blocks ordinary work. With ``min_precision = P > 0`` the
+threshold is never below ``t_P``, the smallest threshold (so the largest recall) whose precision on
+the calibration split (class ``c`` vs every other labelled row) meets ``P``. Precision is judged
+by its one-sided Clopper-Pearson *lower* bound at ``1 - delta`` (``flagged`` rows as trials, true
+positives as events) when at least one threshold passes that way; when none does (few positives,
+as for a rare class) the point estimate is used instead, so the floor still stops the "catch every
+calibration positive" fallback from flagging a large share of benign prompts; ``precision_bound``
+says which was used. When the floor is above the recall threshold the floor wins, the result says
+``recall_target_met = False`` and reports the recall actually reached, with a logged warning.
+When no threshold reaches ``P`` even by point estimate, the recall threshold is kept and
+``precision_floor_met = False``. ``min_precision = 0`` disables the floor (the recall bound alone).
+The floor is a calibration-split statement, not a finite-sample guarantee like the recall bound.
+
 What is left out: fitting probabilities (``calibration.py``), routing (the policy engine) and the
 CLI (``calibrate_cmd.py``). numpy + scipy.
 """
@@ -64,8 +78,11 @@ METHODS = ("ltt", "crc")
 # stays frontier (a calibrated probability of exactly 1 does not occur in practice)
 _MAX_T = 1.0
 _MIN_GATE_T = 1e-6
+# policy owners' goal: a sensitivity gate must be right at least this often when it flags a prompt
+DEFAULT_MIN_PRECISION = 0.95
 
 __all__ = [
+    "DEFAULT_MIN_PRECISION",
     "RecallThreshold",
     "TierThreshold",
     "clopper_pearson_lower",
@@ -75,6 +92,7 @@ __all__ = [
     "fit_recall_threshold",
     "fit_tier_threshold",
     "max_passing_count",
+    "recall_at_precision",
     "threshold_for_cheap_share",
 ]
 
@@ -272,8 +290,13 @@ class RecallThreshold:
     """A gate threshold for one sensitivity class: ``p_class >= threshold`` flags the prompt.
 
     ``certified`` is False when the calibration positives are too few (or too poorly separated)
-    for the recall lower bound to reach the target; the threshold then catches every calibration
-    positive and ``recall_lower`` says what is actually certified.
+    for the recall lower bound to reach the target; the recall threshold then catches every
+    calibration positive and ``recall_lower`` says what is actually certified.
+    ``recall_threshold`` is the threshold the recall target alone picks; ``precision_threshold``
+    the smallest one meeting ``min_precision`` (None when the floor is off or cannot be met).
+    ``recall_target_met`` is True only when the recall threshold is certified and the precision
+    floor did not have to raise it; ``recall`` is then what the chosen threshold reaches.
+    ``recall_at_min_precision``: calibration recall at ``precision_threshold``.
     """
 
     cls: str
@@ -287,17 +310,78 @@ class RecallThreshold:
     flag_rate_negative: float | None
     precision: float | None
     certified: bool
+    min_precision: float = 0.0
+    recall_threshold: float | None = None
+    precision_threshold: float | None = None
+    precision_bound: str | None = None  # "clopper_pearson_lower" | "point_estimate" | None
+    precision_floor_met: bool = True
+    precision_floor_binding: bool = False
+    recall_target_met: bool = True
+    recall_at_min_precision: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _check_floor(min_precision: float) -> float:
+    if isinstance(min_precision, bool) or not isinstance(min_precision, (int, float)) \
+            or not (0.0 <= min_precision <= 1.0):
+        raise ConfigError(f"min_precision must be a number in [0, 1] (0 disables the floor), got {min_precision!r}")
+    return float(min_precision)
+
+
+def _precision_curve(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct score ``v`` (descending): threshold ``v``, true positives and flagged rows of
+    the gate ``s >= v``."""
+    order = np.argsort(-s, kind="stable")
+    ss, yy = s[order], y[order]
+    tp = np.cumsum(yy)
+    # the last row of each tie group: a threshold flags every row with the same score
+    last = np.r_[ss[1:] < ss[:-1], True]
+    idx = np.flatnonzero(last)
+    return ss[idx], tp[idx], idx + 1
+
+
+def _precision_floor(s: np.ndarray, y: np.ndarray, min_precision: float,
+                     delta: float) -> tuple[float | None, str | None]:
+    """Smallest threshold whose calibration precision meets ``min_precision``, and the bound used
+    (see the module docstring); ``(None, None)`` when no threshold meets it."""
+    thresholds, tp, flagged = _precision_curve(s, y)
+    lower = np.zeros(tp.size)
+    has_tp = tp > 0
+    lower[has_tp] = beta_dist.ppf(delta, tp[has_tp], flagged[has_tp] - tp[has_tp] + 1)
+    for bound, ok in (("clopper_pearson_lower", lower >= min_precision),
+                      ("point_estimate", tp / flagged >= min_precision)):
+        if ok.any():
+            # thresholds are descending: the last passing one is the smallest (the largest recall)
+            return float(thresholds[np.flatnonzero(ok)[-1]]), bound
+    return None, None
+
+
+def recall_at_precision(scores: Any, is_class: Any, min_precision: float) -> dict[str, float | None]:
+    """The largest recall over thresholds whose measured precision is ``>= min_precision`` (point
+    estimates on these rows; for reports: what the scores can do at that precision), and that
+    threshold. ``recall`` 0 and ``threshold`` None when no threshold reaches the precision."""
+    min_precision = _check_floor(min_precision)
+    s, y = _scores_labels(scores, is_class)
+    m = int(y.sum())
+    if m == 0:
+        return {"recall": None, "threshold": None, "min_precision": min_precision}
+    thresholds, tp, flagged = _precision_curve(s, y)
+    ok = np.flatnonzero(tp / flagged >= min_precision)
+    if not ok.size:
+        return {"recall": 0.0, "threshold": None, "min_precision": min_precision}
+    return {"recall": float(tp[ok[-1]] / m), "threshold": float(thresholds[ok[-1]]), "min_precision": min_precision}
+
+
 def fit_recall_threshold(scores: Any, is_class: Any, target_recall: float, *, delta: float = 0.1,
-                         cls: str = "positive") -> RecallThreshold:
-    """Largest threshold with a Clopper-Pearson lower bound on recall ``>= target_recall``."""
+                         cls: str = "positive", min_precision: float = DEFAULT_MIN_PRECISION) -> RecallThreshold:
+    """Largest threshold with a Clopper-Pearson lower bound on recall ``>= target_recall``, raised
+    to the precision floor ``min_precision`` where needed (0 disables it; see the module docstring)."""
     target_recall = _check_rate(f"recall target for {cls!r}", target_recall)
     delta = _check_rate("delta", delta)
+    min_precision = _check_floor(min_precision)
     s, y = _scores_labels(scores, is_class)
     pos = np.sort(s[y])
     m = int(pos.size)
@@ -308,17 +392,44 @@ def fit_recall_threshold(scores: Any, is_class: Any, target_recall: float, *, de
     c = max_passing_count(m, 1.0 - target_recall, delta)
     certified = c >= 0
     if certified:
-        t = float(pos[c]) if c < m else _MAX_T
+        t_recall = float(pos[c]) if c < m else _MAX_T
     else:
         need = math.ceil(math.log(delta) / math.log(target_recall))
-        t = float(pos[0])
+        t_recall = float(pos[0])
         notes.append(f"{m} calibration positives cannot certify recall >= {target_recall:g} at "
                      f"confidence {1 - delta:g} (needs >= {need}); threshold catches every calibration positive")
         logger.warning("class %r: %s", cls, notes[-1])
-    t = max(t, _MIN_GATE_T)
+    t_recall = max(t_recall, _MIN_GATE_T)
+
+    t_prec, bound, floor_met, binding, recall_at_p = None, None, True, False, None
+    t = t_recall
+    if min_precision > 0:
+        t_prec, bound = _precision_floor(s, y, min_precision, delta)
+        if t_prec is None:
+            floor_met = False
+            notes.append(f"no threshold reaches precision >= {min_precision:g} on the calibration split; "
+                         "the recall threshold is kept")
+            logger.warning("class %r: %s", cls, notes[-1])
+        else:
+            t_prec = max(t_prec, _MIN_GATE_T)
+            recall_at_p = float(np.mean(s[y] >= t_prec))
+            if bound == "point_estimate":
+                notes.append(f"no threshold's Clopper-Pearson precision lower bound reaches {min_precision:g} "
+                             f"at confidence {1 - delta:g}: the floor uses the point estimate of precision")
+            if t_prec > t_recall:
+                binding, t = True, t_prec
     result = _recall_summary(t, s, y, delta)
+    target_met = certified and not binding
+    if binding:
+        notes.append(f"precision floor {min_precision:g} wins over recall target {target_recall:g}: threshold "
+                     f"raised from {t_recall:.4g} to {t:.4g}, calibration recall {result['recall']:.4f} "
+                     f"(lower bound {result['recall_lower']:.4f}): recall target NOT met")
+        logger.warning("class %r: %s", cls, notes[-1])
     return RecallThreshold(cls=cls, threshold=t, target_recall=target_recall, delta=delta,
-                           certified=certified, notes=notes, **result)
+                           certified=certified, min_precision=min_precision, recall_threshold=t_recall,
+                           precision_threshold=t_prec, precision_bound=bound, precision_floor_met=floor_met,
+                           precision_floor_binding=binding, recall_target_met=target_met,
+                           recall_at_min_precision=recall_at_p, notes=notes, **result)
 
 
 def _recall_summary(t: float, s: np.ndarray, y: np.ndarray, delta: float) -> dict[str, Any]:
@@ -335,7 +446,12 @@ def _recall_summary(t: float, s: np.ndarray, y: np.ndarray, delta: float) -> dic
     }
 
 
-def evaluate_recall_threshold(threshold: float, scores: Any, is_class: Any, *, delta: float = 0.1) -> dict[str, Any]:
-    """Measured recall (with its lower bound), flag rate on negatives and precision on other rows."""
+def evaluate_recall_threshold(threshold: float, scores: Any, is_class: Any, *, delta: float = 0.1,
+                              min_precision: float | None = None) -> dict[str, Any]:
+    """Measured recall (with its lower bound), flag rate on negatives and precision on other rows;
+    with ``min_precision``, also ``recall_at_min_precision`` (see ``recall_at_precision``)."""
     s, y = _scores_labels(scores, is_class)
-    return {"threshold": float(threshold), **_recall_summary(float(threshold), s, y, delta)}
+    out = {"threshold": float(threshold), **_recall_summary(float(threshold), s, y, delta)}
+    if min_precision is not None and min_precision > 0:
+        out["recall_at_min_precision"] = recall_at_precision(s, y, min_precision)["recall"]
+    return out

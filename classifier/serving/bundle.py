@@ -315,7 +315,8 @@ def library_versions() -> dict[str, str]:
 
 
 def identity_calibration(head_names: list[str]) -> str:
-    """``calibration.json`` text with every temperature 1.0 (until ``tierwise calibrate`` refits)."""
+    """``calibration.json`` text with every temperature 1.0 and no ``biases`` (the identity, until
+    ``tierwise calibrate`` refits)."""
     doc = {"temperatures": {h: 1.0 for h in head_names}, "fitted_on": None, "metrics": {},
            "note": "identity temperatures written at export; run tierwise calibrate"}
     return json.dumps(doc, indent=2) + "\n"

@@ -2,10 +2,11 @@
 
 ``Router.load(path)`` verifies the bundle manifest (a directory or its ``.tar.gz``), builds one
 ONNX Runtime session and one fast tokenizer from the verified bytes, reads the calibration
-temperatures and the routing policy, and warms the session up. Then::
+(temperatures, and per-class biases where ``calibration.json`` has them) and the routing policy,
+and warms the session up. Then::
 
     router.logits(texts)         # raw logits per head, [n, C]
-    router.predict_proba(texts)  # temperature-scaled softmax per head
+    router.predict_proba(texts)  # softmax(logits / T + b) per head (b = 0 without biases)
     router.route("text")         # -> Decision; router.route([...]) -> list[Decision]
 
 ``route`` never raises, whatever it is given: a prompt it cannot classify gets the policy's
@@ -151,8 +152,10 @@ class _Watchdog:
                         del self._runs[key]
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+def _softmax(logits: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:
     z = logits / temperature if temperature != 1.0 else logits
+    if bias is not None:
+        z = z + bias  # [C] broadcast over rows; a new array, the input is left alone
     z = z - z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
@@ -160,7 +163,7 @@ def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 
 class Router:
-    """A loaded bundle: tokenizer + ONNX session + temperatures + policy engine.
+    """A loaded bundle: tokenizer + ONNX session + calibration (temperatures, biases) + policy engine.
 
     Thread-safe for concurrent ``logits``/``predict_proba``/``route`` calls (ONNX Runtime sessions
     and tokenizers may be shared between threads). Build it with :meth:`load`.
@@ -179,6 +182,7 @@ class Router:
         source: Path | None = None,
         opened: bundle_io.OpenedBundle | None = None,
         deadline_ms: float | None = None,
+        biases: Mapping[str, Any] | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.source = source or bundle_dir
@@ -187,6 +191,15 @@ class Router:
         self.schema = schema
         self.head_names = schema.head_names
         self.temperatures = {h: float(temperatures.get(h, 1.0)) for h in self.head_names}
+        biases = biases or {}
+        # per-class biases as read-only float64 [C] vectors, built once: the hot path only adds them
+        self.biases: dict[str, np.ndarray] = {}
+        for h in self.head_names:
+            if biases.get(h) is not None:
+                b = np.array(biases[h], dtype=np.float64).reshape(-1)
+                b.setflags(write=False)
+                self.biases[h] = b
+        self._calibration = [(h, self.temperatures[h], self.biases.get(h)) for h in self.head_names]
         self.policy = policy
         self.engine = PolicyEngine(policy, schema)
         self._session = session
@@ -233,14 +246,14 @@ class Router:
         directory = opened.directory
         manifest, files = bundle_io.load_verified(directory)
         schema = _parse_schema(files[bundle_io.SCHEMA_FILE], directory)
-        temperatures = _parse_calibration(files.get(bundle_io.CALIBRATION_FILE), schema, directory)
+        temperatures, biases = _parse_calibration(files.get(bundle_io.CALIBRATION_FILE), schema, directory)
         resolved = _resolve_policy(policy, files[bundle_io.POLICY_FILE], directory)
         tokenizer = _build_tokenizer(files[bundle_io.TOKENIZER_FILE], manifest.input_limits, directory)
         session = _build_session(files[bundle_io.MODEL_FILE], threads, schema, directory)
         router = cls(
             bundle_dir=directory, manifest=manifest, session=session, tokenizer=tokenizer,
             schema=schema, temperatures=temperatures, policy=resolved, source=opened.source, opened=opened,
-            deadline_ms=deadline_ms,
+            deadline_ms=deadline_ms, biases=biases,
         )
         router._warm_up()
         return router
@@ -360,8 +373,8 @@ class Router:
         return self._logits_with_flags(texts)[0]
 
     def proba_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Temperature-scaled softmax of logits (float64 copies, the input is left alone)."""
-        return {h: _softmax(np.asarray(logits[h], dtype=np.float64), self.temperatures[h]) for h in self.head_names}
+        """Calibrated softmax ``softmax(logits / T + b)`` (float64 copies, the input is left alone)."""
+        return {h: _softmax(np.asarray(logits[h], dtype=np.float64), t, b) for h, t, b in self._calibration}
 
     def predict_proba(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
         """Calibrated probabilities per head, [n, C], rows sum to 1."""
@@ -443,6 +456,7 @@ class Router:
             "heads": list(self.head_names),
             "input_limits": m.input_limits.to_dict(),
             "temperatures": dict(self.temperatures),
+            "biases": {h: b.tolist() for h, b in self.biases.items()},
         }
 
 
@@ -463,9 +477,11 @@ def _parse_schema(data: bytes, directory: Path) -> LabelSchema:
         raise BundleError(f"{directory / bundle_io.SCHEMA_FILE}: invalid schema: {exc}") from None
 
 
-def _parse_calibration(data: bytes | None, schema: LabelSchema, directory: Path) -> dict[str, float]:
+def _parse_calibration(data: bytes | None, schema: LabelSchema,
+                       directory: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Temperatures per head (1.0 where absent) and per-class biases of the heads that have them."""
     if data is None:
-        return {h: 1.0 for h in schema.head_names}
+        return {h: 1.0 for h in schema.head_names}, {}
     where = directory / bundle_io.CALIBRATION_FILE
     try:
         doc = json.loads(data)
@@ -481,7 +497,22 @@ def _parse_calibration(data: bytes | None, schema: LabelSchema, directory: Path)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise BundleError(f"{where}: temperatures.{head} must be a finite number > 0, got {value!r}")
         out[head] = float(value)
-    return out
+    raw_biases = doc.get("biases")
+    if raw_biases is None:
+        return out, {}
+    if not isinstance(raw_biases, dict):
+        raise BundleError(f"{where}: 'biases' must map head names to lists of numbers, one per class")
+    biases: dict[str, list[float]] = {}
+    for head, values in raw_biases.items():
+        if head not in schema:
+            raise BundleError(f"{where}: biases.{head}: not a head of the schema {schema.head_names}")
+        n_classes = schema.head(head).num_classes
+        if not isinstance(values, list) or len(values) != n_classes or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            raise BundleError(f"{where}: biases.{head} must be a list of {n_classes} finite numbers "
+                              f"(one per class of {list(schema.head(head).classes)}), got {values!r}")
+        biases[head] = [float(v) for v in values]
+    return out, biases
 
 
 def _resolve_policy(policy: Any, bundled: bytes, directory: Path) -> Policy:
