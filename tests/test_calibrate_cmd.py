@@ -155,7 +155,7 @@ def test_precision_floor_conflict_is_reported(bundle, dataset, tmp_path, capsys)
     from classifier.serving.runtime import Router
 
     args = ["calibrate", "--bundle", str(bundle), "--data", str(dataset), "--pii-recall", "0.99",
-            "--credential-recall", "0.99", "--threads", "1", "--no-bias"]
+            "--credential-recall", "0.99", "--threads", "1"]
     assert cli_main(args + ["--min-precision", "0", "--out", str(tmp_path / "off")]) == 0
     off = json.loads((tmp_path / "off" / "calibration_report.json").read_text())["calibration"]["sensitivity"]
     capsys.readouterr()

@@ -12,6 +12,7 @@ bundle) and leaves the teacher untouched.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import random
@@ -45,6 +46,7 @@ class DistillConfig:
     kd_weight: float = 0.5
     kd_temperature: float = 2.0
     dropout: float = 0.1
+    head_weights: dict[str, float] = field(default_factory=lambda: {"sensitivity": 2.0})
     max_length: int = 128
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
@@ -175,9 +177,23 @@ class StudentDistiller:
         log.info("distil: %d training rows, teacher %s", len(train), cfg.teacher)
         train_seqs = _encode(tokenizer, train["text"].tolist())
         split_seqs = {s: _encode(tokenizer, f["text"].tolist()) for s, f in splits.items()}
-        teacher_train = _batched_logits(teacher, train_seqs, pad_id, cfg.teacher_batch_size, "teacher (train)")
-        teacher_eval = {s: _batched_logits(teacher, q, pad_id, cfg.teacher_batch_size, f"teacher ({s})")
-                        for s, q in split_seqs.items()}
+        # Teacher inference is the slow part (minutes on CPU); its logits are cached beside the
+        # teacher, keyed by the rows and the max length, so re-running the student is seconds.
+        key = hashlib.sha256(json.dumps([cfg.max_length, train["id"].tolist(),
+                                         {s: f["id"].tolist() for s, f in splits.items()}]).encode()).hexdigest()[:16]
+        cache = Path(cfg.teacher) / f"distill_cache_{key}.npz"
+        if cache.is_file():
+            with np.load(cache) as z:
+                teacher_train = {n: z[f"train/{n}"] for n in teacher.head_names}
+                teacher_eval = {s: {n: z[f"{s}/{n}"] for n in teacher.head_names} for s in splits}
+            log.info("teacher logits read from %s", cache)
+        else:
+            teacher_train = _batched_logits(teacher, train_seqs, pad_id, cfg.teacher_batch_size, "teacher (train)")
+            teacher_eval = {s: _batched_logits(teacher, q, pad_id, cfg.teacher_batch_size, f"teacher ({s})")
+                            for s, q in split_seqs.items()}
+            arrays = {f"train/{n}": v for n, v in teacher_train.items()}
+            arrays.update({f"{s}/{n}": v for s, d in teacher_eval.items() for n, v in d.items()})
+            np.savez(cache, **arrays)
         self.teacher_seconds_ = time.perf_counter() - t0
 
         special = [tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")]
@@ -214,11 +230,12 @@ class StudentDistiller:
                 loss = torch.zeros(())
                 for head, z in zip(schema.heads, outs, strict=True):
                     y = torch.from_numpy(labels[head.name][idx])
+                    hw = float(cfg.head_weights.get(head.name, 1.0))
                     if (y >= 0).any():
-                        loss = loss + (1 - cfg.kd_weight) * F.cross_entropy(z, y, weight=class_w[head.name], ignore_index=-100)
+                        loss = loss + hw * (1 - cfg.kd_weight) * F.cross_entropy(z, y, weight=class_w[head.name], ignore_index=-100)
                     target = torch.from_numpy(soft[head.name][idx])
                     kd = F.kl_div(F.log_softmax(z / cfg.kd_temperature, dim=1), target, reduction="batchmean")
-                    loss = loss + cfg.kd_weight * kd * cfg.kd_temperature**2
+                    loss = loss + hw * cfg.kd_weight * kd * cfg.kd_temperature**2
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -334,6 +351,21 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(defaults, name))
     for name in ("lr", "embedding_lr", "kd_weight", "kd_temperature", "dropout"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=getattr(defaults, name))
+    parser.add_argument("--head-weights", type=_parse_weights, default=defaults.head_weights,
+                        help="per-head loss weights, e.g. sensitivity=2,tier=1 (default sensitivity=2)")
+
+
+def _parse_weights(spec: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--head-weights: {part!r} is not HEAD=NUMBER") from None
+        if not sep or out[name.strip()] < 0:
+            raise argparse.ArgumentTypeError(f"--head-weights: {part!r} is not HEAD=NUMBER with NUMBER >= 0")
+    return out
 
 
 def run_distill(args: argparse.Namespace) -> int:
