@@ -399,6 +399,9 @@ def update_bundle_file(directory: str | Path, name: str, data: bytes | str) -> M
     files[name] = sha256_bytes(payload)
     updated = Manifest(**{**_fields(manifest), "files": files})
     _atomic_write(directory / MANIFEST_FILE, _dump(updated))
+    archive = directory.with_name(directory.name + ".tar.gz")
+    if archive.is_file():  # keep the shipped archive in step with the directory it was packed from
+        pack(directory, archive)
     return updated
 
 

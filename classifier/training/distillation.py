@@ -317,6 +317,9 @@ class StudentDistiller:
             extra={"parity": parity, "distillation": {"config": asdict(cfg), "teacher": str(cfg.teacher),
                                                        "history": self.history_}},
         )
+        from classifier.serving.bundle import pack
+
+        pack(path)
         (path.parent / f"{path.name}.distill_report.json").write_text(
             json.dumps({"report": self.report_, "history": self.history_, "seconds": self.seconds_}, indent=2))
         return path
