@@ -82,7 +82,7 @@ def test_calibrate_writes_bundle_and_reports(bundle, dataset, tmp_path, capsys):
     for alpha in ("0.02", "0.05", "0.10"):
         assert f"\n  {alpha:>6}" in stdout
     assert "Sensitivity gates" in stdout and "saving" in stdout
-    assert "test prec" in stdout and "test R@P" in stdout and "precision floor 0.95" in stdout
+    assert "test prec" in stdout and "test R@P" in stdout and "precision floor 0.8" in stdout
 
     verify_bundle(bundle)  # both rewritten files went through the manifest
     report = json.loads((out / "calibration_report.json").read_text())

@@ -77,7 +77,10 @@ METHODS = ("ltt", "crc")
 _MAX_T = 1.0
 _MIN_GATE_T = 1e-6
 # policy owners' goal: a sensitivity gate must be right at least this often when it flags a prompt
-DEFAULT_MIN_PRECISION = 0.95
+# 0.8, not 0.95: a missed pii prompt leaks data, a flagged benign one only goes to a safer tier.
+# With 0.95 the floor lifted the pii gate from ~0.85 to 0.98 and 36% of test pii prompts leaked;
+# the floor's job is to stop the "catch every positive" fallback flagging 15% of benign traffic.
+DEFAULT_MIN_PRECISION = 0.8
 
 __all__ = [
     "DEFAULT_MIN_PRECISION",
