@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from classifier.evaluation.thresholds import DEFAULT_MIN_PRECISION
+
 from classifier.cli import main as cli_main
 
 TIERS = np.array(["cheap", "frontier"])
@@ -96,7 +98,7 @@ def test_calibrate_writes_bundle_and_reports(bundle, dataset, tmp_path, capsys):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
     for c, gate in report["calibration"]["sensitivity"].items():  # the default floor was applied
-        assert gate["min_precision"] == 0.95
+        assert gate["min_precision"] == DEFAULT_MIN_PRECISION
         measured = report["test"]["sensitivity"][c]
         assert "precision" in measured and "recall_at_min_precision" in measured
         if gate["precision_floor_binding"]:
