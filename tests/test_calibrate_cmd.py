@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.evaluation.thresholds import DEFAULT_MIN_PRECISION
-
 from classifier.cli import main as cli_main
+from classifier.evaluation.thresholds import DEFAULT_MIN_PRECISION
 
 TIERS = np.array(["cheap", "frontier"])
 TASKS = np.array(["chat_writing", "code", "math_reasoning", "knowledge"])
