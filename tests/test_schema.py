@@ -52,7 +52,10 @@ def test_missing_file(tmp_path):
         LabelSchema.from_yaml(tmp_path / "nope.yaml")
 
 
-def test_head_is_hashable_and_frozen():
+def test_head_is_frozen_and_normalises_classes():
+    from dataclasses import FrozenInstanceError
+
     h = Head(name="x", classes=["a", "b"])
-    with pytest.raises(Exception):
+    assert h.classes == ("a", "b") and h.column == "x"
+    with pytest.raises(FrozenInstanceError):
         h.name = "y"  # type: ignore[misc]

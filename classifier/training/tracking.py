@@ -65,9 +65,8 @@ def artifact_root(uri: str) -> Path | None:
 
 def client(uri: str | None = None):
     """An ``MlflowClient`` on ``uri`` (default ``tracking_uri()``), registry on the same store."""
-    from mlflow import MlflowClient
-
     import mlflow
+    from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
     db = _sqlite_path(uri)
