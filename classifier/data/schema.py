@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from classifier.errors import SchemaError
+from classifier.yaml_io import read_yaml
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -148,13 +149,7 @@ class LabelSchema:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> LabelSchema:
-        path = Path(path)
-        if not path.is_file():
-            raise SchemaError(f"schema file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise SchemaError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml(path, SchemaError, "schema file")
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from classifier.errors import ConfigError, DataError
+from classifier.yaml_io import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +118,7 @@ class Prices:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Prices:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"price file {path} does not exist; pass --prices with a valid file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml(path, ConfigError, "price file", "pass --prices with a valid file")
         return cls.from_dict(data, source=str(path))
 
     # -- lookup ----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from classifier.errors import PolicyError
+from classifier.yaml_io import read_yaml
 
 TRUST_LEVELS = ("external", "internal", "self_hosted")
 SENSITIVITY_ACTIONS = ("block", "restrict", "allow")
@@ -219,13 +220,7 @@ class Policy:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> Policy:
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyError(f"policy file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml(path, PolicyError, "policy file")
         try:
             return cls.from_dict(data)
         except PolicyError as exc:

@@ -25,6 +25,7 @@ from typing import Any, Union
 import yaml
 
 from classifier.errors import ConfigError
+from classifier.yaml_io import read_yaml
 
 # where ``--preset NAME`` looks for ``NAME.yaml``: ./training first, then the source checkout's
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -197,13 +198,7 @@ class TrainingConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainingConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml(path, ConfigError, "training config file")
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"{path}: a training config must be a mapping of field: value")
         return cls.from_dict({**(data or {}), **overrides}, source=str(path))
