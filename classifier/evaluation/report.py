@@ -165,8 +165,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _f(x: Any) -> float | None:
-    """A finite float or None."""
-    if x is None:
+    """A finite float or None (booleans are not numbers here)."""
+    if x is None or isinstance(x, bool):
         return None
     try:
         v = float(x)

@@ -18,9 +18,10 @@ files.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
+
+from classifier.evaluation.report import _f, pct
 
 __all__ = [
     "SECTION_IDS",
@@ -35,19 +36,9 @@ DRIFT_SECTION_IDS = ("findings", "tier-mix", "confidence", "flags", "slices", "p
 
 
 # -- filters ---------------------------------------------------------------------------------------
-def _finite(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _pct(x: Any, digits: int = 1) -> str:
-    v = _finite(x)
-    return "-" if v is None else f"{100 * v:.{digits}f}%"
+# the same number formatting as the headline sentences, so page and sentences always agree
+_finite = _f
+_pct = pct
 
 
 def _num(x: Any, digits: int = 3) -> str:
