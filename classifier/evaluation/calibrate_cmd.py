@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from classifier.errors import ConfigError, DataError
+from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -344,20 +345,6 @@ def _policy_routing(engine: Any, probs: Mapping[str, np.ndarray], rows: np.ndarr
 def _round(x: Any, nd: int = 6) -> Any:
     return None if x is None else round(float(x), nd)
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _pct(x: Any) -> str:

@@ -664,7 +664,7 @@ def run_drift(args: argparse.Namespace) -> int:
         "psi_threshold": config.psi_threshold, "min_change": config.min_change,
         "min_flag_change": config.min_flag_change, "significance": config.significance,
     }
-    from classifier.evaluation.report import _jsonable
+    from classifier.json_io import to_jsonable as _jsonable
 
     result = _jsonable(result)
     (out_dir / "drift.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")

@@ -65,6 +65,7 @@ import numpy as np
 import pandas as pd
 
 from classifier.errors import ConfigError, DataError
+from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -145,23 +146,6 @@ def redact(text: Any, max_chars: int = 240) -> str:
     out = " ".join(out.split())
     return out if len(out) <= max_chars else out[: max_chars - 1] + "\u2026"
 
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: numpy to Python, NaN/inf to null, tuples to lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 def _f(x: Any) -> float | None:

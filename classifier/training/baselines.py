@@ -57,6 +57,7 @@ from classifier.evaluation.metrics import (
     recall_at_precision,
 )
 from classifier.evaluation.prices import Prices
+from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -603,23 +604,6 @@ def markdown_table(report: Mapping[str, Any], schema: LabelSchema) -> str:
             lines.append("")
     return "\n".join(lines)
 
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: numpy scalars to Python, NaN/inf to null."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 # -- CLI -------------------------------------------------------------------------------------------
