@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     step("4. export the ONNX bundle (parity-checked)", _tierwise("export", "--model", model, "--out", teacher))
     if args.full:
         step("4b. export the int8 bundle", _tierwise("export", "--model", model, "--out", teacher + "-int8", "--int8"))
-        step("4c. calibrate the int8 bundle", _tierwise("calibrate", "--bundle", teacher + "-int8", "--alpha", "0.05", "--delta", "0.1", "--out", "evaluation/calibration-full-teacher-int8"))
-    step("5. calibrate: temperatures + thresholds for a 5% misroute budget", _tierwise("calibrate", "--bundle", teacher, "--alpha", "0.05", "--delta", "0.1", "--out", f"evaluation/calibration-{name}-teacher"))
+        step("4c. calibrate the int8 bundle", _tierwise("calibrate", "--bundle", teacher + "-int8", "--alpha", "0.05", "--delta", "0.05", "--out", "evaluation/calibration-full-teacher-int8"))
+    step("5. calibrate: temperatures + thresholds for a 5% misroute budget", _tierwise("calibrate", "--bundle", teacher, "--alpha", "0.05", "--delta", "0.05", "--out", f"evaluation/calibration-{name}-teacher"))
     step("6. distil the fast student", _tierwise("distill", "--teacher", model, "--out", student, *distill_extra))
-    step("7. calibrate the student", _tierwise("calibrate", "--bundle", student, "--alpha", "0.05", "--delta", "0.1", "--out", f"evaluation/calibration-{name}-student"))
+    step("7. calibrate the student", _tierwise("calibrate", "--bundle", student, "--alpha", "0.05", "--delta", "0.05", "--out", f"evaluation/calibration-{name}-student"))
 
     sys.stdout.write("\n=== 8. route example prompts with the student bundle\n")
     from classifier.serving.runtime import Router

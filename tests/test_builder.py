@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -424,3 +425,33 @@ def test_cli_smoke(shared_data, tmp_path) -> None:
     bad = subprocess.run(cmd + ["data", "build", "--shared", str(tmp_path / "missing"), "--out", str(out)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "shared data not found" in bad.stderr
+
+
+def test_defanged_secrets_and_restyled_masks_read_as_placeholders() -> None:
+    from classifier.data.sensitivity import defang, restyle_masked
+
+    rng = np.random.default_rng(0)
+    secret = "ghp_4f9Kq2ZrT8mW1xYb6NcV3pL0sD7hJ5gA2eRt"
+    fakes = {defang(secret, "GITHUB_PAT", rng) for _ in range(60)}
+    assert len(fakes) > 4  # several styles, not one
+    for fake in fakes:
+        assert fake != secret and secret not in fake
+        assert looks_like_placeholder(fake), fake
+        assert fake.startswith("ghp_") or "GITHUB_PAT" in fake or "github_pat" in fake
+    for _ in range(20):
+        text = restyle_masked("Send it to {{PERSON}} at {{STREET_ADDRESS}}.", rng)
+        assert "{{PERSON}}" not in text and text.startswith("Send it to ") and text.endswith(".")
+
+
+def test_build_with_defanged_and_restyled_negatives(mini_shared, tmp_path) -> None:
+    config = BuildConfig(shared=mini_shared, out=tmp_path / "b", seed=5, progress=False,
+                         ood_source_tasks=["llmrouter:trivia_qa"],
+                         sensitivity={"defanged_per_rule": 2, "masked_restyle_rate": 1.0})
+    rows = pq.read_table(build_dataset(config).dataset_path).to_pylist()
+    defanged = [r for r in rows if r["source_task"] == "synthetic_negative:defanged_secret"]
+    redacted = [r for r in rows if r["source_task"] == "synthetic_negative:pii_redacted"]
+    assert defanged and redacted
+    assert all(r["sensitivity"] == "none" for r in defanged + redacted)
+    rule_split = {r["rule_id"]: r["split"] for r in rows if r["sensitivity"] == "credential"}
+    for r in defanged:  # a rule's defanged copies stay on the rule's split (no leakage)
+        assert r["rule_id"] in rule_split and r["split"] == rule_split[r["rule_id"]]

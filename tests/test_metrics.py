@@ -167,3 +167,20 @@ def test_bootstrap_ci_brackets_point_and_survives_one_class_resamples():
 
 def test_flatten_metrics():
     assert flatten_metrics({"tier": {"accuracy": 0.5}}, prefix="test/") == {"test/tier/accuracy": 0.5}
+
+
+def test_gate_heads_report_recall_at_precision_095_per_flagged_class():
+    frame, probs = _random_case(n=400, seed=5)
+    out = evaluate_heads(SCHEMA, frame, probs)
+    sens = SCHEMA.head("sensitivity")
+    mask = frame[sens.column].notna().to_numpy()
+    y = frame.loc[mask, sens.column].map(sens.classes.index).to_numpy()
+    for i, cls in enumerate(sens.classes):
+        key = f"recall_at_p95_{cls}"
+        if cls == sens.negative_class:
+            assert key not in out["sensitivity"]
+            continue
+        expected = recall_at_precision(y == i, probs["sensitivity"][mask][:, i], 0.95)[0]
+        assert out["sensitivity"][key] == pytest.approx(expected)
+    # tier is not a gate head: no such keys
+    assert not any(k.startswith("recall_at_p95") for k in out["tier"])

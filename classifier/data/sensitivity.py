@@ -16,7 +16,13 @@ Hard negatives (``none``), in the same templates: gitleaks' false-positive strin
 placeholders (``YOUR_API_KEY``, ``xxxx``, ``<token>``, masks, AWS's documented ``...EXAMPLE``
 keys, example.com addresses), presidio texts whose spans are only quasi-identifiers (places,
 organisations, dates) and the presidio ``masked`` texts. A masked text has its PII replaced by
-``{{PERSON}}``-style tags: it reads as a template, not as anyone's data, so it is ``none``.
+``{{PERSON}}``-style tags: it reads as a template, not as anyone's data, so it is ``none``; the
+same masked text is also written in other redaction styles (``[PERSON]``, ``<redacted>``,
+``***``...). Each gitleaks rule also yields *defanged* secrets: one of its own sampled secrets
+masked (``ghp_****``), truncated (``ghp_ab...``), filled with a low-entropy run of the same
+length, or replaced by an environment-variable reference. They teach what gitleaks'
+allow-lists encode (a value you cannot use is not a leak) on every rule, not only on the few
+rules that ship false-positive strings; every one must pass ``looks_like_placeholder``.
 
 Leakage control: every unit (prompt template, presidio template id, gitleaks rule, placeholder) is
 assigned to one split *before* examples are generated, and examples only combine units of the same
@@ -213,10 +219,15 @@ class SensitivityConfig:
     masked_negatives: bool = True
     quasi_identifier_negatives: bool = True
     max_secret_chars: int = 1500
+    defanged_per_rule: int = 0
+    masked_restyle_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.masked_restyle_rate, (int, float)) and 0.0 <= self.masked_restyle_rate <= 1.0):
+            raise ConfigError(f"sensitivity.masked_restyle_rate must be a number in [0, 1], got "
+                              f"{self.masked_restyle_rate!r}")
         for name in ("secret_samples_per_rule", "max_true_positives_per_rule", "max_false_positives_per_rule",
-                     "mixed_per_rule", "placeholder_repeats"):
+                     "mixed_per_rule", "placeholder_repeats", "defanged_per_rule"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"sensitivity.{name} must be an integer >= 0, got {value!r}")
@@ -266,6 +277,40 @@ def looks_like_placeholder(text: str) -> bool:
     return not any(
         _entropy(t) >= 3.5 and any(c.isdigit() for c in t) and any(c.isalpha() for c in t) for t in tokens
     )
+
+
+# Redaction styles for a presidio ``{{TAG}}``: how people actually blank out personal data.
+_MASK_STYLES: tuple[str, ...] = ("[{tag}]", "<{tag}>", "[{lower}]", "<{lower}>", "[REDACTED]", "<redacted>", "***",
+                                 "XXXX", "[removed]", "{{{{ {lower} }}}}", "%{tag}%", "[{lower} withheld]")
+_MASK_TAG = re.compile(r"\{\{([A-Za-z_]+)\}\}")
+# No "...EXAMPLE" style: a full-length random key with an EXAMPLE tail is AWS's convention only,
+# and taught as "none" it pulled real keys down with it (credential recall at precision 0.95 on
+# test fell from 0.96 to 0.52 in the run that had it)
+_DEFANG_STYLES = ("mask", "truncate", "low_entropy", "reference")
+
+
+def restyle_masked(masked: str, rng: np.random.Generator) -> str:
+    """A presidio ``masked`` text with its ``{{TAG}}`` slots written in one other redaction style."""
+    style = _pick(_MASK_STYLES, rng)
+    return _MASK_TAG.sub(lambda m: style.format(tag=m.group(1), lower=m.group(1).lower().replace("_", " ")), masked)
+
+
+def defang(value: str, env: str, rng: np.random.Generator) -> str:
+    """A credential made unusable the way people share them safely: masked, truncated, a
+    low-entropy fill of the same shape, or a reference to where it lives.
+    The recognisable prefix (``ghp_``, ``xoxb-``...) is kept: that is what makes these hard."""
+    keep = max(2, min(8, len(value) // 4))
+    head, rest = value[:keep], max(6, len(value) - keep)
+    style = _pick(_DEFANG_STYLES, rng)
+    if style == "mask":
+        return head + _pick(("*", "x", "X", "•", "#"), rng) * rest
+    if style == "truncate":
+        return head + "..."
+    if style == "low_entropy":
+        fill_ = _pick(("0", "a", "A", "1234567890", "abcdef", "x1"), rng)
+        return head + (fill_ * rest)[:rest]
+    return _pick((f"${{{env}}}", f'os.environ["{env}"]', f"process.env.{env}", f"<{env}>",
+                  f"{{{{ secrets.{env} }}}}", f"$(vault read -field=value secret/{env.lower()})"), rng)
 
 
 def presidio_key(template: object) -> str:
@@ -466,6 +511,11 @@ def generate(
             t = _pick(choices, rng)
             add(fill(t, {"pii": p.masked}), source="presidio", source_task=p.template, sensitivity="none",
                 template=t, group=p.template, split=split)
+        if p.is_pii and p.masked and "{{" in p.masked and rng.random() < config.masked_restyle_rate:
+            t = _pick(choices, rng)
+            add(fill(t, {"pii": restyle_masked(p.masked, rng)}), source="synthetic_negative",
+                source_task="synthetic_negative:pii_redacted", sensitivity="none", template=t,
+                group=p.template, split=split)
 
     # ---- gitleaks: credential positives, mixed, false-positive negatives -------------------------
     for rule in rules:
@@ -506,6 +556,16 @@ def generate(
             p = _pick(pool, rng)
             add(fill(t, {**values, "pii": p.text, "secret": s.value, "secret_line": s.line}), source="gitleaks",
                 source_task=unit, sensitivity="credential", template=t, group=unit, split=split, rule_id=rule.id)
+        for s in [d for d in drawn if not d.block][: config.defanged_per_rule]:
+            choices = templates_for(split, "credential")
+            fake = defang(s.value, secrets.env, rng)
+            if not choices or not looks_like_placeholder(fake):
+                stats["skipped:defanged_not_placeholder"] += 1
+                continue
+            t = _pick(choices, rng)
+            add(fill(t, {**values, "secret": fake, "secret_line": f"{secrets.env}={fake}"}),
+                source="synthetic_negative", source_task="synthetic_negative:defanged_secret", sensitivity="none",
+                template=t, group=unit, split=split, rule_id=rule.id)
         used_fps = 0
         for fp in rule.false_positives:
             if used_fps >= config.max_false_positives_per_rule:

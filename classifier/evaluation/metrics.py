@@ -20,6 +20,9 @@ Conventions:
   (scikit-learn's default), so a class absent from a split does not count as a zero.
 - ``auroc``: binary heads score ``P(positive_class)`` (else class index 1); gate heads (with a
   ``negative_class``) score ``1 - P(negative_class)``, i.e. one-vs-rest "flagged at all".
+- ``recall_at_p95_<c>``: gate heads only, for each class ``c`` but the negative one: the highest
+  one-vs-rest recall of ``P(c)`` at precision >= ``GATE_MIN_PRECISION`` (0.95), the number a
+  policy owner asks of a gate ("how much do we catch without crying wolf?").
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 from classifier.data.schema import Head, LabelSchema
 from classifier.errors import SchemaError
 
+GATE_MIN_PRECISION = 0.95
+
 __all__ = [
+    "GATE_MIN_PRECISION",
     "bootstrap_ci",
     "confusion",
     "evaluate_head",
@@ -141,6 +147,10 @@ def evaluate_head(head: Head, y: np.ndarray, probs: np.ndarray) -> dict[str, flo
         target = _score_target(head, y)
         if 0 < target.sum() < len(target):
             out["auroc"] = float(roc_auc_score(target, score))
+    if head.negative_class is not None:
+        for i, cls in enumerate(head.classes):
+            if cls != head.negative_class and (y == i).any():
+                out[f"recall_at_p95_{cls}"] = recall_at_precision(y == i, probs[:, i], GATE_MIN_PRECISION)[0]
     return out
 
 
