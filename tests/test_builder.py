@@ -400,6 +400,12 @@ def test_config_errors(tmp_path) -> None:
     bad.write_text("dedup: {bands: 7}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="bands"):
         BuildConfig.from_yaml(bad)
+    bad.write_text("sensitivity: {masked_restyle_rate: 1.5}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="masked_restyle_rate"):
+        BuildConfig.from_yaml(bad)
+    bad.write_text("sensitivity: {composed_mixed_per_rule: -1}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="composed_mixed_per_rule"):
+        BuildConfig.from_yaml(bad)
     with pytest.raises(DataError, match="--shared"):
         build_dataset(BuildConfig(shared=tmp_path / "nowhere", out=tmp_path / "o", progress=False))
 
@@ -446,7 +452,8 @@ def test_defanged_secrets_and_restyled_masks_read_as_placeholders() -> None:
 def test_build_with_defanged_and_restyled_negatives(mini_shared, tmp_path) -> None:
     config = BuildConfig(shared=mini_shared, out=tmp_path / "b", seed=5, progress=False,
                          ood_source_tasks=["llmrouter:trivia_qa"],
-                         sensitivity={"defanged_per_rule": 2, "masked_restyle_rate": 1.0})
+                         sensitivity={"defanged_per_rule": 2, "masked_restyle_rate": 1.0,
+                                      "composed_mixed_per_rule": 2})
     rows = pq.read_table(build_dataset(config).dataset_path).to_pylist()
     defanged = [r for r in rows if r["source_task"] == "synthetic_negative:defanged_secret"]
     redacted = [r for r in rows if r["source_task"] == "synthetic_negative:pii_redacted"]
@@ -455,3 +462,7 @@ def test_build_with_defanged_and_restyled_negatives(mini_shared, tmp_path) -> No
     rule_split = {r["rule_id"]: r["split"] for r in rows if r["sensitivity"] == "credential"}
     for r in defanged:  # a rule's defanged copies stay on the rule's split (no leakage)
         assert r["rule_id"] in rule_split and r["split"] == rule_split[r["rule_id"]]
+    # composed mixed prompts: a PII template whose text ends with the rule's secret -> credential
+    composed = [r for r in rows if r["sensitivity"] == "credential" and r["template_id"].startswith("pii_")]
+    assert composed and all(r["source"] == "gitleaks" and r["split"] == rule_split[r["rule_id"]] for r in composed)
+    assert all(any(f"sv{i}_" in r["text"] for i in range(8)) for r in composed)

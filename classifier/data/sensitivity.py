@@ -9,8 +9,10 @@ Positives:
   files, curl commands with an Authorization header, stack traces, CI configs...). Secrets are
   sampled from the rule's regex (``secrets_gen``) and written in a context line (``API_KEY="..."``)
   that is re-checked against the rule with Python's ``re``; the rule's hand-written true positives
-  are used as they are. A prompt with both a PII text and a secret (the ``mixed`` templates) is
-  labelled ``credential``.
+  are used as they are. A prompt with both a PII text and a secret is labelled ``credential``:
+  written with the ``mixed`` templates, and (``composed_mixed_per_rule``) by appending a secret
+  to the PII text inside an ordinary PII template of the same split, so that "a secret anywhere
+  makes it a credential prompt" is learnt from every PII template, not from two mixed ones.
 
 Hard negatives (``none``), in the same templates: gitleaks' false-positive strings, obvious
 placeholders (``YOUR_API_KEY``, ``xxxx``, ``<token>``, masks, AWS's documented ``...EXAMPLE``
@@ -215,6 +217,7 @@ class SensitivityConfig:
     max_true_positives_per_rule: int = 4
     max_false_positives_per_rule: int = 4
     mixed_per_rule: int = 1
+    composed_mixed_per_rule: int = 0
     placeholder_repeats: int = 6
     masked_negatives: bool = True
     quasi_identifier_negatives: bool = True
@@ -227,7 +230,7 @@ class SensitivityConfig:
             raise ConfigError(f"sensitivity.masked_restyle_rate must be a number in [0, 1], got "
                               f"{self.masked_restyle_rate!r}")
         for name in ("secret_samples_per_rule", "max_true_positives_per_rule", "max_false_positives_per_rule",
-                     "mixed_per_rule", "placeholder_repeats", "defanged_per_rule"):
+                     "mixed_per_rule", "composed_mixed_per_rule", "placeholder_repeats", "defanged_per_rule"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"sensitivity.{name} must be an integer >= 0, got {value!r}")
@@ -556,6 +559,16 @@ def generate(
             p = _pick(pool, rng)
             add(fill(t, {**values, "pii": p.text, "secret": s.value, "secret_line": s.line}), source="gitleaks",
                 source_task=unit, sensitivity="credential", template=t, group=unit, split=split, rule_id=rule.id)
+        for s in drawn[config.mixed_per_rule: config.mixed_per_rule + config.composed_mixed_per_rule]:
+            choices = templates_for(split, "pii")
+            if not choices or not pool:
+                continue
+            t = _pick(choices, rng)
+            p = _pick(pool, rng)
+            tail = s.line if s.block else _pick(
+                (s.line, f"{values['service']} key: {s.value}", f"(auth {s.value})", f"creds: {s.line}"), rng)
+            add(fill(t, {"pii": f"{p.text}\n{tail}"}), source="gitleaks", source_task=unit,
+                sensitivity="credential", template=t, group=unit, split=split, rule_id=rule.id)
         for s in [d for d in drawn if not d.block][: config.defanged_per_rule]:
             choices = templates_for(split, "credential")
             fake = defang(s.value, secrets.env, rng)
