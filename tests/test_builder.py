@@ -391,21 +391,16 @@ def test_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="cheap_max_price"):
         BuildConfig(cheap_max_price=1.0, frontier_min_price=0.9)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("seed: 1\nsplits: {}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="unknown keys"):
-        BuildConfig.from_yaml(bad)
-    bad.write_text("ood: {tasks: [x]}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="ood"):
-        BuildConfig.from_yaml(bad)
-    bad.write_text("dedup: {bands: 7}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="bands"):
-        BuildConfig.from_yaml(bad)
-    bad.write_text("sensitivity: {masked_restyle_rate: 1.5}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="masked_restyle_rate"):
-        BuildConfig.from_yaml(bad)
-    bad.write_text("sensitivity: {composed_mixed_per_rule: -1}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="composed_mixed_per_rule"):
-        BuildConfig.from_yaml(bad)
+    for text, message in (
+        ("seed: 1\nsplits: {}\n", "unknown keys"),
+        ("ood: {tasks: [x]}\n", "ood"),
+        ("dedup: {bands: 7}\n", "bands"),
+        ("sensitivity: {masked_restyle_rate: 1.5}\n", "masked_restyle_rate"),
+        ("sensitivity: {composed_mixed_per_rule: -1}\n", "composed_mixed_per_rule"),
+    ):
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match=message):
+            BuildConfig.from_yaml(bad)
     with pytest.raises(DataError, match="--shared"):
         build_dataset(BuildConfig(shared=tmp_path / "nowhere", out=tmp_path / "o", progress=False))
 

@@ -171,11 +171,14 @@ def render_card(
         "Authorization header, stack traces, CI and cloud configs, e-mails...). Secrets are sampled from the "
         "rule's regex with a seeded `sre_parse` walker, written into a context line (`NAME=...`) that is "
         "re-checked against the rule with Python's `re`, plus the rule's hand-written true positives. A prompt "
-        "carrying both a PII text and a secret (the `mix_*` templates) is `credential`.",
+        "carrying both a PII text and a secret is `credential`: the `mix_*` templates, and PII templates whose "
+        "text ends with a secret line (`composed_mixed_per_rule`).",
         "- `none` hard negatives: gitleaks' false-positive strings, obvious placeholders (`YOUR_API_KEY`, `xxxx`, "
         "`<token>`, masks, AWS's documented `...EXAMPLE` keys, example.com addresses) in the same templates, and "
         "presidio `masked` texts: their PII is replaced by `{{PERSON}}`-style tags, which read as a template, "
-        "not as anyone's data. All tier-source prompts and the in-the-wild jailbreak prompts are `none` "
+        "not as anyone's data; the same masked texts in other redaction styles (`[PERSON]`, `<redacted>`, `***`...); "
+        "and *defanged* secrets of every rule (masked `ghp_****`, truncated `ghp_ab...`, low-entropy fills, "
+        "`${ENV}` references), each checked to read as a placeholder. All tier-source prompts and the in-the-wild jailbreak prompts are `none` "
         "(jailbreaks have null tier and task).",
         "",
         "### token counts",
