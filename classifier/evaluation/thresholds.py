@@ -80,9 +80,12 @@ _MIN_GATE_T = 1e-6
 # 0.8, not 0.95: a missed pii prompt leaks data, a flagged benign one only goes to a safer tier.
 # With 0.95 the floor lifted the pii gate from ~0.85 to 0.98 and 36% of test pii prompts leaked;
 # the floor's job is to stop the "catch every positive" fallback flagging 15% of benign traffic.
+# 95% confidence: at 90%, one calibration draw in ten may give a threshold over budget
+DEFAULT_DELTA = 0.05
 DEFAULT_MIN_PRECISION = 0.8
 
 __all__ = [
+    "DEFAULT_DELTA",
     "DEFAULT_MIN_PRECISION",
     "RecallThreshold",
     "TierThreshold",
@@ -225,7 +228,7 @@ def _threshold_at_count(s: np.ndarray, y: np.ndarray, c: int) -> float:
     return float(min(pos[c], _MAX_T))
 
 
-def fit_tier_threshold(scores: Any, needs_frontier: Any, *, alpha: float = 0.05, delta: float = 0.1,
+def fit_tier_threshold(scores: Any, needs_frontier: Any, *, alpha: float = 0.05, delta: float = DEFAULT_DELTA,
                        method: str = "ltt", cost_cheap: Any = None, cost_frontier: Any = None) -> TierThreshold:
     """Largest threshold whose misroute risk is controlled at ``alpha`` (see the module docstring).
 
@@ -251,7 +254,7 @@ def fit_tier_threshold(scores: Any, needs_frontier: Any, *, alpha: float = 0.05,
                       cost_frontier=cost_frontier, feasible=feasible, notes=notes)
 
 
-def threshold_for_cheap_share(scores: Any, needs_frontier: Any, target: float, *, delta: float = 0.1,
+def threshold_for_cheap_share(scores: Any, needs_frontier: Any, target: float, *, delta: float = DEFAULT_DELTA,
                               cost_cheap: Any = None, cost_frontier: Any = None) -> TierThreshold:
     """The threshold that sends (about) ``target`` of the calibration prompts cheap.
 
@@ -274,7 +277,7 @@ def threshold_for_cheap_share(scores: Any, needs_frontier: Any, target: float, *
 
 def evaluate_tier_threshold(threshold: float, scores: Any, needs_frontier: Any, *,
                             cost_cheap: Any = None, cost_frontier: Any = None,
-                            delta: float = 0.1) -> dict[str, Any]:
+                            delta: float = DEFAULT_DELTA) -> dict[str, Any]:
     """Measured misroute rates, cheap share and costs of ``threshold`` on other rows (e.g. test)."""
     s, y = _scores_labels(scores, needs_frontier)
     r = _summarise(float(threshold), s, y, method="evaluation", alpha=None, delta=delta,
@@ -376,7 +379,7 @@ def recall_at_precision(scores: Any, is_class: Any, min_precision: float) -> dic
     return {"recall": float(tp[ok[-1]] / m), "threshold": float(thresholds[ok[-1]]), "min_precision": min_precision}
 
 
-def fit_recall_threshold(scores: Any, is_class: Any, target_recall: float, *, delta: float = 0.1,
+def fit_recall_threshold(scores: Any, is_class: Any, target_recall: float, *, delta: float = DEFAULT_DELTA,
                          cls: str = "positive", min_precision: float = DEFAULT_MIN_PRECISION) -> RecallThreshold:
     """Largest threshold with a Clopper-Pearson lower bound on recall ``>= target_recall``, raised
     to the precision floor ``min_precision`` where needed (0 disables it; see the module docstring)."""
@@ -447,7 +450,7 @@ def _recall_summary(t: float, s: np.ndarray, y: np.ndarray, delta: float) -> dic
     }
 
 
-def evaluate_recall_threshold(threshold: float, scores: Any, is_class: Any, *, delta: float = 0.1,
+def evaluate_recall_threshold(threshold: float, scores: Any, is_class: Any, *, delta: float = DEFAULT_DELTA,
                               min_precision: float | None = None) -> dict[str, Any]:
     """Measured recall (with its lower bound), flag rate on negatives and precision on other rows;
     with ``min_precision``, also ``recall_at_min_precision`` (see ``recall_at_precision``)."""
