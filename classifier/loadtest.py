@@ -176,44 +176,18 @@ class ServeProcess:
 
 
 # -- a bundle to load -----------------------------------------------------------------------------
-_TINY_WORDS = (
-    "the a an of to and in is it for on with what how why please write code function python "
-    "solve math equation number sum answer question explain email password key token secret "
-    "name address phone credit card my our your this that story poem essay list sort array "
-    "api aws ghp sk john smith london street call me at be do not can you help"
-).split()
-
-
 def build_tiny_bundle(out_dir: str | Path, seed: int = 0) -> Path:
     """A random 2-layer, 32-wide encoder exported to a verified bundle with the example policy
     (the same recipe as the tests' ``tiny_bundle``). Needs torch and transformers."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel
-
     from classifier.data.schema import LabelSchema
     from classifier.training.export import ExportConfig, export_model
     from classifier.training.model import MultiHeadEncoder, load_tokenizer
+    from classifier.training.tiny import build_tiny_encoder, build_tiny_tokenizer
 
     out_dir = Path(out_dir)
     work = out_dir.parent / f".{out_dir.name}-work"
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'\"-_/=+@#$%&*()[]{}<>")
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + _TINY_WORDS + chars + ["##" + c for c in chars]))}
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    tok.decoder = decoders.WordPiece()
-    work.mkdir(parents=True, exist_ok=True)
-    tok.save(str(work / "tokenizer.json"))
-    tokenizer = load_tokenizer(work / "tokenizer.json", max_length=64)
-    torch.manual_seed(seed)
-    encoder = BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    tokenizer = load_tokenizer(build_tiny_tokenizer(work / "tokenizer.json"), max_length=64)
+    encoder = build_tiny_encoder(tokenizer.get_vocab_size(), seed=seed)
     MultiHeadEncoder(encoder, LabelSchema.default(), dropout=0.1).save(
         work / "model", tokenizer=tokenizer, info={"max_length": 64})
     export_model(ExportConfig(model_dir=work / "model", out_dir=out_dir, policy=ROOT / "serving" / "policy.example.yaml",

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from classifier.training.tiny import build_tiny_encoder, build_tiny_tokenizer
 
-TINY_WORDS = (
-    "the a an of to and in is it for on with what how why please write code function python "
-    "solve math equation number sum answer question explain email password key token secret "
-    "name address phone credit card my our your this that story poem essay list sort array "
-    "api aws ghp sk john smith london street call me at be do not can you help"
-).split()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
@@ -27,40 +22,6 @@ def shared_data() -> Path:
     if not (path / "README.md").is_file():
         pytest.skip(f"shared data not found at {path}")
     return path
-
-
-def build_tiny_tokenizer(path: Path) -> Path:
-    """A WordPiece tokenizer over a few dozen words plus characters, written to ``path``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'\"-_/=+@#$%&*()[]{}<>")
-    vocab_list = specials + TINY_WORDS + chars + ["##" + c for c in chars]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(vocab_list))}
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    tok.decoder = decoders.WordPiece()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return path
-
-
-def build_tiny_encoder(vocab_size: int, seed: int = 0):
-    """A 2-layer, 32-wide random BERT: trains and exports in seconds."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
-    )
-    return BertModel(config)
 
 
 @pytest.fixture(scope="session")

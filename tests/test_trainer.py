@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_encoder
 
 pytest.importorskip("torch")
+
+from classifier.training.tiny import build_tiny_encoder  # noqa: E402 - after the torch check
 
 TASK_TEXT = {
     "code": "please write python code function to sort an array",
