@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from classifier.data import sources as src
 from classifier.data.builder import COLUMNS, TRAFFIC_COLUMNS, BuildConfig, build_dataset
 from classifier.data.normalize import normalize_prompt, parse_choices, render_choices
 from classifier.data.sensitivity import TEMPLATES, looks_like_placeholder
+from classifier.data.sources import PresidioRecord
 from classifier.data.splits import find_leaks
 from classifier.errors import ConfigError, DataError
 
@@ -397,6 +399,8 @@ def test_config_errors(tmp_path) -> None:
         ("dedup: {bands: 7}\n", "bands"),
         ("sensitivity: {masked_restyle_rate: 1.5}\n", "masked_restyle_rate"),
         ("sensitivity: {composed_mixed_per_rule: -1}\n", "composed_mixed_per_rule"),
+        ("sensitivity: {first_name_rate: 2}\n", "first_name_rate"),
+        ("sensitivity: {pii_swaps_per_record: -2}\n", "pii_swaps_per_record"),
     ):
         bad.write_text(text, encoding="utf-8")
         with pytest.raises(ConfigError, match=message):
@@ -461,3 +465,64 @@ def test_build_with_defanged_and_restyled_negatives(mini_shared, tmp_path) -> No
     composed = [r for r in rows if r["sensitivity"] == "credential" and r["template_id"].startswith("pii_")]
     assert composed and all(r["source"] == "gitleaks" and r["split"] == rule_split[r["rule_id"]] for r in composed)
     assert all(any(f"sv{i}_" in r["text"] for i in range(8)) for r in composed)
+
+
+def _record(text: str, spans: list[tuple[str, str]], template: str = "presidio:1") -> PresidioRecord:
+    positions = []
+    for etype, value in spans:
+        start = text.index(value)
+        positions.append((etype, start, start + len(value)))
+    return PresidioRecord("f.json", 1, text, text, tuple(sorted({t for t, _ in spans})), template, text,
+                          tuple(positions))
+
+
+def test_refill_spans_replaces_in_text_order_and_rejects_overlaps() -> None:
+    from classifier.data.sensitivity import refill_spans
+    rec = _record("Call Maria Lopez at 555-201-3344 today.", [("PHONE_NUMBER", "555-201-3344"),
+                                                              ("PERSON", "Maria Lopez")])
+    assert refill_spans(rec, ["Joe", "+44 20 7946 0000"]) == "Call Joe at +44 20 7946 0000 today."
+    with pytest.raises(ValueError, match="2 spans but 1 values"):
+        refill_spans(rec, ["Joe"])
+    overlapping = PresidioRecord("f.json", 2, "Maria Lopez", "", ("PERSON",), "presidio:1", "Maria Lopez",
+                                 (("PERSON", 0, 11), ("PERSON", 6, 11)))
+    assert refill_spans(overlapping, ["a", "b"]) is None
+
+
+def test_rare_pii_types_get_more_copies_and_ips_are_drawn_fresh() -> None:
+    from classifier.data.sensitivity import SensitivityConfig, _swap_copies, random_ip
+    people = [_record(f"{n} is kind.", [("PERSON", n)]) for n in ("Ann", "Bo", "Cy", "Di")]
+    ip = _record("Blocked 10.0.0.1 again", [("IP_ADDRESS", "10.0.0.1")])
+    place = _record("I live in Lisbon", [("GPE", "Lisbon")])  # quasi-identifier only: never copied
+    config = SensitivityConfig(pii_swaps_per_record=1, rare_type_min=4, max_copies_per_record=3)
+    pool, copies = _swap_copies(people + [ip, place], config)
+    assert pool["PERSON"] == ["Ann", "Bo", "Cy", "Di"]
+    assert copies == [1, 1, 1, 1, 3, 0]  # IP: 1 span < 4 -> ceil(4/1) = 4, capped at 3
+    rng = np.random.default_rng(0)
+    drawn = [random_ip(rng) for _ in range(200)]
+    v6 = [a for a in drawn if ":" in a]
+    assert 60 < len(v6) < 140 and all(len(a.split(":")) == 8 for a in v6)
+    assert all(len(a.split(".")) == 4 and all(0 < int(x) < 255 for x in a.split(".")) for a in drawn if ":" not in a)
+
+
+def test_refilled_pii_copies_are_training_only(mini_shared, mini_build, tmp_path) -> None:
+    _, _, base_rows = mini_build
+    config = BuildConfig(shared=mini_shared, out=tmp_path / "b", seed=5, progress=False,
+                         ood_source_tasks=["llmrouter:trivia_qa"],
+                         sensitivity={"pii_swaps_per_record": 2, "first_name_rate": 1.0})
+    rows = pq.read_table(build_dataset(config).dataset_path).to_pylist()
+    for split in ("validation", "calibration", "test", "ood"):  # held-out rows untouched
+        assert sorted(r["text"] for r in rows if r["split"] == split) == \
+            sorted(r["text"] for r in base_rows if r["split"] == split)
+    base_texts = {r["text"] for r in base_rows}
+    new = [r for r in rows if r["text"] not in base_texts]
+    train_pii = [r for r in base_rows if r["split"] == "train" and r["sensitivity"] == "pii"]
+    assert train_pii and len(new) >= len(train_pii)  # two copies each, minus exact repeats
+    assert all(r["split"] == "train" and r["sensitivity"] == "pii" and r["source"] == "presidio" for r in new)
+    # first_name_rate 1.0: every refilled person is a first name of a *training* record
+    def called(texts: list[dict]) -> set[str]:
+        return {m.group(1) for r in texts for m in [re.search(r"Please call (\S+)", r["text"])] if m}
+
+    train_first = called(train_pii)
+    refilled = {m.group(1) for r in new for m in [re.search(r"Please call (\S+) at", r["text"])] if m}
+    assert refilled and refilled <= train_first
+    assert len(refilled) > 1

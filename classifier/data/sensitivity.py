@@ -26,6 +26,12 @@ length, or replaced by an environment-variable reference. They teach what gitlea
 allow-lists encode (a value you cannot use is not a leak) on every rule, not only on the few
 rules that ship false-positive strings; every one must pass ``looks_like_placeholder``.
 
+Training-only augmentation (``pii_swaps_per_record``): each training PII text is also written
+with its spans refilled by other *training* values of the same entity type (``refill_spans``),
+some people cut to a first name and IP addresses drawn fresh (IPv4 and IPv6), so the model
+learns the entity rather than the sentence around it. Validation, calibration, test and ood rows
+are untouched.
+
 Leakage control: every unit (prompt template, presidio template id, gitleaks rule, placeholder) is
 assigned to one split *before* examples are generated, and examples only combine units of the same
 split, so no template, presidio template or rule is on two splits. Units named in the ``ood``
@@ -48,9 +54,10 @@ from typing import Any
 
 import numpy as np
 
+from classifier.data.normalize import clean_text
 from classifier.data.secrets_gen import RegexSampler
-from classifier.data.sources import GitleaksRule, PresidioRecord, RejectLog
-from classifier.data.splits import OOD, assign_groups
+from classifier.data.sources import PII_ENTITY_TYPES, GitleaksRule, PresidioRecord, RejectLog
+from classifier.data.splits import OOD, TRAIN, assign_groups
 from classifier.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -224,13 +231,20 @@ class SensitivityConfig:
     max_secret_chars: int = 1500
     defanged_per_rule: int = 0
     masked_restyle_rate: float = 0.0
+    # Training split only: copies of each PII text with its spans refilled (refill_spans).
+    pii_swaps_per_record: int = 0
+    first_name_rate: float = 0.0        # share of refilled PERSON spans cut to the first name
+    rare_type_min: int = 0              # a PII type with fewer training spans gets more copies
+    max_copies_per_record: int = 20
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.masked_restyle_rate, (int, float)) and 0.0 <= self.masked_restyle_rate <= 1.0):
-            raise ConfigError(f"sensitivity.masked_restyle_rate must be a number in [0, 1], got "
-                              f"{self.masked_restyle_rate!r}")
+        for name in ("masked_restyle_rate", "first_name_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"sensitivity.{name} must be a number in [0, 1], got {value!r}")
         for name in ("secret_samples_per_rule", "max_true_positives_per_rule", "max_false_positives_per_rule",
-                     "mixed_per_rule", "composed_mixed_per_rule", "placeholder_repeats", "defanged_per_rule"):
+                     "mixed_per_rule", "composed_mixed_per_rule", "placeholder_repeats", "defanged_per_rule",
+                     "pii_swaps_per_record", "rare_type_min", "max_copies_per_record"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"sensitivity.{name} must be an integer >= 0, got {value!r}")
@@ -403,6 +417,48 @@ def _pem_block(rng: np.random.Generator) -> str:
     return f"-----BEGIN {kind}PRIVATE KEY-----\n" + "\n".join(lines) + f"\n-----END {kind}PRIVATE KEY-----"
 
 
+def random_ip(rng: np.random.Generator) -> str:
+    """An IPv4 or (half the time) a full IPv6 address, uniformly drawn."""
+    if rng.random() < 0.5:
+        return ".".join(str(int(x)) for x in rng.integers(1, 255, size=4))
+    return ":".join(f"{int(x):x}" for x in rng.integers(0, 65536, size=8))
+
+
+def refill_spans(record: PresidioRecord, values: Sequence[str]) -> str | None:
+    """``record``'s source text with its i-th span (in text order) replaced by ``values[i]``, cleaned.
+    None when spans overlap (no single refill is right then)."""
+    spans = sorted(record.spans, key=lambda s: s[1])
+    if len(values) != len(spans):
+        raise ValueError(f"{len(spans)} spans but {len(values)} values")
+    out: list[str] = []
+    pos = 0
+    for (_, start, end), value in zip(spans, values, strict=True):
+        if start < pos:
+            return None
+        out += [record.raw_text[pos:start], value]
+        pos = end
+    out.append(record.raw_text[pos:])
+    return clean_text("".join(out))
+
+
+def _swap_copies(records: Sequence[PresidioRecord], config: SensitivityConfig) -> tuple[dict[str, list[str]], list[int]]:
+    """The value pool per entity type, and how many refilled copies each record gets: a record
+    holding a PII type rarer than ``rare_type_min`` gets enough copies to lift that type towards
+    it (capped), so e.g. the handful of IP addresses is not learnt as one SQL string."""
+    pool: dict[str, list[str]] = {}
+    for p in records:
+        for t, v in p.span_values():
+            pool.setdefault(t, []).append(v)
+    copies = []
+    for p in records:
+        n = config.pii_swaps_per_record
+        for t in {t for t, _, _ in p.spans if t in PII_ENTITY_TYPES}:
+            if len(pool[t]) < config.rare_type_min:
+                n = max(n, -(-config.rare_type_min // len(pool[t])))
+        copies.append(min(n, config.max_copies_per_record) if p.is_pii and p.spans else 0)
+    return pool, copies
+
+
 def _templates_by_split(unit_splits: Mapping[str, str]) -> dict[tuple[str, str], list[PromptTemplate]]:
     out: dict[tuple[str, str], list[PromptTemplate]] = {}
     for t in TEMPLATES:
@@ -519,6 +575,33 @@ def generate(
             add(fill(t, {"pii": restyle_masked(p.masked, rng)}), source="synthetic_negative",
                 source_task="synthetic_negative:pii_redacted", sensitivity="none", template=t,
                 group=p.template, split=split)
+
+    # ---- training split only: pii texts refilled with other training values ----------------------
+    # More names, addresses and numbers in the same sentences, so the model learns the entity and
+    # not the sentence. Values come from training records only (no test name leaks in); IP
+    # addresses are drawn fresh because the data holds a handful, all IPv4 on the training side.
+    if config.pii_swaps_per_record or config.rare_type_min:
+        train_records = [p for p in presidio if unit_splits[p.template] == TRAIN]
+        pool, copies = _swap_copies(train_records, config)
+        choices = templates_for(TRAIN, "pii")
+        for p, n in zip(train_records, copies, strict=True):
+            rng = _rng(seed, "refill", p.file, p.row)
+            lower = p.raw_text == p.raw_text.lower()
+            for _ in range(n if choices else 0):
+                values = []
+                for t, _old in p.span_values():
+                    v = random_ip(rng) if t == "IP_ADDRESS" else str(_pick(pool[t], rng))
+                    if t == "PERSON" and rng.random() < config.first_name_rate:
+                        v = v.split()[0]
+                    values.append(v.lower() if lower else v)
+                text = refill_spans(p, values)
+                if text is None:
+                    stats["skipped:overlapping_spans"] += 1
+                    break
+                t = _pick(choices, rng)
+                add(fill(t, {"pii": text}), source="presidio", source_task=p.template, sensitivity="pii",
+                    template=t, group=p.template, split=TRAIN)
+                stats["refilled:pii"] += 1
 
     # ---- gitleaks: credential positives, mixed, false-positive negatives -------------------------
     for rule in rules:

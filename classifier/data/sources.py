@@ -509,10 +509,18 @@ class PresidioRecord:
     masked: str
     entity_types: tuple[str, ...]
     template: str
+    # The source text before cleaning and its spans as (entity_type, start, end) into it, kept so
+    # that a training copy can be refilled with other values (sensitivity.refill_spans).
+    raw_text: str = ""
+    spans: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def is_pii(self) -> bool:
         return any(t in PII_ENTITY_TYPES for t in self.entity_types)
+
+    def span_values(self) -> list[tuple[str, str]]:
+        """(entity_type, value) of every span, in text order."""
+        return [(t, self.raw_text[a:b]) for t, a, b in sorted(self.spans, key=lambda s: s[1])]
 
 
 def read_presidio(root: Path, rejects: RejectLog, limit: int | None = None) -> list[PresidioRecord]:
@@ -533,11 +541,13 @@ def read_presidio(root: Path, rejects: RejectLog, limit: int | None = None) -> l
                 rejects.add(rel, n, "empty full_text or spans is not a list")
                 continue
             types: list[str] = []
+            positions: list[tuple[str, int, int]] = []
             bad = None
             for s in spans:
                 try:
                     value, start, end = s["entity_value"], int(s["start_position"]), int(s["end_position"])
                     types.append(str(s["entity_type"]))
+                    positions.append((str(s["entity_type"]), start, end))
                 except (KeyError, TypeError, ValueError):
                     bad = "span lacks entity_type/entity_value/positions"
                     break
@@ -548,7 +558,7 @@ def read_presidio(root: Path, rejects: RejectLog, limit: int | None = None) -> l
                 rejects.add(rel, n, bad)
                 continue
             out.append(PresidioRecord(rel, n, clean_text(text), clean_text(str(masked or "")),
-                                      tuple(sorted(set(types))), f"presidio:{tid}"))
+                                      tuple(sorted(set(types))), f"presidio:{tid}", text, tuple(positions)))
     return out
 
 

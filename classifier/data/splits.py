@@ -22,6 +22,7 @@ from typing import Any
 from classifier.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "calibration", "test")
+TRAIN = "train"
 OOD = "ood"
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.70, "validation": 0.05, "calibration": 0.10, "test": 0.15}
 
