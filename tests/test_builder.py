@@ -492,13 +492,11 @@ def test_rare_pii_types_get_more_copies_and_ips_are_drawn_fresh() -> None:
     from classifier.data.sensitivity import SensitivityConfig, _swap_copies, random_ip
     people = [_record(f"{n} is kind.", [("PERSON", n)]) for n in ("Ann", "Bo", "Cy", "Di")]
     ip = _record("Blocked 10.0.0.1 again", [("IP_ADDRESS", "10.0.0.1")])
-    place = _record("I live in Lisbon", [("GPE", "Lisbon")])  # quasi-identifier only: a negative
+    place = _record("I live in Lisbon", [("GPE", "Lisbon")])  # quasi-identifier only: never copied
     config = SensitivityConfig(refills_per_record=1, rare_type_min=4, max_copies_per_record=3)
     pool, copies = _swap_copies(people + [ip, place], config)
     assert pool["PERSON"] == ["Ann", "Bo", "Cy", "Di"]
-    assert copies == [1, 1, 1, 1, 3, 1]  # IP: 1 span < 4 -> ceil(4/1) = 4, capped at 3
-    no_quasi = SensitivityConfig(refills_per_record=1, quasi_identifier_negatives=False)
-    assert _swap_copies(people + [ip, place], no_quasi)[1][-1] == 0  # quasi-only texts not written at all
+    assert copies == [1, 1, 1, 1, 3, 0]  # IP: 1 span < 4 -> ceil(4/1) = 4, capped at 3
     rng = np.random.default_rng(0)
     drawn = [random_ip(rng) for _ in range(200)]
     v6 = [a for a in drawn if ":" in a]
@@ -519,9 +517,7 @@ def test_refilled_pii_copies_are_training_only(mini_shared, mini_build, tmp_path
     new = [r for r in rows if r["text"] not in base_texts]
     train_pii = [r for r in base_rows if r["split"] == "train" and r["sensitivity"] == "pii"]
     assert train_pii and len(new) >= len(train_pii)  # two copies each, minus exact repeats
-    assert all(r["split"] == "train" and r["source"] == "presidio" for r in new)
-    # labels follow the record: a refilled PII text stays pii, a refilled quasi-identifier text none
-    assert all(r["sensitivity"] == ("pii" if "Please call" in r["text"] else "none") for r in new)
+    assert all(r["split"] == "train" and r["sensitivity"] == "pii" and r["source"] == "presidio" for r in new)
     # first_name_rate 1.0: every refilled person is a first name of a *training* record
     def called(texts: list[dict]) -> set[str]:
         return {m.group(1) for r in texts for m in [re.search(r"Please call (\S+)", r["text"])] if m}

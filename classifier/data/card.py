@@ -167,7 +167,7 @@ def render_card(
         f"({', '.join(sorted(PII_ENTITY_TYPES))}) placed in a PII prompt template. Presidio texts whose spans are "
         "only quasi-identifiers (locations, organisations, dates, ages, titles, NRP, zip codes, domains) are "
         "`none` hard negatives in the same templates. Training split only (`refills_per_record`): extra "
-        "copies of each training presidio text (PII and quasi-identifier-only alike, labels kept) with its spans refilled by other training values of the same "
+        "copies of each training PII text with its spans refilled by other training values of the same "
         "entity type (some people cut to a first name, IP addresses drawn fresh as IPv4 or IPv6, rare PII "
         "types copied more, up to `max_copies_per_record`), each in a training template. Held-out splits "
         "are left untouched, so their metrics compare across builds.",
