@@ -166,11 +166,13 @@ def render_card(
         "- `pii`: a presidio text with at least one span of a direct identifier "
         f"({', '.join(sorted(PII_ENTITY_TYPES))}) placed in a PII prompt template. Presidio texts whose spans are "
         "only quasi-identifiers (locations, organisations, dates, ages, titles, NRP, zip codes, domains) are "
-        "`none` hard negatives in the same templates. Training split only (`refills_per_record`): extra "
-        "copies of each training PII text with its spans refilled by other training values of the same "
-        "entity type (some people cut to a first name, IP addresses drawn fresh as IPv4 or IPv6, rare PII "
-        "types copied more, up to `max_copies_per_record`), each in a training template. Held-out splits "
-        "are left untouched, so their metrics compare across builds.",
+        "`none` hard negatives in the same templates."
+        + (f" Training split only: {config['sensitivity']['refills_per_record']} extra copies "
+           "(`refills_per_record`) of each training PII text with its spans refilled by other training "
+           "values of the same entity type (some people cut to a first name, IP addresses drawn fresh as "
+           "IPv4 or IPv6, rare PII types copied more, up to `max_copies_per_record`), each in a training "
+           "template. Held-out splits are left untouched, so their metrics compare across builds."
+           if config.get("sensitivity", {}).get("refills_per_record") else ""),
         "- `credential`: a secret of a gitleaks rule in a credential prompt template (.env files, curl with an "
         "Authorization header, stack traces, CI and cloud configs, e-mails...). Secrets are sampled from the "
         "rule's regex with a seeded `sre_parse` walker, written into a context line (`NAME=...`) that is "

@@ -234,7 +234,7 @@ class SensitivityConfig:
     # Training split only: copies of each PII text with its spans refilled (refill_spans).
     refills_per_record: int = 0
     first_name_rate: float = 0.0        # share of refilled PERSON spans cut to the first name
-    rare_type_min: int = 0              # a PII type with fewer training spans gets more copies
+    rare_type_min: int = 0              # with refills on: a PII type with fewer training spans gets more copies
     max_copies_per_record: int = 20
 
     def __post_init__(self) -> None:
@@ -582,7 +582,7 @@ def generate(
     # More names, addresses and numbers in the same sentences, so the model learns the entity and
     # not the sentence. Values come from training records only (no test name leaks in); IP
     # addresses are drawn fresh: the data holds a handful, all IPv4 on the training side.
-    if config.refills_per_record or config.rare_type_min:
+    if config.refills_per_record:
         train_records = [p for p in presidio if unit_splits[p.template] == TRAIN]
         pool, copies = _swap_copies(train_records, config)
         choices = templates_for(TRAIN, "pii")
