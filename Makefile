@@ -23,7 +23,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m classifier.demo
 
-# The full preset: the numbers in the README (about 40 minutes on 2 cores).
+# The full preset: the numbers in the README (about 35 minutes on 2 cores).
 full: $(STAMP)
 	$(BIN)/python -m classifier.demo --full
 
