@@ -489,12 +489,12 @@ def test_refill_spans_replaces_in_text_order_and_rejects_overlaps() -> None:
 
 
 def test_rare_pii_types_get_more_copies_and_ips_are_drawn_fresh() -> None:
-    from classifier.data.sensitivity import SensitivityConfig, _swap_copies, random_ip
+    from classifier.data.sensitivity import SensitivityConfig, _refill_copies, random_ip
     people = [_record(f"{n} is kind.", [("PERSON", n)]) for n in ("Ann", "Bo", "Cy", "Di")]
     ip = _record("Blocked 10.0.0.1 again", [("IP_ADDRESS", "10.0.0.1")])
     place = _record("I live in Lisbon", [("GPE", "Lisbon")])  # quasi-identifier only: never copied
     config = SensitivityConfig(refills_per_record=1, rare_type_min=4, max_copies_per_record=3)
-    pool, copies = _swap_copies(people + [ip, place], config)
+    pool, copies = _refill_copies(people + [ip, place], config)
     assert pool["PERSON"] == ["Ann", "Bo", "Cy", "Di"]
     assert copies == [1, 1, 1, 1, 3, 0]  # IP: 1 span < 4 -> ceil(4/1) = 4, capped at 3
     rng = np.random.default_rng(0)

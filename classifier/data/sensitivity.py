@@ -441,7 +441,7 @@ def refill_spans(record: PresidioRecord, values: Sequence[str]) -> str | None:
     return clean_text("".join(out))
 
 
-def _swap_copies(records: Sequence[PresidioRecord], config: SensitivityConfig) -> tuple[dict[str, list[str]], list[int]]:
+def _refill_copies(records: Sequence[PresidioRecord], config: SensitivityConfig) -> tuple[dict[str, list[str]], list[int]]:
     """The value pool per entity type, and how many refilled copies each record gets: a record
     holding a PII type rarer than ``rare_type_min`` gets enough copies to lift that type towards
     it (capped), so e.g. the handful of IP addresses is not learnt as one SQL string. Texts with
@@ -584,14 +584,15 @@ def generate(
     # addresses are drawn fresh: the data holds a handful, all IPv4 on the training side.
     if config.refills_per_record:
         train_records = [p for p in presidio if unit_splits[p.template] == TRAIN]
-        pool, copies = _swap_copies(train_records, config)
+        pool, copies = _refill_copies(train_records, config)
         choices = templates_for(TRAIN, "pii")
         for p, n in zip(train_records, copies, strict=True):
             rng = _rng(seed, "refill", p.file, p.row)
             lower = p.raw_text == p.raw_text.lower()
+            types = [t for t, _old in p.span_values()]
             for _ in range(n if choices else 0):
                 values = []
-                for t, _old in p.span_values():
+                for t in types:
                     v = random_ip(rng) if t == "IP_ADDRESS" else str(_pick(pool[t], rng))
                     if t == "PERSON" and rng.random() < config.first_name_rate:
                         v = v.split()[0]

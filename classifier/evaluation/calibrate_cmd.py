@@ -48,6 +48,8 @@ _CHUNK = 512  # prompts per runtime call (progress bar granularity)
 
 # -- arguments -----------------------------------------------------------------------------------
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    from classifier.evaluation.thresholds import DEFAULT_DELTA
+
     parser.add_argument("--bundle", required=True, help="bundle directory to calibrate (rewritten in place)")
     parser.add_argument("--data", default="data/build",
                         help="data directory holding dataset.parquet, or a parquet file (default: data/build)")
@@ -56,10 +58,10 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                       help="misroute budget: share of all prompts that need frontier but go cheap (default 0.05)")
     mode.add_argument("--target-cheap-share", type=float, default=None,
                       help="budget mode: send this share of prompts cheap and report the misroute bound")
-    # thresholds.DEFAULT_DELTA; at 0.1 the first full-preset model's test split landed over budget
-    # (5.25% at alpha 0.05), as one calibration draw in ten may
-    parser.add_argument("--delta", type=float, default=0.05,
-                        help="1 - confidence of the misroute and recall bounds (default 0.05)")
+    # at 0.1 the first full-preset model's test split landed over budget (5.25% at alpha 0.05),
+    # as one calibration draw in ten may
+    parser.add_argument("--delta", type=float, default=DEFAULT_DELTA,
+                        help=f"1 - confidence of the misroute and recall bounds (default {DEFAULT_DELTA:g})")
     parser.add_argument("--method", choices=("ltt", "crc"), default="ltt",
                         help="ltt: Clopper-Pearson bound with probability 1-delta (default); "
                         "crc: conformal risk control (bound in expectation)")

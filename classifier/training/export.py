@@ -538,10 +538,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                         help="torch.onnx exporter (default: dynamo)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="fp32 parity: max abs logit difference (default 1e-4)")
-    parser.add_argument("--int8-atol", type=float, default=1.5, help="int8 parity: max abs logit difference (default 1.5)")
-    parser.add_argument("--int8-min-agreement", type=float, default=0.9,
-                        help="int8 parity: minimum argmax agreement rate (default 0.9)")
+    # defaults come from ExportConfig, so the library and the CLI cannot drift apart
+    parser.add_argument("--atol", type=float, default=ExportConfig.atol,
+                        help=f"fp32 parity: max abs logit difference (default {ExportConfig.atol:g})")
+    parser.add_argument("--int8-atol", type=float, default=ExportConfig.int8_atol,
+                        help=f"int8 parity: max abs logit difference (default {ExportConfig.int8_atol:g})")
+    parser.add_argument("--int8-min-agreement", type=float, default=ExportConfig.int8_min_agreement,
+                        help=f"int8 parity: minimum argmax agreement rate (default {ExportConfig.int8_min_agreement:g})")
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
                         help=f"data set whose test split adds parity prompts (default {DEFAULT_DATASET}, if present)")
     parser.add_argument("--parity-prompts", type=int, default=256, help="test-split prompts to check (default 256)")
