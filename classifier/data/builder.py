@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import yaml
 
 from classifier.data import card as card_mod
 from classifier.data import sources as src
+from classifier.data.benign import BenignConfig, generate_benign, planted
 from classifier.data.dedup import DedupConfig, deduplicate
 from classifier.data.normalize import dedup_key, estimate_tokens, text_id
 from classifier.data.sensitivity import SensitivityConfig, generate
@@ -60,6 +61,8 @@ COLUMNS: tuple[str, ...] = (
     "output_tokens", "template_id", "rule_id",
 )
 TRAFFIC_COLUMNS: tuple[str, ...] = ("id", "text", "source", "source_task", "task", "input_tokens", "output_tokens")
+# the held-out real-traffic evaluation set (never trained on): data/build/eval/real_traffic.parquet
+REAL_TRAFFIC_COLUMNS: tuple[str, ...] = ("id", "text", "source", "source_task", "sensitivity")
 TIER_SOURCES: tuple[str, ...] = ("routellm_mmlu", "routellm_gsm8k", "routellm_mtbench", "llmrouter")
 DEFAULT_PRIORITY: tuple[str, ...] = ("routellm_mmlu", "routellm_gsm8k", "routellm_mtbench", "llmrouter", "jailbreak")
 DEFAULT_OUTPUT_TOKENS: dict[str, int] = {
@@ -99,6 +102,7 @@ class BuildConfig:
     output_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_OUTPUT_TOKENS))
     dedup: DedupConfig = field(default_factory=DedupConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    benign: BenignConfig = field(default_factory=BenignConfig)
     include_traffic: bool = True
     progress: bool = True
 
@@ -114,6 +118,8 @@ class BuildConfig:
             self.dedup = _make(DedupConfig, self.dedup, "dedup")
         if isinstance(self.sensitivity, Mapping):
             self.sensitivity = _make(SensitivityConfig, self.sensitivity, "sensitivity")
+        if isinstance(self.benign, Mapping):
+            self.benign = _make(BenignConfig, self.benign, "benign")
         for name in ("ood_source_tasks", "ood_templates", "ood_rules", "ood_presidio_templates", "source_priority"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)):
@@ -297,9 +303,22 @@ def build_dataset(config: BuildConfig) -> BuildResult:
                 ood_presidio_templates=config.ood_presidio_templates, strict=limit is None,
             )
             stats["sensitivity_generation"] = sens.stats
+            # traffic-shaped negatives and planted copies (classifier/data/benign.py)
+            known = {dedup_key(r["text"]) for r in list(kept) + list(sens.rows)}
+            benign_cfg = config.benign
+            if limit is not None:  # a slice: a few of each kind, enough to exercise the code
+                benign_cfg = replace(benign_cfg, code_snippets=min(benign_cfg.code_snippets, limit),
+                                     other_language_snippets=min(benign_cfg.other_language_snippets, limit),
+                                     generated_per_kind=min(benign_cfg.generated_per_kind, limit),
+                                     bfcl_schemas=min(benign_cfg.bfcl_schemas, limit),
+                                     planted_per_class=min(benign_cfg.planted_per_class, limit))
+            benign_rows, real_eval, stats["benign"] = generate_benign(
+                root, rejects, seed=config.seed, config=benign_cfg, existing_keys=known)
+            planted_rows = planted(sens.rows, benign_rows, config.seed, benign_cfg) if benign_cfg.enabled else []
+            stats["benign"]["planted"] = len(planted_rows)
 
         with stages.stage("assemble"):
-            rows, sens_dupes = _assemble(kept, sens.rows, config)
+            rows, sens_dupes = _assemble(kept, list(sens.rows) + benign_rows + planted_rows, config)
             stats["sensitivity_exact_duplicates_dropped"] = sens_dupes
             leaks = find_leaks(rows, ["text", "group", "template_id", "rule_id"])
             leaks.update(find_leaks([r for r in rows if r["source"] in ("presidio", "gitleaks")], ["source_task"]))
@@ -321,6 +340,14 @@ def build_dataset(config: BuildConfig) -> BuildResult:
             if config.include_traffic:
                 traffic_path = out / "traffic.parquet"
                 _write_parquet(traffic_rows, TRAFFIC_COLUMNS, traffic_path)
+            eval_path = None
+            if real_eval:
+                (out / "eval").mkdir(exist_ok=True)
+                eval_path = out / "eval" / "real_traffic.parquet"
+                in_data = {dedup_key(r["text"]) for r in rows}
+                held = [dict(r, id=text_id(r["text"])) for r in real_eval if dedup_key(r["text"]) not in in_data]
+                _write_parquet(held, REAL_TRAFFIC_COLUMNS, eval_path)
+                stats["benign"]["real_traffic_eval_written"] = len(held)
             rejects_path = out / "rejects.jsonl"
             with rejects_path.open("w", encoding="utf-8") as fh:
                 for r in rejects.items:
@@ -330,7 +357,7 @@ def build_dataset(config: BuildConfig) -> BuildResult:
     seconds = round(time.perf_counter() - started, 2)
     stats["seconds"] = seconds
     stats["stage_seconds"] = stages.seconds
-    info = _build_info(config, root, stats, [dataset_path, traffic_path, rejects_path])
+    info = _build_info(config, root, stats, [dataset_path, traffic_path, eval_path, rejects_path])
     info_path = out / "build_info.json"
     info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     card_path = out / "CARD.md"
