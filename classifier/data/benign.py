@@ -344,7 +344,7 @@ def _traceback(rng: np.random.Generator) -> str:
 
 def _log(rng: np.random.Generator) -> str:
     lines = []
-    for i in range(int(rng.integers(4, 12))):
+    for _i in range(int(rng.integers(4, 12))):
         lvl = rng.choice(["INFO", "INFO", "WARN", "ERROR", "DEBUG"])
         path = rng.choice(["/api/v1/orders", "/healthz", "/api/v1/users/me", "/login", "/static/app.js"])
         lines.append(f"2026-0{int(rng.integers(1, 10))}-{int(rng.integers(10, 28))}T1{int(rng.integers(0, 9))}:"
