@@ -8,7 +8,7 @@ export TIERWISE_SHARED_DATA ?= $(abspath $(SHARED))
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo full test bench lint fuzz load clean
+.PHONY: venv demo full test test-fast bench lint fuzz load clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -27,14 +27,22 @@ demo: $(STAMP)
 full: $(STAMP)
 	$(BIN)/python -m classifier.demo --full
 
+# Everything (about 2 minutes on 2 idle cores; the browser test needs Chromium).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python -m classifier.bench
+# The inner loop: every test not marked slow (no full shared data, no pretrained model, no browser,
+# nothing over ~2 s). Under 30 s on 2 idle cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench
+
+# ruff, then the import layers of docs/design.md (the contracts are in pyproject.toml)
 lint: $(STAMP)
-	$(BIN)/ruff check classifier tests
+	$(BIN)/ruff check classifier tests benchmarks
+	$(BIN)/lint-imports
 
 # Fuzzing, about FUZZ_SECONDS per tool: the hypothesis properties of the runtime and policy
 # (sharing the budget), schemathesis against a live server, then atheris on the runtime entry

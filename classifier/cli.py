@@ -18,7 +18,7 @@ from collections.abc import Sequence
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("data", "build"): ("classifier.data.builder", "build", "build the default routing data set from ../shared/datasets"),
     ("data", "validate"): ("classifier.data.loading", "validate", "check a labelled data file and report every bad row"),
-    ("baseline",): ("classifier.training.baselines", "baseline", "fit and evaluate majority, keyword and TF-IDF baselines"),
+    ("baseline",): ("classifier.evaluation.baselines", "baseline", "fit and evaluate majority, keyword and TF-IDF baselines"),
     ("train",): ("classifier.training.trainer", "train", "fine-tune the multi-head encoder, tracked in MLflow"),
     ("tune",): ("classifier.training.hpo", "tune", "search hyper-parameters with Optuna (nested MLflow runs)"),
     ("calibrate",): ("classifier.evaluation.calibrate_cmd", "calibrate", "fit temperatures and risk-controlled thresholds"),

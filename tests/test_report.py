@@ -110,7 +110,7 @@ def data_dir(tmp_path_factory, dataset) -> Path:
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory):
     """A real sqlite MLflow store with one finished run; returns (uri, run_id)."""
-    from classifier.training import tracking
+    from classifier import tracking
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
     with tracking.TrackedRun("report-test", "train", uri=uri) as run:
@@ -344,7 +344,7 @@ def test_gate_logic_is_direction_aware_and_names_unknown_metrics():
 
 # -- MLflow ----------------------------------------------------------------------------------------
 def test_report_is_logged_to_the_bundles_mlflow_run(report_run, mlflow_store):
-    from classifier.training import tracking
+    from classifier import tracking
 
     uri, run_id = mlflow_store
     client = tracking.client(uri)

@@ -169,7 +169,7 @@ def test_mlflow_artifacts_of_an_export_hold_no_prompt_text(tiny_model_dir: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """An export given the secret prompts as parity prompts logs its bundle to an MLflow run:
     neither the store nor the artifacts may hold them."""
-    from classifier.training import tracking
+    from classifier import tracking
     from classifier.training.export import ExportConfig, export_model
 
     store = tmp_path / "mlruns"

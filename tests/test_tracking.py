@@ -20,7 +20,7 @@ def store(tmp_path, monkeypatch) -> str:
 
 
 def test_tracking_uri_and_artifact_root(monkeypatch, tmp_path):
-    from classifier.training.tracking import (
+    from classifier.tracking import (
         DEFAULT_TRACKING_URI,
         artifact_root,
         flatten_params,
@@ -41,8 +41,8 @@ def test_training_run_is_tracked_and_registered(tmp_path, store, tiny_model_dir)
     import mlflow
     from mlflow import MlflowClient
 
+    from classifier.tracking import git_commit
     from classifier.training.model import MultiHeadEncoder
-    from classifier.training.tracking import git_commit
     from classifier.training.trainer import Trainer
 
     data = tmp_path / "build"

@@ -293,15 +293,27 @@ def test_class_weights_and_soft_targets_enter_the_loss():
 
     from classifier.training.trainer import multitask_loss
 
-    logits = {"tier": torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])}
-    batch = {"labels": {"tier": torch.tensor([0, 0, -100])},
+    # two labelled rows in different classes, with different losses, and one soft-only row
+    logits = {"tier": torch.tensor([[2.0, 0.0], [1.0, 0.0], [1.0, 1.0]])}
+    batch = {"labels": {"tier": torch.tensor([0, 1, -100])},
              "soft": {"tier": torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1]])},
              "soft_mask": {"tier": torch.tensor([False, False, True])}}
+    ce = [float(-torch.log_softmax(logits["tier"][i], -1)[c]) for i, c in ((0, 0), (1, 1))]
     plain, _ = multitask_loss(logits, batch, class_weights={}, head_weights={}, soft_weight=0.0)
-    weighted, _ = multitask_loss(logits, batch, class_weights={"tier": torch.tensor([2.0, 1.0])},
+    assert float(plain) == pytest.approx((ce[0] + ce[1]) / 2)
+    weighted, _ = multitask_loss(logits, batch, class_weights={"tier": torch.tensor([3.0, 1.0])},
                                  head_weights={}, soft_weight=0.0)
-    # both labelled rows are class 0: a uniform class weight cancels out in the weighted mean
-    assert float(weighted) == pytest.approx(float(plain))
+    # the class-weighted mean: (3 * ce0 + 1 * ce1) / (3 + 1), far from the plain mean
+    assert float(weighted) == pytest.approx((3 * ce[0] + ce[1]) / 4)
+    assert abs(float(weighted) - float(plain)) > 0.05
+    # weights are relative: scaling them all leaves the loss alone; rows of one class cancel them
+    scaled, _ = multitask_loss(logits, batch, class_weights={"tier": torch.tensor([6.0, 2.0])},
+                               head_weights={}, soft_weight=0.0)
+    assert float(scaled) == pytest.approx(float(weighted))
+    one_class = {**batch, "labels": {"tier": torch.tensor([0, -100, -100])}}
+    alone, _ = multitask_loss(logits, one_class, class_weights={"tier": torch.tensor([3.0, 1.0])},
+                              head_weights={}, soft_weight=0.0)
+    assert float(alone) == pytest.approx(ce[0])
     mixed, _ = multitask_loss(logits, batch, class_weights={}, head_weights={}, soft_weight=0.5)
     kl = float(torch.nn.functional.kl_div(torch.log_softmax(logits["tier"][2:], -1), batch["soft"]["tier"][2:],
                                           reduction="batchmean"))

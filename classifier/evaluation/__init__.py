@@ -1,2 +1,3 @@
-"""Evaluation: metrics, cost curves and prices, calibration and risk-controlled thresholds,
-reports for policy owners and drift monitoring. No torch: it scores bundles through the runtime."""
+"""Evaluation: metrics, cost curves and prices, calibration and risk-controlled thresholds, the
+baselines (majority, keyword, TF-IDF), reports for policy owners and drift monitoring. No torch:
+it scores bundles through the runtime."""

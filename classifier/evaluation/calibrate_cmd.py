@@ -143,7 +143,7 @@ def _logits(router: Any, texts: Sequence[str], desc: str) -> dict[str, np.ndarra
 
 
 def _labels(schema: Any, frame: Any) -> dict[str, np.ndarray]:
-    from classifier.evaluation.metrics import label_indices
+    from classifier.data.labels import label_indices
 
     out = {}
     for head in schema.heads:

@@ -226,7 +226,7 @@ def _text_of(rec: Mapping[str, Any]) -> Any:
 
 def _normalise(records: Sequence[Mapping[str, Any]], source: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Decision records (route output or audit entries) -> the frame ``Decisions`` holds."""
-    from classifier.evaluation.report import length_bucket
+    from classifier.evaluation.report_common import length_bucket
 
     rows: list[dict[str, Any]] = []
     thresholds: dict[str, Any] = {}

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
+from classifier.data.labels import label_indices
 from classifier.data.schema import Head, LabelSchema
 from classifier.errors import SchemaError
 
@@ -50,39 +51,12 @@ __all__ = [
     "evaluate_heads",
     "flatten_metrics",
     "head_score",
-    "label_indices",
     "recall_at_precision",
     "wilson_interval",
 ]
 
 
 # -- labels and scores ---------------------------------------------------------------------------
-def label_indices(head: Head, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """``(mask, y)``: which rows of ``frame`` carry a label for ``head``, and their class indices.
-
-    ``mask`` is a boolean array over all rows; ``y`` (int64) has one entry per ``True`` in it.
-    A missing column means no row is labelled. An unknown label raises ``SchemaError`` naming
-    the head, the row and the expected classes.
-    """
-    if head.column not in frame.columns:
-        return np.zeros(len(frame), dtype=bool), np.zeros(0, dtype=np.int64)
-    col = frame[head.column]
-    mask = col.notna().to_numpy()
-    lookup = {c: i for i, c in enumerate(head.classes)}
-    labels = col[mask]
-    y = labels.map(lookup)
-    if y.isna().any():
-        bad_pos = int(np.flatnonzero(y.isna().to_numpy())[0])
-        row = labels.index[bad_pos]
-        row_id = frame.loc[row, "id"] if "id" in frame.columns else row
-        bad = sorted({str(v) for v in labels[y.isna()].unique()})
-        raise SchemaError(
-            f"column {head.column!r} (head {head.name!r}) has labels {bad} that are not in the "
-            f"schema classes {list(head.classes)} (first at row {row_id!r}); fix the data or the schema"
-        )
-    return mask, y.to_numpy(dtype=np.int64)
-
-
 def head_score(head: Head, probs: np.ndarray) -> np.ndarray | None:
     """The one-dimensional score AUROC is computed on, or ``None`` for a plain multi-class head.
 

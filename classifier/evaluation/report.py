@@ -65,6 +65,8 @@ import numpy as np
 import pandas as pd
 
 from classifier.errors import ConfigError, DataError
+from classifier.evaluation.report_common import finite as _f
+from classifier.evaluation.report_common import length_bucket, pct
 from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,6 @@ __all__ = [
     "check_gate",
     "diff_metrics",
     "headline_sentences",
-    "length_bucket",
     "load_report_json",
     "log_to_mlflow",
     "metric_direction",
@@ -98,23 +99,7 @@ QUALITY_RATIO = 0.95
 CURVE_POINTS = 200  # points kept per curve in the JSON (the sweep itself uses every threshold)
 _CHUNK = 256
 
-# prompt length buckets, in characters (what every router sees, whatever its tokenizer)
-LENGTH_EDGES = (200, 1000, 4000)
-LENGTH_LABELS = ("<200 chars", "200-999 chars", "1000-3999 chars", ">=4000 chars")
-
 REDACTED = "\u25a0"  # ■
-
-
-# -- small helpers shared with drift -------------------------------------------------------------
-def length_bucket(texts: Sequence[Any]) -> list[str]:
-    """The length bucket label of each text (``LENGTH_LABELS``; ``"unknown"`` for non-strings)."""
-    out = []
-    for t in texts:
-        if not isinstance(t, str):
-            out.append("unknown")
-            continue
-        out.append(LENGTH_LABELS[int(np.searchsorted(LENGTH_EDGES, len(t), side="right"))])
-    return out
 
 
 _SECRET_PATTERNS = (
@@ -145,24 +130,6 @@ def redact(text: Any, max_chars: int = 240) -> str:
     out = re.sub(REDACTED + "{2,}", REDACTED, out)
     out = " ".join(out.split())
     return out if len(out) <= max_chars else out[: max_chars - 1] + "\u2026"
-
-
-
-def _f(x: Any) -> float | None:
-    """A finite float or None (booleans are not numbers here)."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def pct(x: Any, digits: int = 1) -> str:
-    """``0.041 -> "4.1%"``; ``-`` for missing values. The one formatter every sentence uses."""
-    v = _f(x)
-    return "-" if v is None else f"{100 * v:.{digits}f}%"
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -271,11 +238,11 @@ def _head_metrics(schema: Any, frame: pd.DataFrame, probs: Mapping[str, np.ndarr
                   seed: int) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
+    from classifier.data.labels import label_indices
     from classifier.evaluation.metrics import (
         bootstrap_ci,
         evaluate_heads,
         head_score,
-        label_indices,
         wilson_interval,
     )
 
@@ -308,8 +275,8 @@ def _auroc_target(head: Any, y: np.ndarray) -> np.ndarray:
 def _calibration_section(schema: Any, frame: pd.DataFrame, logits: Mapping[str, np.ndarray],
                          temperatures: Mapping[str, float]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """ECE/Brier/NLL before and after, and the reliability bins behind the diagrams."""
+    from classifier.data.labels import label_indices
     from classifier.evaluation import calibration as cal
-    from classifier.evaluation.metrics import label_indices
 
     section: dict[str, Any] = {}
     bins: dict[str, dict[str, Any]] = {}
@@ -351,7 +318,7 @@ def _rate(k: int, n: int) -> dict[str, Any]:
 def _slices(frame: pd.DataFrame, schema: Any, tier_head: Any, probs: Mapping[str, np.ndarray], pos: int,
             threshold: float, task_head: Any | None) -> dict[str, list[dict[str, Any]]]:
     """Per-slice tier accuracy, cheap share, misroute rate and task accuracy, with Wilson CIs."""
-    from classifier.evaluation.metrics import label_indices
+    from classifier.data.labels import label_indices
 
     tmask, ty = label_indices(tier_head, frame)
     tier_y = np.full(len(frame), -1)
@@ -406,7 +373,7 @@ def _allowed_tiers(policy: Any) -> dict[str, list[str] | None]:
 
 def _sensitivity_section(frame: pd.DataFrame, schema: Any, policy: Any, probs: Mapping[str, np.ndarray],
                          routed: np.ndarray, top_k: int) -> dict[str, Any]:
-    from classifier.evaluation.metrics import label_indices
+    from classifier.data.labels import label_indices
 
     name = policy.sensitivity_head
     if not name or name not in schema:
@@ -455,7 +422,7 @@ def _sensitivity_section(frame: pd.DataFrame, schema: Any, policy: Any, probs: M
 
 def _misroutes(frame: pd.DataFrame, schema: Any, tier_head: Any, probs: Mapping[str, np.ndarray], pos: int,
                threshold: float, task_head: Any | None, top_k: int) -> dict[str, list[dict[str, Any]]]:
-    from classifier.evaluation.metrics import label_indices
+    from classifier.data.labels import label_indices
 
     mask, y = label_indices(tier_head, frame)
     rows = np.flatnonzero(mask)
@@ -516,7 +483,7 @@ def _threshold_table(policy: Any, cal_scores: np.ndarray | None, cal_need: np.nd
 
 def _fit_tfidf(schema: Any, train: pd.DataFrame, limit: int | None, seed: int) -> Any | None:
     """The TF-IDF + logistic-regression baseline fitted on the train split (None without one)."""
-    from classifier.training.baselines import TfidfLogRegBaseline
+    from classifier.evaluation.baselines import TfidfLogRegBaseline
 
     if train.empty:
         logger.warning("no 'train' rows in the data set: the report has no TF-IDF baseline curve")
@@ -942,7 +909,7 @@ def log_to_mlflow(run_id: str | None, paths: Mapping[str, Path], metrics: Mappin
     if not run_id:
         logger.info("the bundle names no MLflow run (manifest training_run_id) and none was given: not logged")
         return False
-    from classifier.training import tracking
+    from classifier import tracking
 
     uri = tracking.tracking_uri()
     if uri.startswith("sqlite:///"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from classifier.evaluation.report import _f, pct
+from classifier.evaluation.report_common import finite, pct
 
 __all__ = [
     "SECTION_IDS",
@@ -37,7 +37,7 @@ DRIFT_SECTION_IDS = ("findings", "tier-mix", "confidence", "flags", "slices", "p
 
 # -- filters ---------------------------------------------------------------------------------------
 # the same number formatting as the headline sentences, so page and sentences always agree
-_finite = _f
+_finite = finite
 _pct = pct
 
 

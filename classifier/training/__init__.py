@@ -1,2 +1,3 @@
-"""Training: the multi-head encoder, its trainer, MLflow tracking, Optuna search, ONNX export,
-baselines and distillation into the fast student. Imports torch; nothing here runs at import."""
+"""Training: the multi-head encoder, its trainer, Optuna search, ONNX export and distillation into
+the fast student. MLflow helpers live in ``classifier.tracking``, the baselines in
+``classifier.evaluation.baselines``. Imports torch; nothing here runs at import."""

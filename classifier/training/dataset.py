@@ -72,7 +72,7 @@ def select_split(frame, split: str, max_rows: int | None = None, seed: int = 0):
 # -- labels -------------------------------------------------------------------------------------
 def head_labels(schema: LabelSchema, frame) -> dict[str, np.ndarray]:
     """Per head, the class index of each row (int64), ``IGNORE_INDEX`` where the label is null."""
-    from classifier.evaluation.metrics import label_indices
+    from classifier.data.labels import label_indices
 
     out: dict[str, np.ndarray] = {}
     for head in schema.heads:

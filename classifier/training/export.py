@@ -417,7 +417,7 @@ def log_bundle_to_mlflow(run_id: str | None, bundle_dir: Path, manifest: bundle_
     if not run_id:
         logger.warning("model_info.json names no training run: the bundle is not logged to MLflow")
         return False
-    from classifier.training import tracking
+    from classifier import tracking
 
     uri = uri or tracking.tracking_uri()
     if uri.startswith("sqlite:///"):

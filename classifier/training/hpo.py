@@ -201,7 +201,7 @@ class Tuner:
         self.study_ = open_study(self.storage, self.study_name, seed=self.sampler_seed)
         parent = None
         if base.track:
-            from classifier.training.tracking import TrackedRun
+            from classifier.tracking import TrackedRun
 
             parent = TrackedRun(base.experiment, run_name=f"tune-{self.study_name}", tags={
                 "tierwise.command": "tune", "optuna.study": self.study_name,
@@ -212,7 +212,7 @@ class Tuner:
         self.parent_run_id_ = parent.run_id if parent else None
 
         def objective(trial: optuna.Trial) -> float:
-            from classifier.training.tracking import TrackedRun
+            from classifier.tracking import TrackedRun
             from classifier.training.trainer import Trainer
 
             cfg = suggest_config(trial, base, self.space, n_layers=n_layers, heads=schema.head_names)

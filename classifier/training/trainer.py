@@ -324,7 +324,7 @@ class Trainer:
             self.model_.freeze_layers(cfg.frozen_layers)
         own_run = self.run is None and cfg.track
         if own_run:
-            from classifier.training.tracking import TrackedRun
+            from classifier.tracking import TrackedRun
 
             self.run = TrackedRun(cfg.experiment, run_name=cfg.name)
         self.run_id_ = self.run.run_id if self.run is not None else None
@@ -534,8 +534,8 @@ class Trainer:
     # -- the end ---------------------------------------------------------------------------------
     def _finish(self, frame) -> None:
         from classifier.evaluation.metrics import evaluate_heads, flatten_metrics
+        from classifier.tracking import peak_rss_mb
         from classifier.training.dataset import PromptDataset, select_split
-        from classifier.training.tracking import peak_rss_mb
 
         cfg = self.config
         if self._best_state is not None:
@@ -580,7 +580,7 @@ class Trainer:
             self.run.log_dict(_json_safe({**summary, "metrics": self.metrics_, "history": self.history_}), METRICS_FILE)
 
     def _save(self, summary: dict[str, Any]) -> None:
-        from classifier.training.tracking import tracking_uri
+        from classifier.tracking import tracking_uri
 
         cfg = self.config
         model_dir = cfg.model_dir

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from classifier.data.labels import label_indices
 from classifier.data.schema import Head, LabelSchema
 from classifier.errors import ConfigError, DataError
 from classifier.evaluation.costs import (
@@ -53,7 +54,6 @@ from classifier.evaluation.costs import (
 from classifier.evaluation.metrics import (
     evaluate_heads,
     head_score,
-    label_indices,
     recall_at_precision,
 )
 from classifier.evaluation.prices import Prices

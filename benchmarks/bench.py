@@ -226,9 +226,9 @@ def bench_http(bundle: str, seconds: float = 10.0, concurrency: int = 4) -> dict
 
 
 def _child(kind: str, arg: str) -> dict:
-    cmd = [sys.executable, "-m", "classifier.bench", "--child", kind, arg]
+    cmd = [sys.executable, "-m", "benchmarks.bench", "--child", kind, arg]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -249,7 +249,7 @@ def default_bundles() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classifier.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "evaluation" / "bench.json"))
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--http-seconds", type=float, default=10.0)
