@@ -28,7 +28,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("serve",): ("classifier.serving.app", "serve", "serve a bundle over HTTP"),
     ("report",): ("classifier.evaluation.report", "report", "write the policy owners' evaluation report"),
     ("drift",): ("classifier.evaluation.drift", "drift", "compare live routing against a reference and flag drift"),
-    ("audit", "verify"): ("classifier.serving.audit", "verify", "check an audit log's hash chain"),
+    ("audit", "verify"): ("classifier.serving.audit", "verify", "check an audit log's chain, key and checkpoints"),
+    ("audit", "keygen"): ("classifier.serving.audit", "keygen", "write a new audit (or prompt digest) key"),
+    ("keygen",): ("classifier.serving.signing", "keygen", "write a new Ed25519 bundle signing key pair"),
+    ("sign",): ("classifier.serving.signing", "sign", "sign a bundle's manifest (Ed25519) for --trusted-key routers"),
 }
 
 

@@ -91,15 +91,20 @@ def _edit_and_rehash(ls: list[str]) -> list[str]:
 
 
 TAMPERING = {
-    "edit": (_edit, 3, "edited"),
-    "edit_and_rehash": (_edit_and_rehash, 4, "removed, inserted or reordered"),
-    "delete_middle": (lambda ls: ls[:2] + ls[3:], 3, "removed, inserted or reordered"),
-    "delete_first": (lambda ls: ls[1:], 1, "must start the chain"),
-    "reorder": (lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], 2, "removed, inserted or reordered"),
-    "insert_copy": (lambda ls: ls[:3] + [ls[1]] + ls[3:], 4, "removed, inserted or reordered"),
-    "truncate_mid_line": (lambda ls: ls[:4] + [ls[4][:40]], 5, "truncated mid-entry"),
-    "truncate_last_line": (lambda ls: ls[:4], 5, "cut off the end"),
-    "garbage_line": (lambda ls: ls[:1] + ["not json\n"] + ls[1:], 2, "not valid JSON"),
+    "edit": (_edit, 3, "edited", "edited"),
+    "edit_and_rehash": (_edit_and_rehash, 4, "previous line was edited and re-hashed", "edited"),
+    "delete_middle": (lambda ls: ls[:2] + ls[3:], 3, "entries 3..3 are missing", "deleted"),
+    "delete_first": (lambda ls: ls[1:], 1, "entries 1..1 are missing", "deleted"),
+    "reorder": (lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], 2, "lines were reordered", "reordered"),
+    "insert_copy": (lambda ls: ls[:3] + [ls[1]] + ls[3:], 4, "a copy was inserted", "inserted"),
+    "truncate_mid_line": (lambda ls: ls[:4] + [ls[4][:40]], 5, "truncated mid-entry", "truncated"),
+    "truncate_last_line": (lambda ls: ls[:4], 5, "cut off the end", "truncated"),
+    "garbage_line": (lambda ls: ls[:1] + ["not json\n"] + ls[1:], 2, "not valid JSON", "damaged"),
+    # the parsed object is unchanged (json keeps the last value): only the raw bytes show the edit
+    "duplicate_key": (lambda ls: ls[:2] + [ls[2].replace(',"decision":', ',"rule":"x","decision":', 1)] + ls[3:],
+                      3, "duplicate key 'rule'", "edited"),
+    "whitespace": (lambda ls: ls[:2] + [ls[2].replace('":', '": ', 1)] + ls[3:], 3, "not the canonical JSON",
+                   "edited"),
 }
 
 
@@ -108,12 +113,13 @@ def test_tampering_is_detected_and_the_line_named(tmp_path, kind):
     path = tmp_path / "audit.jsonl"
     write_log(path, 5)
     assert verify(path).ok
-    change, line, message = TAMPERING[kind]
+    change, line, message, what = TAMPERING[kind]
     path.write_text("".join(change(lines(path))), encoding="utf-8")
     result = verify(path)
     assert not result.ok
     assert result.line == line, result
     assert message in result.error
+    assert result.kind == what
     assert f"line {line}" in result.message(path)
 
 

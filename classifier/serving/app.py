@@ -390,13 +390,23 @@ def create_app(
     deadline_ms: float | None = None,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     bundle_retry_s: float | None = DEFAULT_BUNDLE_RETRY_S,
+    trusted_keys: list[Any] | None = None,
+    expect_sha256: str | None = None,
+    audit_key: bytes | None = None,
+    prompt_key: bytes | None = None,
+    audit_checkpoints: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> FastAPI:
     """Build the app. Give a ``bundle`` path (loaded and verified at startup; ``/readyz`` is 503
     until that succeeds, and stays 503 with the reason while it fails: the load is tried again
     every ``bundle_retry_s`` seconds, None for never) or an already loaded ``router``.
     ``max_batch`` defaults to the bundle's ``input_limits.max_batch``; ``deadline_ms`` is the
     per-request inference deadline of a router loaded from ``bundle`` (a given ``router`` keeps its
-    own); ``body_timeout_s`` bounds how long a request body may take to arrive."""
+    own); ``body_timeout_s`` bounds how long a request body may take to arrive.
+    ``trusted_keys`` / ``expect_sha256`` go to ``Router.load`` (signed bundles, digest pinning);
+    ``audit_key``, ``prompt_key``, ``audit_checkpoints``, ``checkpoint_every`` and
+    ``checkpoint_seconds`` configure the audit log (see ``audit.py``)."""
     if bundle is None and router is None:
         raise ConfigError("create_app needs a bundle path or a loaded router")
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
@@ -423,7 +433,8 @@ def create_app(
             error = f"cannot load bundle {bundle}: it does not exist (yet)"
         else:
             try:
-                loaded = Router.load(bundle, threads=threads, policy=policy, deadline_ms=deadline_ms)
+                loaded = Router.load(bundle, threads=threads, policy=policy, deadline_ms=deadline_ms,
+                                     trusted_keys=trusted_keys, expect_sha256=expect_sha256)
             except (TierwiseError, OSError) as exc:
                 error = f"cannot load bundle {bundle}: {exc}"
             else:
@@ -450,9 +461,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         if audit_log is not None:
-            from classifier.serving.audit import AuditLog
+            from classifier.serving.audit import (
+                DEFAULT_CHECKPOINT_EVERY,
+                DEFAULT_CHECKPOINT_SECONDS,
+                AuditLog,
+            )
 
-            state.audit = AuditLog(audit_log)
+            state.audit = AuditLog(audit_log, key=audit_key, prompt_key=prompt_key, checkpoints=audit_checkpoints,
+                                   checkpoint_every=checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+                                   checkpoint_seconds=checkpoint_seconds or DEFAULT_CHECKPOINT_SECONDS,
+                                   on_checkpoint=metrics.set_audit_checkpoint)
         retry: asyncio.Task | None = None
         if router is not None:
             attach(router)
@@ -470,6 +488,11 @@ def create_app(
                     pass
             if state.owns_router and state.router is not None:
                 state.router.close()
+            if state.audit is not None:
+                try:
+                    state.audit.close()  # final checkpoint
+                except (AuditError, OSError) as exc:
+                    logger.error("final audit checkpoint failed: %s", exc)
             state.router = None
             state.error = "shutting down"
             metrics.set_bundle(None)
@@ -521,7 +544,16 @@ def create_app(
     def readyz() -> Response:
         if state.router is None:
             return _json_error(503, ServiceUnavailableError.__name__, state.error or "no bundle loaded")
-        return JSONResponse({"status": "ready", "bundle": state.router.info()})
+        trust = getattr(state.router, "trust", None) or {}
+        warnings = list(trust.get("warnings", ()))
+        if state.audit is not None:
+            if state.audit.key is None:
+                warnings.append("the audit log is not keyed: anyone who can write its directory can rebuild its "
+                                "chain; set --audit-key and --audit-checkpoints")
+            if state.audit.prompt_key is None:
+                warnings.append("the audit log stores unsalted prompt SHA-256 digests: a guessed prompt can be "
+                                "confirmed; set --prompt-key")
+        return JSONResponse({"status": "ready", "bundle": state.router.info(), "trust": trust, "warnings": warnings})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def metrics_endpoint() -> Response:
@@ -551,6 +583,7 @@ def create_app(
         metrics.observe_decisions(decisions)
         if state.audit is not None:
             _audit(state.audit, loaded, decisions, texts, request_id, single, elapsed_ms)
+            metrics.set_audit_entries(state.audit.entries)
         docs = [d.to_dict() for d in decisions]
         payload = {"request_id": request_id, "decision": docs[0]} if single else {"request_id": request_id, "decisions": docs}
         return Response(json.dumps(payload, ensure_ascii=False, allow_nan=False), media_type="application/json",
@@ -609,6 +642,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=None,
                         help="most prompts per request (default: the bundle's input_limits.max_batch)")
     parser.add_argument("--audit-log", type=Path, default=None, help="append every decision to this hash-chained log")
+    parser.add_argument("--audit-key", type=Path, default=None,
+                        help="key file (tierwise audit keygen) to HMAC-chain the audit log; keep it outside the log's folder")
+    parser.add_argument("--audit-checkpoints", type=Path, default=None,
+                        help="append HMAC'd checkpoints (entry count + head) here, on storage the log writer cannot "
+                             "rewrite; needs --audit-key")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="write a checkpoint every this many entries (default 1000)")
+    parser.add_argument("--checkpoint-seconds", type=float, default=None,
+                        help="and every this many seconds when there are new entries (default 60)")
+    parser.add_argument("--prompt-key", type=Path, default=None,
+                        help="key file for keyed prompt digests (prompt_hmac) in the audit log instead of unsalted SHA-256")
+    parser.add_argument("--trusted-key", type=Path, action="append", default=None,
+                        help="Ed25519 public key (tierwise keygen) the bundle must be signed with; repeatable; "
+                             "adds to $TIERWISE_TRUSTED_KEYS")
+    parser.add_argument("--expect-sha256", default=None,
+                        help="refuse the bundle unless the sha256 of its manifest.json is this (pins every file)")
     parser.add_argument("--deadline-ms", type=float, default=DEFAULT_DEADLINE_MS,
                         help="per-request inference deadline; past it the answer is the safe decision flagged "
                              f"fallback (0: none; default {DEFAULT_DEADLINE_MS:g})")
@@ -646,11 +695,26 @@ def run_serve(args: argparse.Namespace) -> int:
         if not value >= 0 or (value == 0 and flag not in ("--deadline-ms",)):
             raise ConfigError(f"{flag} must be > 0{' (or 0 for none)' if flag == '--deadline-ms' else ''}, got {value}")
     deadline_ms = args.deadline_ms or None
+    from classifier.serving import audit as audit_io
+    from classifier.serving import signing
+
+    keys = signing.trusted_keys_from_env() + signing.load_trusted_keys(args.trusted_key or ())
+    audit_key = prompt_key = None
+    if args.audit_key is not None or args.prompt_key is not None or args.audit_checkpoints is not None:
+        if args.audit_log is None:
+            raise ConfigError("--audit-key, --prompt-key and --audit-checkpoints need --audit-log")
+    if args.audit_key is not None:
+        audit_key = audit_io.load_key(args.audit_key, log_path=args.audit_log)
+    if args.prompt_key is not None:
+        prompt_key = audit_io.load_key(args.prompt_key, log_path=args.audit_log, what="prompt key")
+    if args.audit_checkpoints is not None and audit_key is None:
+        raise ConfigError("--audit-checkpoints needs --audit-key (checkpoints are HMAC'd with it)")
     router = None
     if args.bundle.exists():
         # load (and verify) before binding the port: a bad bundle exits 2 with the reason
         try:
-            router = Router.load(args.bundle, threads=args.threads, policy=args.policy, deadline_ms=deadline_ms)
+            router = Router.load(args.bundle, threads=args.threads, policy=args.policy, deadline_ms=deadline_ms,
+                                 trusted_keys=keys, expect_sha256=args.expect_sha256)
         except BundleError as exc:
             raise BundleError(f"refusing to serve {args.bundle}: {exc}") from None
     else:
@@ -662,7 +726,10 @@ def run_serve(args: argparse.Namespace) -> int:
                        "every %g s", args.bundle, args.bundle_retry_s)
     app = create_app(args.bundle, router=router, threads=args.threads, policy=args.policy,
                      max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, audit_log=args.audit_log,
-                     deadline_ms=deadline_ms, body_timeout_s=args.body_timeout_s, bundle_retry_s=args.bundle_retry_s)
+                     deadline_ms=deadline_ms, body_timeout_s=args.body_timeout_s, bundle_retry_s=args.bundle_retry_s,
+                     trusted_keys=keys, expect_sha256=args.expect_sha256, audit_key=audit_key, prompt_key=prompt_key,
+                     audit_checkpoints=args.audit_checkpoints, checkpoint_every=args.checkpoint_every,
+                     checkpoint_seconds=args.checkpoint_seconds)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     http=guarded_h11_protocol(args.header_timeout_s), h11_max_incomplete_event_size=MAX_HEAD_BYTES,

@@ -9,7 +9,10 @@ clash in the global one) and records:
 - ``tierwise_head_predictions_total{head, class}``: argmax class per head of classified prompts,
   e.g. ``head="sensitivity"`` counts decisions per sensitivity class;
 - ``tierwise_decision_flags_total{flag}``: flags such as ``uncertain``, ``invalid_input``;
-- ``tierwise_ready`` and ``tierwise_bundle_info{...}``: whether a bundle is loaded, and which.
+- ``tierwise_ready`` and ``tierwise_bundle_info{...}``: whether a bundle is loaded, and which;
+- ``tierwise_audit_entries``, ``tierwise_audit_checkpoint_entries`` and
+  ``tierwise_audit_checkpoint_info{head}``: the audit log's length and its latest checkpoint
+  (entry count and head HMAC), so the scraper keeps a copy of the anchor off the machine.
 
 Label values are bounded: endpoints are a fixed list (``other`` for the rest), tiers, heads,
 classes and flags come from the policy and schema. What this module leaves out: serving the text
@@ -50,6 +53,23 @@ class ServingMetrics:
         self.ready = Gauge("tierwise_ready", "1 when a verified bundle is loaded", registry=r)
         self.bundle_info = Gauge("tierwise_bundle_info", "The loaded bundle (value 1)",
                                  ("kind", "quantization", "policy_version", "model_sha256"), registry=r)
+
+        self.audit_entries = Gauge("tierwise_audit_entries", "Entries in the audit log (as this process saw it)",
+                                   registry=r)
+        self.audit_checkpoint_entries = Gauge("tierwise_audit_checkpoint_entries",
+                                              "Entry count of the audit log's latest checkpoint", registry=r)
+        self.audit_checkpoint_info = Gauge("tierwise_audit_checkpoint_info",
+                                           "The audit log's latest checkpoint (value: its entry count)",
+                                           ("head", "seq"), registry=r)
+
+    def set_audit_entries(self, entries: int) -> None:
+        self.audit_entries.set(entries)
+
+    def set_audit_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        """Publish a checkpoint (``AuditLog.on_checkpoint``)."""
+        self.audit_checkpoint_info.clear()
+        self.audit_checkpoint_entries.set(int(checkpoint["entries"]))
+        self.audit_checkpoint_info.labels(str(checkpoint["head"]), str(checkpoint["seq"])).set(int(checkpoint["entries"]))
 
     def endpoint_label(self, path: str) -> str:
         return path if path in self.endpoints else "other"

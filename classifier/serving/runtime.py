@@ -223,31 +223,53 @@ class Router:
         policy: Policy | str | Path | Mapping[str, Any] | None = None,
         *,
         deadline_ms: float | None = None,
+        trusted_keys: Sequence[Any] | None = None,
+        expect_sha256: str | None = None,
     ) -> Router:
-        """Verify and load a bundle directory or ``.tar.gz``.
+        """Verify and load a bundle directory or ``.tar.gz`` (bounded: see ``bundle.py``).
 
         ``threads`` is ONNX Runtime's intra-op thread count (1 suits a server that answers many
         small requests in parallel). ``policy`` replaces the bundle's own ``policy.yaml``.
         ``deadline_ms`` bounds each ``route`` call (None: no deadline); see the module docstring.
+        ``trusted_keys`` (paths of Ed25519 public keys, or ``signing.TrustedKey``s; None: those
+        named by ``$TIERWISE_TRUSTED_KEYS``) makes an unsigned or wrongly signed bundle, or a policy
+        whose content changed under an approved version, a ``BundleError``; ``expect_sha256`` pins
+        the sha256 of the bundle's ``manifest.json``. See ``signing.py``.
         """
+        from classifier.serving import signing
+
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
         deadline_ms = _check_deadline(deadline_ms)
+        keys = signing.trusted_keys_from_env() if trusted_keys is None else signing.load_trusted_keys(trusted_keys)
         opened = bundle_io.OpenedBundle(path)
         try:
-            return cls._load_dir(opened, threads, policy, deadline_ms)
+            return cls._load_dir(opened, threads, policy, deadline_ms, keys, expect_sha256)
         except BaseException:
             opened.close()
             raise
 
     @classmethod
     def _load_dir(cls, opened: bundle_io.OpenedBundle, threads: int, policy: Any,
-                  deadline_ms: float | None = None) -> Router:
+                  deadline_ms: float | None = None, trusted_keys: Sequence[Any] = (),
+                  expect_sha256: str | None = None) -> Router:
+        from classifier.serving import signing
+
         directory = opened.directory
-        manifest, files = bundle_io.load_verified(directory)
+        verified = bundle_io.read_verified(directory)
+        manifest, files = verified.manifest, verified.contents
+        try:
+            trust = signing.check_bundle_trust(verified, trusted_keys, expect_sha256)
+        except BundleError as exc:
+            raise BundleError(f"{opened.source}: {exc}") from None
         schema = _parse_schema(files[bundle_io.SCHEMA_FILE], directory)
         temperatures, biases = _parse_calibration(files.get(bundle_io.CALIBRATION_FILE), schema, directory)
         resolved = _resolve_policy(policy, files[bundle_io.POLICY_FILE], directory)
+        try:
+            trust["policy"] = signing.check_policy_binding(manifest, _policy_doc(policy, resolved),
+                                                           required=bool(trusted_keys))
+        except BundleError as exc:
+            raise BundleError(f"{opened.source}: {exc}") from None
         tokenizer = _build_tokenizer(files[bundle_io.TOKENIZER_FILE], manifest.input_limits, directory)
         session = _build_session(files[bundle_io.MODEL_FILE], threads, schema, directory)
         router = cls(
@@ -255,6 +277,9 @@ class Router:
             schema=schema, temperatures=temperatures, policy=resolved, source=opened.source, opened=opened,
             deadline_ms=deadline_ms, biases=biases,
         )
+        # the digest of the manifest bytes that were verified (not a second read of the file)
+        router.bundle_hash = verified.digest
+        router.trust = trust
         router._warm_up()
         return router
 
@@ -531,6 +556,15 @@ def _resolve_policy(policy: Any, bundled: bytes, directory: Path) -> Policy:
         raise BundleError(f"{where}: not valid YAML: {exc}") from None
     except PolicyError as exc:
         raise BundleError(f"{where}: invalid policy: {exc}") from None
+
+
+def _policy_doc(given: Any, resolved: Policy) -> Any:
+    """The policy's plain data, for the content digest of ``signing.check_policy_binding``: the
+    YAML as read (bundled policy or a path), the mapping given, else the Policy's own data."""
+    if isinstance(given, Mapping):
+        return dict(given)
+    to_dict = getattr(resolved, "to_dict", None)
+    return to_dict() if callable(to_dict) else None
 
 
 def _build_tokenizer(data: bytes, limits: bundle_io.InputLimits, directory: Path) -> Tokenizer:
