@@ -28,6 +28,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("serve",): ("classifier.serving.app", "serve", "serve a bundle over HTTP"),
     ("report",): ("classifier.evaluation.report", "report", "write the policy owners' evaluation report"),
     ("drift",): ("classifier.evaluation.drift", "drift", "compare live routing against a reference and flag drift"),
+    ("detectors", "install"): ("classifier.serving.detectors_cmd", "install", "add or refresh a bundle's detector rules (gitleaks)"),
+    ("detectors", "scan"): ("classifier.serving.detectors_cmd", "scan", "run a bundle's detectors on text (rule names and spans, never the text)"),
     ("audit", "verify"): ("classifier.serving.audit", "verify", "check an audit log's hash chain"),
 }
 

@@ -48,6 +48,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 import tomllib
 import unicodedata
@@ -93,6 +94,8 @@ _INVISIBLE = frozenset(
     [0x00AD, 0x034F, 0x061C, 0x180E, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0xFEFF]
     + list(range(0x200B, 0x2010)) + list(range(0x202A, 0x202F)) + list(range(0x2066, 0x206A))
     + list(range(0xFE00, 0xFE10))
+    # C0/C1 control characters but tab, newline and carriage return (the runtime deletes them too)
+    + [c for c in range(0x20) if c not in (9, 10, 13)] + list(range(0x7F, 0xA0))
 )
 # Cyrillic and Greek letters that look like Latin ones (the homoglyphs used to dodge filters)
 _CONFUSABLE = {
@@ -102,6 +105,7 @@ _CONFUSABLE = {
     "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
     "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "ο": "o", "ν": "v", "ι": "i", "κ": "k",
 }
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INVISIBLE_RE = re.compile("[" + "".join(chr(c) for c in sorted(_INVISIBLE)) + "]")
 _CONFUSABLE_CLASS = "[" + "".join(_CONFUSABLE) + "]"
 _MIXED_SCRIPT = re.compile(f"[A-Za-z0-9_+/=-]{_CONFUSABLE_CLASS}|{_CONFUSABLE_CLASS}[A-Za-z0-9_+/=-]")
@@ -132,7 +136,7 @@ def canonical(text: str) -> View:
     """NFKC, invisible characters removed, homoglyphs folded, ``\\uXXXX`` escapes decoded, with
     offsets back to ``text``. ASCII text without escapes is returned as it is (the common case)."""
     has_escape = "\\u" in text
-    if text.isascii() and not has_escape:
+    if text.isascii() and not has_escape and _CONTROL_RE.search(text) is None:
         return View(text, None, None)
     if (not has_escape and _INVISIBLE_RE.search(text) is None and _MIXED_SCRIPT.search(text) is None
             and unicodedata.is_normalized("NFKC", text)):
@@ -175,7 +179,7 @@ def _changing() -> re.Pattern[str]:
     """One character class of everything ``canonical`` rewrites: characters NFKC changes (up to
     U+2FFFF), invisible ones and homoglyphs, plus ``\\uXXXX`` escapes. Built once (~0.1 s)."""
     chars = set(_INVISIBLE) | {ord(c) for c in _CONFUSABLE}
-    for o in range(0x80, 0x30000):
+    for o in range(0xA0, 0x30000):
         if 0xD800 <= o <= 0xDFFF:
             continue
         c = chr(o)
@@ -714,6 +718,23 @@ def build_rules(gitleaks_toml: str | Path, *, pii: Sequence[str] = PII_RULES) ->
 
 def rules_bytes(doc: Mapping[str, Any]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
+
+
+def default_gitleaks_path() -> Path:
+    """``$TIERWISE_SHARED_DATA/gitleaks/gitleaks.toml`` (default ``../shared/datasets``)."""
+    root = os.environ.get("TIERWISE_SHARED_DATA", "../shared/datasets")
+    return Path(root) / "gitleaks" / "gitleaks.toml"
+
+
+def default_rules_bytes(gitleaks: str | Path | None = None) -> bytes | None:
+    """The ``detectors.json`` bytes built from ``gitleaks`` (default: the shared data's config),
+    or None with a warning when that file is not there (the bundle then ships without detectors)."""
+    path = Path(gitleaks) if gitleaks is not None else default_gitleaks_path()
+    if gitleaks is None and not path.is_file():
+        logger.warning("no gitleaks config at %s: the bundle is written without detector rules "
+                       "(add them later with `tierwise detectors install BUNDLE --gitleaks PATH`)", path)
+        return None
+    return rules_bytes(build_rules(path))
 
 
 # ------------------------------------------------------------------------------------------
