@@ -224,7 +224,7 @@ def _sub_view(base: View, pieces: list[tuple[str, int, int]]) -> View:
 _B64_BLOB = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{24,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX_BLOB = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{2}){12,}(?![0-9A-Za-z])")
 _URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-_SPLIT_RUN = re.compile(r"(?<![\w+/=-])(?:[\w+/=-]{2,12}(?:[ \t]{1,2}|[ \t]*\r?\n[ \t]*)){2,}[\w+/=-]{2,}")
+_SPLIT_RUN = re.compile(r"(?<![\w+/=.-])(?:[\w+/=.-]{1,12}(?:[ \t]{1,2}|[ \t]*\r?\n[ \t]*)){2,}[\w+/=.-]{1,}")
 _WHITESPACE = re.compile(r"\s+")
 _MAX_DECODE = 4096  # characters of one blob decoded at most (bounded work per blob)
 
@@ -300,19 +300,22 @@ def _blob_view(base: View, decoded: str, a: int, b: int) -> View:
     return View(inner.text, [oa] * n, [ob] * n)
 
 
-def joined_views(view: View) -> list[View]:
-    """Runs of short chunks split by spaces or newlines (``AKIA IOSF ODNN ...``), joined."""
-    out: list[View] = []
-    text = view.text
-    for m in _SPLIT_RUN.finditer(text):
-        pieces: list[tuple[str, int, int]] = []
-        for c in re.finditer(r"\S+", m.group(0)):
-            pieces.append((c.group(0), m.start() + c.start(), m.start() + c.end()))
-        joined = "".join(p[0] for p in pieces)
-        # prose joins into long lowercase runs; a split key has digits or upper case
-        if len(joined) >= 16 and any(ch.isdigit() for ch in joined):
-            out.append(_sub_view(view, [(p, a, b) for p, a, b in _per_char(view, pieces)]))
+def split_runs(view: View) -> list[list[tuple[str, int, int]]]:
+    """Runs of short chunks split by spaces or newlines (``AKIA IOSF ODNN ...``): each run as its
+    tokens (text, start, end) in ``view`` coordinates."""
+    out: list[list[tuple[str, int, int]]] = []
+    for m in _SPLIT_RUN.finditer(view.text):
+        tokens = [(c.group(0), m.start() + c.start(), m.start() + c.end()) for c in re.finditer(r"\S+", m.group(0))]
+        joined = "".join(t[0] for t in tokens)
+        if len(joined) >= 16:
+            out.append(tokens[:64])
     return out
+
+
+def joined_view(view: View, tokens: list[tuple[str, int, int]], skip: int = 0) -> View:
+    """``tokens`` joined without their separators (the first ``skip`` characters left out)."""
+    pieces = [(ch, a + k, a + k + 1) for piece, a, _ in tokens for k, ch in enumerate(piece)][skip:]
+    return _sub_view(view, pieces)
 
 
 def _per_char(view: View, pieces: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
@@ -500,6 +503,7 @@ _EMAIL_DOC_DOMAINS = re.compile(
 )
 _EMAIL_DOC_LOCAL = re.compile(r"(?i)^(?:user(?:name)?|name|email|your[._-]?\w*|someone|somebody|me|you|test\w*|"
                               r"example|foo|bar|admin|info|support|noreply|no-reply|git|john\.?doe|jane\.?doe|xxx+)$")
+_VERSION_BEFORE = re.compile(r"(?i)(?:version|ver\.|release|v)\s*$")
 _EXAMPLE_BEFORE = re.compile(r"(?i)(?:example|e\.g\.|eg\.|sample)\W*$")
 _PHONE = re.compile(
     r"(?<![\w.+/-])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,5}){1,4}"
@@ -598,6 +602,18 @@ def ip_ok(candidate: str) -> bool:
     return ip.is_global and not ip.is_multicast and candidate not in _PUBLIC_RESOLVERS
 
 
+def scan_spelled_numbers(text: str, out: list[tuple[str, int, int]]) -> None:
+    """A spelled-out number (the whole view is one): a phone, card or SSN by its digit count and
+    validator, separators or not."""
+    digits = re.sub(r"\D", "", text)
+    if 10 <= len(digits) <= 11 and phone_ok(digits[-10:]):
+        out.append(("phone", 0, len(text)))
+    elif 13 <= len(digits) <= 19 and card_ok(digits):
+        out.append(("payment-card", 0, len(text)))
+    elif len(digits) == 9 and ssn_ok(digits[:3], digits[3:5], digits[5:]):
+        out.append(("us-ssn", 0, len(text)))
+
+
 def scan_pii(text: str, out: list[tuple[str, int, int]]) -> None:
     """Append (rule, start, end) of each validated personal-data match in ``text``."""
     if "@" in text:
@@ -634,7 +650,7 @@ def scan_pii(text: str, out: list[tuple[str, int, int]]) -> None:
             out.append(("iban", m.start(1), m.end(1)))
     if "." in text:
         for m in _IPV4.finditer(text):
-            if ip_ok(m.group(0)):
+            if ip_ok(m.group(0)) and _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()) is None:
                 out.append(("ipv4", m.start(), m.end()))
     if "::" in text or text.count(":") >= 5:
         _scan_ipv6(text, out)
@@ -891,11 +907,17 @@ class Detectors:
             lower = base.text.lower()
             compact = "".join(lower.split())
             if self._distinct_finder.find(compact):
-                for v in joined_views(base):
-                    self._scan_view(v, found, credentials=True, pii=False, only_distinctive=True)
+                self._scan_split(base, found)
         if self._spelled and self.pii_rules:
             for v in spelled_views(base):
                 self._scan_view(v, found, credentials=False, pii=True, only_distinctive=False)
+                if v.text and "@" not in v.text:  # a spelled number: judged by its digits alone
+                    spans: list[tuple[str, int, int]] = []
+                    scan_spelled_numbers(v.text, spans)
+                    for rule, a, b in spans:
+                        if rule in self.pii_rules:
+                            oa, ob = v.span(a, b)
+                            found.append((rule, PII, oa, ob))
         if not found:
             return []
         seen: set[tuple[str, int, int]] = set()
@@ -905,6 +927,34 @@ class Detectors:
                 seen.add((rule, a, b))
                 hits.append(Hit(rule, cls, a, b))
         return hits
+
+    def _scan_split(self, base: View, found: list[tuple[str, str, int, int]]) -> None:
+        """Keys split into chunks: for each distinctive keyword in a run's joined text, join from
+        the keyword on, and try ends from the longest down (prose after the key would otherwise
+        glue onto it and break the rule's word boundary); the first end that matches wins."""
+        for tokens in split_runs(base):
+            joined = "".join(t[0] for t in tokens).lower()
+            for w, positions in self._distinct_finder.find(joined).items():
+                rules = [r for r in self._by_keyword[w] if r.distinctive]
+                if not rules:
+                    continue
+                starts: list[tuple[int, int]] = [(0, 0)]  # (token, characters skipped in it)
+                for q in positions[:4]:
+                    # the token holding the keyword's first character, and the offset into it
+                    acc, i = 0, 0
+                    while acc + len(tokens[i][0]) <= q:
+                        acc += len(tokens[i][0])
+                        i += 1
+                    starts += [(i, 0), (i, q - acc)]
+                for i, skip in dict.fromkeys(starts):
+                    for j in range(len(tokens), i, -1):
+                        v = joined_view(base, tokens[i:j], skip=skip)
+                        hits = [(r.id, a, b) for r in rules for a, b in self._match_rule(r, v.text)]
+                        if hits:
+                            for rid, a, b in hits:
+                                oa, ob = v.span(a, b)
+                                found.append((rid, CREDENTIAL, oa, ob))
+                            break
 
     def _scan_view(self, view: View, found: list[tuple[str, str, int, int]], *, credentials: bool, pii: bool,
                    only_distinctive: bool) -> None:
