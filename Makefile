@@ -7,6 +7,7 @@ SHARED ?= ../shared/datasets
 export TIERWISE_SHARED_DATA ?= $(abspath $(SHARED))
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 STAMP := $(VENV)/.installed
+PEER_BUNDLES ?= bundles/student bundles/teacher-int8
 
 .PHONY: venv demo full test bench lint fuzz load clean
 
@@ -32,6 +33,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m classifier.bench
+	# peers side by side (needs the optional extra: pip install -c constraints.txt -e '.[peers]')
+	$(BIN)/python -m benchmarks.peers $(foreach b,$(PEER_BUNDLES),--bundle $(b))
 
 lint: $(STAMP)
 	$(BIN)/ruff check classifier tests

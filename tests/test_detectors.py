@@ -141,8 +141,8 @@ def test_keyword_engines_find_the_same(rules_doc: dict) -> None:
     texts = [l for l in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if l]
     texts = [json.loads(l)["text"] for l in texts][::3]
     results = {}
-    for engine in ("ahocorasick", "re", "in"):
-        pytest.importorskip("ahocorasick") if engine == "ahocorasick" else None
+    for engine in ("ahocorasick", "hyperscan", "re", "in"):
+        pytest.importorskip(engine) if engine in ("ahocorasick", "hyperscan") else None
         d = Detectors(rules_doc, keyword_engine=engine)
         results[engine] = [d.scan(t) for t in texts]
     first = next(iter(results.values()))

@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import re
+import threading
 import tomllib
 import unicodedata
 import urllib.parse
@@ -782,10 +783,19 @@ class _KeywordFinder:
             self._starting: dict[str, list[str]] = {}
             for w in self.keywords:
                 self._starting.setdefault(w[:1], []).append(w)
+        elif engine == "hyperscan":
+            import hyperscan  # optional: measured in benchmarks/peers.py, not a serving dependency
+
+            db = hyperscan.Database()
+            db.compile(expressions=[re.escape(w).encode() for w in self.keywords],
+                       ids=list(range(len(self.keywords))), elements=len(self.keywords),
+                       flags=[hyperscan.HS_FLAG_SOM_LEFTMOST] * len(self.keywords))
+            self._hs = db
+            self._hs_local = threading.local()  # hyperscan scratch space is per thread
         elif engine == "in":
             pass
         else:
-            raise ConfigError(f"keyword engine must be auto, ahocorasick, re or in, got {engine!r}")
+            raise ConfigError(f"keyword engine must be auto, ahocorasick, hyperscan, re or in, got {engine!r}")
 
     def find(self, lower: str) -> dict[str, list[int]]:
         """Keyword -> start positions of its occurrences in ``lower``."""
@@ -793,6 +803,21 @@ class _KeywordFinder:
         if self.engine == "ahocorasick":
             for end, w in self._auto.iter(lower):
                 found.setdefault(w, []).append(end - len(w) + 1)
+            return found
+        if self.engine == "hyperscan" and lower.isascii():  # byte offsets = character offsets
+            import hyperscan
+
+            scratch = getattr(self._hs_local, "scratch", None)
+            if scratch is None:
+                scratch = self._hs_local.scratch = hyperscan.Scratch(self._hs)
+            words = self.keywords
+
+            def on_match(idx: int, start: int, end: int, flags: int, context: Any) -> None:
+                found.setdefault(words[idx], []).append(start)
+
+            self._hs.scan(lower.encode(), match_event_handler=on_match, scratch=scratch)
+            for v in found.values():
+                v.sort()
             return found
         if self.engine == "re":
             for m in self._re.finditer(lower):
