@@ -13,8 +13,10 @@ and classes it names must exist) and then decides:
    whose top probability is under its floor, escalates (to the strong tier, or to the safe
    decision) and is flagged ``uncertain``. An uncertain prediction never silently stays cheap;
 4. **sensitivity gates** (last, so they override everything above): a sensitivity class whose
-   probability reaches its threshold blocks the request or restricts it to allowed tiers / trust
-   levels (``pii`` -> self-hosted only).
+   probability reaches its threshold, or that a deterministic detector found (``detections``),
+   blocks the request or restricts it to allowed tiers / trust levels (``pii`` -> self-hosted
+   only). Each class's ``gate`` says which evidence counts: ``either`` (default), ``model`` or
+   ``detectors``; the decision carries the detector hits (rule and offsets, never the text).
 
 ``PolicyEngine.safe_decision(reason, flags)`` is the explicit decision for input that cannot be
 classified (and for faults): it never raises. ``decide_batch`` is the vectorised form of

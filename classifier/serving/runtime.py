@@ -31,7 +31,9 @@ explicit safe decision (escalate), flagged, with the reason. What each kind of i
 input), then control characters are deleted, then the tokenizer keeps the first
 ``input_limits.max_length`` tokens (special tokens included). Whatever lies past the window is
 not read: the decision is flagged ``truncated`` so the policy owner and the audit log can see that
-the classifier saw only the head of the prompt (a credential past the window is not detected).
+the classifier saw only the head of the prompt. The deterministic detectors (``detectors.json``,
+``Router._scan``) read the **whole** prompt as received, so a credential past the window is still
+found by them; their hits go to the policy and into ``Decision.detections``.
 
 **Deadline.** With ``deadline_ms`` set (``Router.load(..., deadline_ms=...)``), each ``route``
 call has that budget for tokenising and inference. A watchdog thread sets ONNX Runtime's
