@@ -7,6 +7,7 @@ SHARED ?= ../shared/datasets
 export TIERWISE_SHARED_DATA ?= $(abspath $(SHARED))
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 STAMP := $(VENV)/.installed
+PEER_BUNDLES ?= bundles/student bundles/teacher-int8
 
 .PHONY: venv demo full test test-fast bench lint fuzz load clean
 
@@ -38,6 +39,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench
+	# peers side by side (needs the optional extra: pip install -c constraints.txt -e '.[peers]')
+	$(BIN)/python -m benchmarks.peers $(foreach b,$(PEER_BUNDLES),--bundle $(b))
 
 # ruff, then the import layers of docs/design.md (the contracts are in pyproject.toml)
 lint: $(STAMP)

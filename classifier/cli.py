@@ -32,6 +32,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("audit", "keygen"): ("classifier.serving.audit", "keygen", "write a new audit (or prompt digest) key"),
     ("keygen",): ("classifier.serving.signing", "keygen", "write a new Ed25519 bundle signing key pair"),
     ("sign",): ("classifier.serving.signing", "sign", "sign a bundle's manifest (Ed25519) for --trusted-key routers"),
+    ("detectors", "install"): ("classifier.serving.detectors_cmd", "install", "add or refresh a bundle's detector rules (gitleaks)"),
+    ("detectors", "scan"): ("classifier.serving.detectors_cmd", "scan", "run a bundle's detectors on text (rule names and spans, never the text)"),
 }
 
 

@@ -8,7 +8,8 @@ sampled uniformly, alternatives chosen at random, repeats given a length within 
 rules stays small). The capture group that holds the secret is returned separately, so callers can
 put the bare secret into their own context (``API_KEY="..."``) and check that line against the rule.
 
-gitleaks writes its rules in Go's RE2 dialect; ``go_to_python_regex`` translates the three
+gitleaks writes its rules in Go's RE2 dialect; ``go_to_python_regex`` (``classifier.regex_go``,
+shared with the serving detectors) translates the three
 constructs Python lacks (mid-pattern ``(?i)``, ``\\z``, POSIX ``[[:alnum:]]``).
 
 Left out: look-arounds are not enforced (they are skipped), back-references copy the group, the
@@ -33,6 +34,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse  # type: ignore[no-redef]
 
 from classifier.errors import DataError
+from classifier.regex_go import go_to_python_regex
 
 _PRINTABLE = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
 _WORD = string.ascii_letters + string.digits + "_"
@@ -46,77 +48,6 @@ _CATEGORY_CHARS: dict[object, str] = {
     sre_c.CATEGORY_WORD: _WORD,
     sre_c.CATEGORY_NOT_WORD: " .-:/",
 }
-_POSIX = {
-    "alnum": "a-zA-Z0-9", "alpha": "a-zA-Z", "digit": "0-9", "lower": "a-z", "upper": "A-Z",
-    "xdigit": "0-9A-Fa-f", "space": r"\s", "word": r"\w", "punct": r"!-/:-@\[-`{-~",
-}
-_INLINE_FLAGS = re.compile(r"\(\?([a-zA-Z]*(?:-[a-zA-Z]+)?)\)")
-
-
-def go_to_python_regex(pattern: str) -> str:
-    """Translate a Go/RE2 regex into one Python's ``re`` accepts with the same meaning.
-
-    - ``(?i)`` (or any inline flag group) after the start applies to the rest of its enclosing
-      group in Go; Python only accepts global flags at the very start, so it becomes a scoped
-      group ``(?i:...)`` closed where the enclosing group closes.
-    - ``\\z`` (end of text) is ``\\Z`` in Python.
-    - POSIX classes inside brackets (``[[:alnum:]]``) become explicit ranges.
-    """
-    for name, ranges in _POSIX.items():
-        pattern = pattern.replace(f"[:{name}:]", ranges)
-    pattern = pattern.replace(r"\z", r"\Z")
-    out: list[str] = []
-    # stack of open groups; each entry counts scoped-flag groups opened inside it
-    stack: list[int] = [0]
-    i, n, in_class = 0, len(pattern), False
-    while i < n:
-        c = pattern[i]
-        if c == "\\":
-            out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            if c == "]":
-                in_class = False
-            out.append(c)
-            i += 1
-            continue
-        if c == "[":
-            in_class = True
-            if pattern.startswith("[^", i):
-                out.append("[^")
-                i += 2
-            else:
-                out.append("[")
-                i += 1
-            if i < n and pattern[i] == "]":  # a literal ']' first in a class
-                out.append("]")
-                i += 1
-            continue
-        m = _INLINE_FLAGS.match(pattern, i)
-        if m and c == "(":
-            if not out and len(stack) == 1:
-                out.append(m.group(0))  # a global flag at the very start is fine
-            else:
-                out.append(f"(?{m.group(1)}:")
-                stack[-1] += 1
-            i = m.end()
-            continue
-        if c == "(":
-            stack.append(0)
-            out.append(c)
-        elif c == ")":
-            out.append(")" * stack.pop())
-            out.append(")")
-            if not stack:
-                raise DataError(f"unbalanced ')' in regex {pattern!r}")
-        else:
-            out.append(c)
-        i += 1
-    out.append(")" * stack.pop())
-    return "".join(out)
-
-
 @dataclass
 class Sample:
     """One drawn string and the text of each capture group (group number -> text)."""

@@ -176,6 +176,8 @@ class DecisionDoc(BaseModel):
     thresholds: dict[str, Any]
     policy_version: str
     flags: list[str] = Field(description="e.g. uncertain, truncated, invalid_input, fallback, blocked")
+    detections: list[dict[str, Any]] = Field(
+        default_factory=list, description="detector hits: {rule: 'detector:<id>', class, start, end}; never the text")
 
 
 class RouteResponse(BaseModel):

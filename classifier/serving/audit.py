@@ -302,6 +302,8 @@ class AuditLog:
             "probabilities": d.get("probabilities") or {},
             "thresholds": d.get("thresholds") or {},
         })
+        if d.get("detections"):  # detector rule names and offsets only, never the matched text
+            entry["detections"] = [dict(x) for x in d["detections"]]
         if self.store_text:
             entry["prompt"] = prompt if isinstance(prompt, str) else bytes(prompt).decode("utf-8", "replace")
         if extra:

@@ -13,8 +13,10 @@ and classes it names must exist) and then decides:
    whose top probability is under its floor, escalates (to the strong tier, or to the safe
    decision) and is flagged ``uncertain``. An uncertain prediction never silently stays cheap;
 4. **sensitivity gates** (last, so they override everything above): a sensitivity class whose
-   probability reaches its threshold blocks the request or restricts it to allowed tiers / trust
-   levels (``pii`` -> self-hosted only).
+   probability reaches its threshold, or that a deterministic detector found (``detections``),
+   blocks the request or restricts it to allowed tiers / trust levels (``pii`` -> self-hosted
+   only). Each class's ``gate`` says which evidence counts: ``either`` (default), ``model`` or
+   ``detectors``; the decision carries the detector hits (rule and offsets, never the text).
 
 ``PolicyEngine.safe_decision(reason, flags)`` is the explicit decision for input that cannot be
 classified (and for faults): it never raises. ``decide_batch`` is the vectorised form of
@@ -45,6 +47,8 @@ from classifier.yaml_io import read_yaml
 
 TRUST_LEVELS = ("external", "internal", "self_hosted")
 SENSITIVITY_ACTIONS = ("block", "restrict", "allow")
+# what may trigger a sensitivity class: the model's probability, a deterministic detector hit, or either
+GATES = ("either", "model", "detectors")
 UNCERTAINTY_ACTIONS = ("escalate", "safe_decision")
 SAFE_ACTIONS = ("route", "block")
 
@@ -164,6 +168,15 @@ class SensitivityRule:
     action: str
     allowed_tiers: tuple[str, ...] = ()
     allowed_trust: tuple[str, ...] = ()
+    gate: str = "either"  # either | model | detectors: which evidence triggers the class
+
+    @property
+    def model_gates(self) -> bool:
+        return self.gate != "detectors"
+
+    @property
+    def detectors_gate(self) -> bool:
+        return self.gate != "model"
 
 
 @dataclass(frozen=True)
@@ -304,8 +317,9 @@ class Policy:
         for cls_name, raw_rule in sens.items():
             p = f"sensitivity.{cls_name}"
             rule = _mapping(raw_rule, p)
-            _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust"))
+            _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust", "gate"))
             action = _choice(rule["action"], f"{p}.action", SENSITIVITY_ACTIONS)
+            gate = _choice(rule.get("gate", "either"), f"{p}.gate", GATES)
             allowed_tiers: tuple[str, ...] = ()
             allowed_trust: tuple[str, ...] = ()
             if "allowed_tiers" in rule:
@@ -321,7 +335,7 @@ class Policy:
                     raise _fail(p, "no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
             elif allowed_tiers or allowed_trust:
                 raise _fail(p, f"allowed_tiers/allowed_trust only apply to action 'restrict', not {action!r}")
-            sens_rules[str(cls_name)] = SensitivityRule(action, allowed_tiers, allowed_trust)
+            sens_rules[str(cls_name)] = SensitivityRule(action, allowed_tiers, allowed_trust, gate)
 
         # task overrides ---------------------------------------------------------------------
         task_ov = _mapping(top.get("task_overrides") or {}, "task_overrides")
@@ -345,7 +359,7 @@ class Policy:
             for k, v in sens_th_raw.items()
         }
         for cls_name, rule in sens_rules.items():
-            if rule.action != "allow" and cls_name not in sens_thresholds:
+            if rule.action != "allow" and rule.model_gates and cls_name not in sens_thresholds:
                 raise _fail(f"thresholds.sensitivity.{cls_name}",
                             f"is required: sensitivity class {cls_name!r} has a {rule.action!r} rule")
         provenance = _mapping(th.get("provenance") or {}, "thresholds.provenance")
@@ -448,6 +462,8 @@ class Decision:
     policy_version: str
     flags: list[str] = field(default_factory=list)
     blocked: bool = False
+    # deterministic detector hits: [{"rule": "detector:<id>", "class", "start", "end"}], never the text
+    detections: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -460,7 +476,15 @@ class Decision:
             "thresholds": _copy_plain(self.thresholds),
             "policy_version": self.policy_version,
             "flags": list(self.flags),
+            "detections": [dict(d) for d in self.detections],
         }
+
+
+def _detection_dicts(detections: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """Detector hits as ``Decision.detections`` entries (``Hit`` objects or dicts already)."""
+    if not detections:
+        return []
+    return [h.to_dict() if hasattr(h, "to_dict") else dict(h) for h in detections]
 
 
 def _add_flag(flags: list[str], flag: str) -> None:
@@ -526,15 +550,16 @@ class PolicyEngine:
             (head, floor, p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision")
             for head, floor in p.min_confidence.items()
         ]
-        self._row_sens: list[tuple[str, int, float, frozenset[int] | None]] = []
+        self._row_sens: list[tuple[str, int, float | None, frozenset[int] | None, bool]] = []
         if p.sensitivity_rules:
             classes = s.head(p.sensitivity_head).classes
             for name, rule in p.sensitivity_rules.items():
                 if rule.action == "allow":
                     continue
                 allowed = self._allowed[name]
-                self._row_sens.append((name, classes.index(name), p.sensitivity_thresholds[name],
-                                       None if allowed is None else frozenset(allowed)))
+                threshold = p.sensitivity_thresholds[name] if rule.model_gates else None
+                self._row_sens.append((name, classes.index(name), threshold,
+                                       None if allowed is None else frozenset(allowed), rule.detectors_gate))
         self._safe_idx = -1 if p.safe_tier is None else self._names.index(p.safe_tier)
 
     # -- checks ------------------------------------------------------------------------------
@@ -659,23 +684,29 @@ class PolicyEngine:
         return arrays, valid, head_ok, problem, n
 
     # -- decisions ---------------------------------------------------------------------------
-    def decide(self, probs: Mapping[str, Any], *, flags: Sequence[str] = ()) -> Decision:
-        """Decide for one prompt: ``probs`` maps head -> probabilities of shape (C,) (or (1, C))."""
+    def decide(self, probs: Mapping[str, Any], *, flags: Sequence[str] = (),
+               detections: Sequence[Any] | None = None) -> Decision:
+        """Decide for one prompt: ``probs`` maps head -> probabilities of shape (C,) (or (1, C)).
+        ``detections``: the prompt's detector hits (``Hit`` objects or their ``to_dict()``)."""
         rows = self._one_row(probs)
         if rows is None:  # anything unusual (bad shapes, not a distribution): the batch path answers
-            return self.decide_batch(probs, flags=[list(flags)])[0]
-        return self._decide_row(rows, list(dict.fromkeys(flags)))
+            return self.decide_batch(probs, flags=[list(flags)],
+                                     detections=None if detections is None else [detections])[0]
+        return self._decide_row(rows, list(dict.fromkeys(flags)), _detection_dicts(detections))
 
     def decide_batch(self, probs: Mapping[str, Any], *,
-                     flags: Sequence[Sequence[str]] | None = None) -> list[Decision]:
-        """Decide for n prompts at once: ``probs`` maps head -> [n, C]; ``flags`` one list per row.
+                     flags: Sequence[Sequence[str]] | None = None,
+                     detections: Sequence[Sequence[Any]] | None = None) -> list[Decision]:
+        """Decide for n prompts at once: ``probs`` maps head -> [n, C]; ``flags`` one list per row;
+        ``detections`` one list of detector hits per row (None: no detectors ran).
 
         Never raises on bad probabilities: malformed input yields safe decisions.
         """
         if flags is not None and len(flags) == 1:
             rows = self._one_row(probs)
             if rows is not None:
-                return [self._decide_row(rows, list(dict.fromkeys(flags[0])))]
+                return [self._decide_row(rows, list(dict.fromkeys(flags[0])),
+                                         _detection_dicts(detections[0] if detections else None))]
         try:
             arrays, valid, head_ok, problem, n = self._validate_batch(probs)
         except (TypeError, ValueError) as exc:
@@ -683,7 +714,9 @@ class PolicyEngine:
             return [self.safe_decision(f"cannot read probabilities: {exc}", list(flags[i]) if flags else [])
                     for i in range(max(count, 1))]
         row_flags = [list(dict.fromkeys(flags[i])) if flags is not None and i < len(flags) else [] for i in range(n)]
-        plan = self._plan(arrays)
+        row_det = [_detection_dicts(detections[i]) if detections is not None and i < len(detections) else []
+                   for i in range(n)]
+        plan = self._plan(arrays, row_det)
         out: list[Decision] = []
         for i in range(n):
             # a head whose row is not a distribution is left out (NaN is neither JSON nor evidence)
@@ -692,9 +725,11 @@ class PolicyEngine:
                 for name, a in arrays.items() if head_ok[name][i]
             }
             if not valid[i]:
-                out.append(self.safe_decision(problem[i], row_flags[i] + [FLAG_FALLBACK], probs_i))
+                d = self.safe_decision(problem[i], row_flags[i] + [FLAG_FALLBACK], probs_i)
+                d.detections = row_det[i]
+                out.append(d)
                 continue
-            out.append(self._build(i, plan, probs_i, row_flags[i]))
+            out.append(self._build(i, plan, probs_i, row_flags[i], row_det[i]))
         return out
 
     def tier_indices(self, probs: Mapping[str, Any]) -> np.ndarray:
@@ -706,7 +741,8 @@ class PolicyEngine:
         tiers[~valid] = safe_idx
         return tiers
 
-    def _plan(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:  # noqa: C901
+    def _plan(self, arrays: dict[str, np.ndarray],  # noqa: C901
+              detections: Sequence[Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Any]:
         """The whole rule cascade on arrays. Each step records where it changed the outcome."""
         p = self.policy
         n = next(iter(arrays.values())).shape[0]
@@ -764,10 +800,15 @@ class PolicyEngine:
             sp = arrays[p.sensitivity_head]
             classes = self.schema.head(p.sensitivity_head).classes
             allowed_mask = np.ones((n, len(self._names)), dtype=bool)
+            det_classes = [frozenset(h["class"] for h in d) for d in detections] if detections else None
             for cls_name, rule in p.sensitivity_rules.items():
                 if rule.action == "allow":
                     continue
-                hit = sp[:, classes.index(cls_name)] >= p.sensitivity_thresholds[cls_name]
+                hit = np.zeros(n, dtype=bool)
+                if rule.model_gates:
+                    hit |= sp[:, classes.index(cls_name)] >= p.sensitivity_thresholds[cls_name]
+                if rule.detectors_gate and det_classes is not None:
+                    hit |= np.fromiter((cls_name in d for d in det_classes), dtype=bool, count=n)
                 for i in np.flatnonzero(hit):
                     sens_detected[i].append(cls_name)
                 allowed = self._allowed[cls_name]
@@ -834,7 +875,8 @@ class PolicyEngine:
             return None
         return rows
 
-    def _decide_row(self, rows: dict[str, list[float]], flags: list[str]) -> Decision:
+    def _decide_row(self, rows: dict[str, list[float]], flags: list[str],
+                    detections: list[dict[str, Any]] | None = None) -> Decision:
         """``_plan`` + ``_build`` for one valid row, on Python floats (same rules, same order)."""
         p = self.policy
         t = p.tier_threshold
@@ -879,9 +921,10 @@ class PolicyEngine:
         before_sens = tier
         if self._row_sens and p.sensitivity_head in rows:
             sp = rows[p.sensitivity_head]
+            det_classes = {h["class"] for h in detections} if detections else ()
             allowed_now: set[int] | None = None  # None: every tier allowed
-            for name, j, threshold, allowed in self._row_sens:
-                if not sp[j] >= threshold:
+            for name, j, threshold, allowed, det_gate in self._row_sens:
+                if not ((threshold is not None and sp[j] >= threshold) or (det_gate and name in det_classes)):
                     continue
                 detected.append(name)
                 if allowed is None:
@@ -902,21 +945,21 @@ class PolicyEngine:
         probs_i = {name: dict(zip(classes, rows[name], strict=True)) for name, _, classes in self._heads
                    if name in rows}
         return self._compose(p_pos, base, task_rule, uncertain, unc_safe, unc_reason, unc_changed,
-                             detected, sens_block, sens_changed, tier, probs_i, flags)
+                             detected, sens_block, sens_changed, tier, probs_i, flags, detections or [])
 
     def _build(self, i: int, plan: dict[str, Any], probs_i: dict[str, dict[str, float]],
-               flags: list[str]) -> Decision:
+               flags: list[str], detections: list[dict[str, Any]] | None = None) -> Decision:
         return self._compose(
             plan["p_pos"][i], int(plan["base"][i]), plan["task_rule"][i], bool(plan["uncertain"][i]),
             bool(plan["unc_safe"][i]), plan["unc_reason"][i], bool(plan["unc_changed"][i]),
             plan["sens_detected"][i], bool(plan["sens_block"][i]), bool(plan["sens_changed"][i]),
-            int(plan["final"][i]), probs_i, flags,
+            int(plan["final"][i]), probs_i, flags, detections or [],
         )
 
     def _compose(self, p_pos: float, base_idx: int, task_rule: str, uncertain: bool, unc_safe: bool,
                  unc_reason: str, unc_changed: bool, detected: list[str], sens_block: bool,
                  sens_changed: bool, final: int, probs_i: dict[str, dict[str, float]],
-                 flags: list[str]) -> Decision:
+                 flags: list[str], detections: list[dict[str, Any]] | None = None) -> Decision:
         """The Decision (rule, reason, flags) from one row's outcome of the cascade."""
         p = self.policy
         t = p.tier_threshold
@@ -938,21 +981,20 @@ class PolicyEngine:
                 if unc_changed:
                     rule = f"{RULE_UNCERTAIN}:escalate"
         if detected:
-            shown = ", ".join(
-                f"{c} p={probs_i[p.sensitivity_head][c]:.3f} >= {p.sensitivity_thresholds[c]:g}"  # type: ignore[index]
-                for c in detected
-            )
+            shown, by_detector = self._evidence(detected, probs_i, detections or [])
             if sens_block:
                 blocking = [c for c in detected if p.sensitivity_rules[c].action == "block"]
                 if blocking:
                     reasons.append(f"sensitivity {shown}: blocked by rule for {', '.join(blocking)}")
-                    rule = f"{RULE_SENSITIVITY}:{blocking[0]}:block"
+                    rule = f"{RULE_SENSITIVITY}:{blocking[0]}:block" + by_detector.get(blocking[0], "")
                 else:
                     reasons.append(f"sensitivity {shown}: no tier satisfies every restriction -> blocked")
                     rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:block"
             elif sens_changed:
                 reasons.append(f"sensitivity {shown}: restricted -> {self._names[final]}")
                 rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:restrict"
+                if len(detected) == 1:
+                    rule += by_detector.get(detected[0], "")
             else:
                 reasons.append(f"sensitivity {shown}: {self._names[final]} already allowed")
         blocked = final < 0
@@ -966,5 +1008,28 @@ class PolicyEngine:
         return Decision(
             tier=tier_name, model=model, rule=rule, reason="; ".join(reasons),
             probabilities=probs_i, thresholds=self.thresholds, policy_version=p.version,
-            flags=flags, blocked=blocked,
+            flags=flags, blocked=blocked, detections=list(detections or []),
         )
+
+    def _evidence(self, detected: list[str], probs_i: dict[str, dict[str, float]],
+                  detections: list[dict[str, Any]]) -> tuple[str, dict[str, str]]:
+        """The reason text for the detected classes (the model's probability and/or the detector
+        rules with their spans) and, per class gated by a detector, the rule suffix naming it."""
+        p = self.policy
+        parts: list[str] = []
+        suffix: dict[str, str] = {}
+        for c in detected:
+            rule = p.sensitivity_rules[c]
+            evidence: list[str] = []
+            threshold = p.sensitivity_thresholds.get(c)
+            prob = probs_i.get(p.sensitivity_head or "", {}).get(c)
+            if rule.model_gates and threshold is not None and prob is not None and prob >= threshold:
+                evidence.append(f"p={prob:.3f} >= {threshold:g}")
+            if rule.detectors_gate:
+                hits = [h for h in detections if h["class"] == c]
+                if hits:
+                    evidence.append(", ".join(f"{h['rule']} at [{h['start']}, {h['end']})" for h in hits[:3])
+                                    + (f" (+{len(hits) - 3} more)" if len(hits) > 3 else ""))
+                    suffix[c] = ":" + str(hits[0]["rule"])
+            parts.append(f"{c} " + " and ".join(evidence))
+        return ", ".join(parts), suffix

@@ -31,7 +31,9 @@ explicit safe decision (escalate), flagged, with the reason. What each kind of i
 input), then control characters are deleted, then the tokenizer keeps the first
 ``input_limits.max_length`` tokens (special tokens included). Whatever lies past the window is
 not read: the decision is flagged ``truncated`` so the policy owner and the audit log can see that
-the classifier saw only the head of the prompt (a credential past the window is not detected).
+the classifier saw only the head of the prompt. The deterministic detectors (``detectors.json``,
+``Router._scan``) read the **whole** prompt as received, so a credential past the window is still
+found by them; their hits go to the policy and into ``Decision.detections``.
 
 **Deadline.** With ``deadline_ms`` set (``Router.load(..., deadline_ms=...)``), each ``route``
 call has that budget for tokenising and inference. A watchdog thread sets ONNX Runtime's
@@ -65,6 +67,7 @@ from tokenizers import Tokenizer
 from classifier.data.schema import LabelSchema
 from classifier.errors import BundleError, ConfigError, InputError, PolicyError, SchemaError
 from classifier.serving import bundle as bundle_io
+from classifier.serving.detectors import DETECTORS_FILE, Detectors, Hit
 from classifier.serving.policy import Decision, Policy, PolicyEngine
 
 logger = logging.getLogger(__name__)
@@ -183,8 +186,10 @@ class Router:
         opened: bundle_io.OpenedBundle | None = None,
         deadline_ms: float | None = None,
         biases: Mapping[str, Any] | None = None,
+        detectors: Detectors | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
+        self.detectors = detectors
         self.source = source or bundle_dir
         self.manifest = manifest
         self.input_limits = manifest.input_limits
@@ -272,10 +277,16 @@ class Router:
             raise BundleError(f"{opened.source}: {exc}") from None
         tokenizer = _build_tokenizer(files[bundle_io.TOKENIZER_FILE], manifest.input_limits, directory)
         session = _build_session(files[bundle_io.MODEL_FILE], threads, schema, directory)
+        detectors = None
+        if DETECTORS_FILE in files:
+            detectors = Detectors.from_bytes(files[DETECTORS_FILE], where=str(directory / DETECTORS_FILE))
+        else:
+            logger.warning("%s has no %s: deterministic detectors are off (add them with "
+                           "`tierwise detectors install %s`)", directory, DETECTORS_FILE, directory)
         router = cls(
             bundle_dir=directory, manifest=manifest, session=session, tokenizer=tokenizer,
             schema=schema, temperatures=temperatures, policy=resolved, source=opened.source, opened=opened,
-            deadline_ms=deadline_ms, biases=biases,
+            deadline_ms=deadline_ms, biases=biases, detectors=detectors,
         )
         # the digest of the manifest bytes that were verified (not a second read of the file)
         router.bundle_hash = verified.digest
@@ -420,6 +431,7 @@ class Router:
         n = len(texts)
         out: list[Decision | None] = [None] * n
         good: list[int] = []
+        raw: list[str] = []
         cleaned: list[str] = []
         flags: list[list[str]] = []
         for i, t in enumerate(texts):
@@ -430,19 +442,23 @@ class Router:
                     problem = f"nothing visible in the first {self._max_chars} characters once control characters are removed"
                 else:
                     good.append(i)
+                    raw.append(t)
                     cleaned.append(text)
                     flags.append(([FLAG_TRUNCATED] if cut else []) + ([FLAG_CONTROL_CHARS] if control else []))
                     continue
             where = f"prompt {i}: " if n > 1 else ""
             out[i] = self.engine.safe_decision(f"{where}cannot classify: {problem}", [FLAG_INVALID_INPUT])
         if good:
-            for i, d in zip(good, self._decide(cleaned, flags, start), strict=True):
+            for i, d in zip(good, self._decide(cleaned, flags, start, raw), strict=True):
                 out[i] = d
         return out  # type: ignore[return-value]
 
-    def _decide(self, texts: list[str], flags: list[list[str]], start: float) -> list[Decision]:
+    def _decide(self, texts: list[str], flags: list[list[str]], start: float,
+                raw: list[str] | None = None) -> list[Decision]:
         deadline = None if self.deadline_ms is None else start + self.deadline_ms / 1000.0
+        detections: list[list[Hit]] | None = None
         try:
+            detections = self._scan(raw if raw is not None else texts)
             logits, truncated = self._logits_with_flags(texts, deadline, cleaned=True)
             probs = self.proba_from_logits(logits)
             if deadline is not None and time.monotonic() > deadline:
@@ -450,7 +466,7 @@ class Router:
             for i in np.flatnonzero(truncated):
                 if FLAG_TRUNCATED not in flags[i]:
                     flags[i].insert(0, FLAG_TRUNCATED)
-            return self.engine.decide_batch(probs, flags=flags)
+            return self.engine.decide_batch(probs, flags=flags, detections=detections)
         except DeadlineExceeded as exc:
             took = (time.monotonic() - start) * 1000.0
             logger.warning("deadline of %g ms exceeded for %d prompt(s) after %.1f ms (%s); answering with the "
@@ -459,7 +475,18 @@ class Router:
         except Exception as exc:  # noqa: BLE001 - a router must answer: any inference fault -> safe decision
             logger.exception("inference failed for %d prompt(s); answering with the safe decision", len(texts))
             reason = f"inference failed ({type(exc).__name__})"
-        return [self.engine.safe_decision(reason, [*f, FLAG_FALLBACK]) for f in flags]
+        out = [self.engine.safe_decision(reason, [*f, FLAG_FALLBACK]) for f in flags]
+        for d, hits in zip(out, detections or [], strict=False):
+            d.detections = [h.to_dict() for h in hits]  # recorded for the audit trail
+        return out
+
+    def _scan(self, texts: Sequence[str]) -> list[list[Hit]] | None:
+        """Detector hits per prompt over the **whole** prompt as received (not the model's window,
+        not cut at ``max_chars``): offsets index the prompt the caller sent. None when the bundle
+        has no detector rules (the policy then sees no detections)."""
+        if self.detectors is None:
+            return None
+        return [self.detectors.scan(t) for t in texts]
 
     def safe_decision(self, reason: str, flags: Sequence[str] = ()) -> Decision:
         """The policy's explicit escalate decision (for callers that fail before ``route``)."""
@@ -482,6 +509,10 @@ class Router:
             "input_limits": m.input_limits.to_dict(),
             "temperatures": dict(self.temperatures),
             "biases": {h: b.tolist() for h, b in self.biases.items()},
+            "detectors": self.detectors.info() | {"enabled": True} if self.detectors is not None else {
+                "enabled": False,
+                "reason": f"the bundle has no {DETECTORS_FILE} (an older bundle): detectors are off; "
+                          "add them with `tierwise detectors install BUNDLE`"},
         }
 
 

@@ -304,8 +304,12 @@ class StudentDistiller:
         parity = {"max_abs_logit_diff": diff, "argmax_agreement": 1.0 if agree else 0.0, "n_prompts": len(probe)}
         teacher_info_path = Path(cfg.teacher) / "model_info.json"
         teacher_info = json.loads(teacher_info_path.read_text()) if teacher_info_path.is_file() else {}
+        from classifier.serving.detectors import DETECTORS_FILE, default_rules_bytes
+
+        rules = default_rules_bytes()  # the deterministic detectors' rule file, from the shared gitleaks config
         path = write_bundle(
             out,
+            files={DETECTORS_FILE: rules} if rules is not None else None,
             onnx_bytes=onnx_model.SerializeToString(),
             tokenizer_path=Path(cfg.teacher) / "tokenizer.json",
             schema=self.schema_,

@@ -36,6 +36,7 @@ import numpy as np
 
 from classifier.errors import ConfigError, ExportValidationError
 from classifier.serving import bundle as bundle_io
+from classifier.serving.detectors import DETECTORS_FILE, default_rules_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -498,6 +499,9 @@ def export_model(config: ExportConfig) -> ExportResult:
             bundle_io.POLICY_FILE: policy_path,
             bundle_io.CALIBRATION_FILE: bundle_io.identity_calibration(heads),
         }
+        rules = default_rules_bytes()  # the deterministic detectors' rule file, from the shared gitleaks config
+        if rules is not None:
+            files[DETECTORS_FILE] = rules
         run_id = _first(info, "training_run_id", "run_id", "mlflow_run_id")
         manifest = bundle_io.write_bundle_files(
             config.out_dir, files,

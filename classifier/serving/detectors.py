@@ -1,0 +1,1068 @@
+"""Deterministic detectors: credentials (gitleaks rules) and structured personal data, torch-free.
+
+A router must not send a live key or a social-security number to an external model because a
+classifier was unsure. ``Detectors.scan(text)`` finds them with rules a person can audit:
+
+- **credentials**: the gitleaks rule set (regexes in Go syntax, translated by
+  ``classifier.regex_go``; keywords; entropy thresholds; allowlists with regexes, ``regexTarget``
+  and stopwords; ``secretGroup``), compiled once at load. A rule runs only when one of its
+  keywords is in the lower-cased text (gitleaks' own prefilter): the keywords are found in one
+  pass (``pyahocorasick`` when installed, else one combined ``re`` alternation; measured in
+  ``benchmarks/peers.py``). Like gitleaks, rules whose id starts with ``generic`` need a digit in
+  the secret; on top of gitleaks, a secret that reads as a placeholder (``YOUR_API_KEY``,
+  ``xxxx``, ``<token>``, ``${VAR}``, ``example``...) is not reported.
+- **personal data** with validators: e-mail (documentation domains left out), phone numbers
+  (formatted NANP or ``+``-international, 10-15 digits), US SSN (area not 000/666/9xx, group not
+  00, serial not 0000, separators or an ``ssn`` context), payment cards (13-19 digits, issuer
+  prefix, Luhn), IBAN (country length, mod 97), IPv4/IPv6 (globally routable only: private,
+  loopback, documentation and well-known public resolvers are not personal data), dates of birth
+  (a date within 40 characters after ``born``/``date of birth``/``DOB``).
+
+Before matching, the text is put into a canonical form with a map back to the original offsets:
+Unicode NFKC (fullwidth ``ＡＫＩＡ`` -> ``AKIA``), zero-width characters and soft hyphens removed,
+Cyrillic/Greek letters that look like Latin ones folded to Latin, and ``\\uXXXX`` JSON escapes
+decoded. Extra *views* are scanned too, each mapped back: blobs that are base64, URL (``%41``)
+or hex encoded are decoded once and scanned (a hit reports the blob's span); runs of short
+chunks split by spaces or newlines are joined and scanned with the credential rules that have a
+distinctive keyword (not the generic ones); digits spelled as words (``four one one``) and
+e-mail addresses written with ``(at)``/``(dot)`` are rewritten for the personal-data checks.
+
+A hit is ``Hit(rule, cls, start, end)``: character offsets into the scanned text, never the
+matched text. ``Hit.to_dict()`` is the ``Decision.detections`` entry
+``{"rule": "detector:<id>", "class": "credential"|"pii", "start", "end"}``.
+
+The rule file (``detectors.json`` in a bundle) is plain data: ``build_rules(gitleaks_toml)``
+writes it, ``Detectors.from_bytes`` reads it. What this module leaves out: names, street
+addresses and other free-text personal data (the model's job), secrets in file paths (gitleaks'
+path rules), and more than one level of decoding (a base64 blob inside a base64 blob is not
+decoded twice). It imports the standard library only (``pyahocorasick`` optionally).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import threading
+import tomllib
+import unicodedata
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import BundleError, ConfigError
+from classifier.regex_go import go_to_python_regex
+
+logger = logging.getLogger(__name__)
+
+DETECTORS_FILE = "detectors.json"
+FORMAT = "tierwise-detectors"
+FORMAT_VERSION = 1
+CREDENTIAL = "credential"
+PII = "pii"
+PII_RULES = ("email", "phone", "us-ssn", "payment-card", "iban", "ipv4", "ipv6", "date-of-birth")
+RULE_PREFIX = "detector:"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One detection: the rule, its sensitivity class and the span (offsets into the scanned text)."""
+
+    rule: str
+    cls: str
+    start: int
+    end: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": RULE_PREFIX + self.rule, "class": self.cls, "start": self.start, "end": self.end}
+
+
+# ------------------------------------------------------------------------------------------
+# Canonical text with offsets back to the original
+# ------------------------------------------------------------------------------------------
+# zero-width and invisible format characters, soft hyphen, BOM, bidi controls, variation selectors
+_INVISIBLE = frozenset(
+    [0x00AD, 0x034F, 0x061C, 0x180E, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0xFEFF]
+    + list(range(0x200B, 0x2010)) + list(range(0x202A, 0x202F)) + list(range(0x2066, 0x206A))
+    + list(range(0xFE00, 0xFE10))
+    # C0/C1 control characters but tab, newline and carriage return (the runtime deletes them too)
+    + [c for c in range(0x20) if c not in (9, 10, 13)] + list(range(0x7F, 0xA0))
+)
+# Cyrillic and Greek letters that look like Latin ones (the homoglyphs used to dodge filters)
+_CONFUSABLE = {
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+    "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S", "а": "a", "е": "e", "о": "o", "р": "p", "с": "c",
+    "х": "x", "у": "y", "і": "i", "ј": "j", "ѕ": "s", "һ": "h", "ԁ": "d", "ԛ": "q", "ԝ": "w",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "ο": "o", "ν": "v", "ι": "i", "κ": "k",
+}
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_INVISIBLE_RE = re.compile("[" + "".join(chr(c) for c in sorted(_INVISIBLE)) + "]")
+_CONFUSABLE_CLASS = "[" + "".join(_CONFUSABLE) + "]"
+_MIXED_SCRIPT = re.compile(f"[A-Za-z0-9_+/=-]{_CONFUSABLE_CLASS}|{_CONFUSABLE_CLASS}[A-Za-z0-9_+/=-]")
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+class View:
+    """A text derived from the original, with ``starts[i]``/``ends[i]``: the original span that
+    produced character ``i``. ``span(a, b)`` maps a match back. ``blob`` views (decoded
+    base64/URL/hex) map every character to the whole blob."""
+
+    __slots__ = ("text", "starts", "ends")
+
+    def __init__(self, text: str, starts: list[int] | None, ends: list[int] | None) -> None:
+        self.text = text
+        self.starts = starts  # None: identity
+        self.ends = ends
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        if self.starts is None or self.ends is None:
+            return a, b
+        if b <= a:
+            b = a + 1
+        return self.starts[a], self.ends[b - 1]
+
+
+def canonical(text: str) -> View:
+    """NFKC, invisible characters removed, homoglyphs folded, ``\\uXXXX`` escapes decoded, with
+    offsets back to ``text``. ASCII text without escapes is returned as it is (the common case)."""
+    has_escape = "\\u" in text
+    if text.isascii() and not has_escape and _CONTROL_RE.search(text) is None:
+        return View(text, None, None)
+    if (not has_escape and _INVISIBLE_RE.search(text) is None and _MIXED_SCRIPT.search(text) is None
+            and unicodedata.is_normalized("NFKC", text)):
+        return View(text, None, None)  # e.g. Russian or Chinese prose: nothing to fold
+    # copy the runs between characters that change in bulk; rewrite only those characters
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    i = 0
+    for m in _changing().finditer(text):
+        a = m.start()
+        if a > i:
+            out.append(text[i:a])
+            starts.extend(range(i, a))
+            ends.extend(range(i + 1, a + 1))
+        c = m.group(0)
+        j = m.end()
+        if c.startswith("\\"):
+            c = chr(int(c[2:], 16))
+        if ord(c) in _INVISIBLE:
+            i = j
+            continue
+        mapped = _CONFUSABLE.get(c)
+        if mapped is None:
+            mapped = unicodedata.normalize("NFKC", c)
+            mapped = "".join(_CONFUSABLE.get(x, x) for x in mapped if ord(x) not in _INVISIBLE)
+        out.append(mapped)
+        starts.extend([a] * len(mapped))
+        ends.extend([j] * len(mapped))
+        i = j
+    if i < len(text):
+        out.append(text[i:])
+        starts.extend(range(i, len(text)))
+        ends.extend(range(i + 1, len(text) + 1))
+    return View("".join(out), starts, ends)
+
+
+@functools.lru_cache(maxsize=1)
+def _changing() -> re.Pattern[str]:
+    """One character class of everything ``canonical`` rewrites: characters NFKC changes (up to
+    U+2FFFF), invisible ones and homoglyphs, plus ``\\uXXXX`` escapes. Built once (~0.1 s)."""
+    chars = set(_INVISIBLE) | {ord(c) for c in _CONFUSABLE}
+    for o in range(0xA0, 0x30000):
+        if 0xD800 <= o <= 0xDFFF:
+            continue
+        c = chr(o)
+        if not unicodedata.is_normalized("NFKC", c):
+            chars.add(o)
+    ranges: list[str] = []
+    run: list[int] = []
+    for o in sorted(chars):
+        if run and o == run[-1] + 1:
+            run.append(o)
+            continue
+        if run:
+            ranges.append(_class_range(run[0], run[-1]))
+        run = [o]
+    if run:
+        ranges.append(_class_range(run[0], run[-1]))
+    return re.compile(r"\\u[0-9a-fA-F]{4}|[" + "".join(ranges) + "]")
+
+
+def _class_range(lo: int, hi: int) -> str:
+    esc = lambda o: "\\U%08x" % o  # noqa: E731
+    return esc(lo) if lo == hi else f"{esc(lo)}-{esc(hi)}"
+
+
+def _sub_view(base: View, pieces: list[tuple[str, int, int]]) -> View:
+    """A view built of (text, start, end) pieces in ``base`` coordinates, mapped to the original."""
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for piece, a, b in pieces:
+        oa, ob = base.span(a, b)
+        for x in piece:
+            out.append(x)
+            starts.append(oa)
+            ends.append(ob)
+    return View("".join(out), starts, ends)
+
+
+# ------------------------------------------------------------------------------------------
+# Decoded views
+# ------------------------------------------------------------------------------------------
+_B64_BLOB = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{24,}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX_BLOB = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{2}){12,}(?![0-9A-Za-z])")
+_URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_SPLIT_RUN = re.compile(r"(?<![\w+/=.-])(?:[\w+/=.-]{1,12}(?:[ \t]{1,2}|[ \t]*\r?\n[ \t]*)){2,}[\w+/=.-]{1,}")
+_WHITESPACE = re.compile(r"\s+")
+_MAX_DECODE = 4096  # characters of one blob decoded at most (bounded work per blob)
+
+
+def _printable(data: bytes) -> str | None:
+    """``data`` as text when it reads as text (UTF-8, >= 95% printable), else None."""
+    try:
+        s = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not s:
+        return None
+    good = sum(1 for c in s if c.isprintable() or c in "\n\r\t")
+    return s if good >= 0.95 * len(s) else None
+
+
+def _decode_b64(blob: str) -> str | None:
+    core = blob.rstrip("=")
+    if len(core) % 4 == 1:
+        return None
+    padded = core + "=" * (-len(core) % 4)
+    try:
+        if "-" in core or "_" in core:
+            data = base64.urlsafe_b64decode(padded)
+        else:
+            data = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _printable(data)
+
+
+def decoded_views(view: View) -> list[View]:
+    """Views of the base64, hex and URL-encoded blobs in ``view``, each mapped to its blob's span."""
+    text = view.text
+    out: list[View] = []
+    if len(text) >= 24 and any(len(tok) >= 24 for tok in text.split()):
+        for m in _B64_BLOB.finditer(text):
+            blob = m.group(0)
+            # a plain word or identifier is not base64 worth decoding: it needs a digit or +/ and mixed case
+            if blob.isalpha() or blob.islower() or blob.isupper() or blob.isdigit():
+                continue
+            s = _decode_b64(blob[:_MAX_DECODE])
+            if s is not None:
+                out.append(_blob_view(view, s, m.start(), m.end()))
+        for m in _HEX_BLOB.finditer(text):
+            try:
+                s = _printable(bytes.fromhex(m.group(0)[:_MAX_DECODE]))
+            except ValueError:
+                s = None
+            if s is not None:
+                out.append(_blob_view(view, s, m.start(), m.end()))
+    if "%" in text:
+        done = -1
+        for m in _URL_ESCAPE.finditer(text):
+            if m.start() < done:
+                continue
+            # the whitespace-free token around the escape; decoded when it holds >= 3 escapes
+            a = max(text.rfind(" ", 0, m.start()), text.rfind("\n", 0, m.start())) + 1
+            b = min((k for k in (text.find(" ", m.end()), text.find("\n", m.end())) if k >= 0), default=len(text))
+            done = b
+            token = text[a:b]
+            if len(_URL_ESCAPE.findall(token)) >= 3:
+                s = urllib.parse.unquote(token[:_MAX_DECODE])
+                if s != token:
+                    out.append(_blob_view(view, s, a, b))
+    return out
+
+
+def _blob_view(base: View, decoded: str, a: int, b: int) -> View:
+    oa, ob = base.span(a, b)
+    inner = canonical(decoded)
+    n = len(inner.text)
+    return View(inner.text, [oa] * n, [ob] * n)
+
+
+def split_runs(view: View) -> list[list[tuple[str, int, int]]]:
+    """Runs of short chunks split by spaces or newlines (``AKIA IOSF ODNN ...``): each run as its
+    tokens (text, start, end) in ``view`` coordinates."""
+    out: list[list[tuple[str, int, int]]] = []
+    for m in _SPLIT_RUN.finditer(view.text):
+        tokens = [(c.group(0), m.start() + c.start(), m.start() + c.end()) for c in re.finditer(r"\S+", m.group(0))]
+        joined = "".join(t[0] for t in tokens)
+        if len(joined) >= 16:
+            out.append(tokens[:64])
+    return out
+
+
+def joined_view(view: View, tokens: list[tuple[str, int, int]], skip: int = 0) -> View:
+    """``tokens`` joined without their separators (the first ``skip`` characters left out)."""
+    pieces = [(ch, a + k, a + k + 1) for piece, a, _ in tokens for k, ch in enumerate(piece)][skip:]
+    return _sub_view(view, pieces)
+
+
+def _per_char(view: View, pieces: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    return [(ch, a + k, a + k + 1) for piece, a, _ in pieces for k, ch in enumerate(piece)]
+
+
+_DIGIT_WORDS = {"zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                "six": "6", "seven": "7", "eight": "8", "nine": "9"}
+_DIGIT_WORD = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)"
+_SPELLED_RUN = re.compile(rf"(?i)\b{_DIGIT_WORD}(?:(?:[\s,]+|\s*-\s*|\s+dash\s+){_DIGIT_WORD}\b){{6,}}")
+_AT_DOT = re.compile(
+    r"(?i)\b([\w.+-]+)\s*(?:\[at\]|\(at\)|\{at\}|<at>|\sat\s)\s*([\w-]+(?:\s*(?:\[dot\]|\(dot\)|\{dot\}|<dot>|\sdot\s|\.)\s*[\w-]+)+)"
+)
+_DOT_WORD = re.compile(r"(?i)\s*(?:\[dot\]|\(dot\)|\{dot\}|<dot>|\sdot\s|\.)\s*")
+
+
+def spelled_views(view: View) -> list[View]:
+    """Digits written as words (``one two three dash ...``) and ``name (at) host (dot) com``
+    e-mails, rewritten as digits / plain addresses for the personal-data checks."""
+    text = view.text
+    out: list[View] = []
+    lower = text.lower()
+    if sum(w in lower for w in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero")) >= 3:
+        for m in _SPELLED_RUN.finditer(text):
+            pieces: list[tuple[str, int, int]] = []
+            for t in re.finditer(rf"(?i){_DIGIT_WORD}|dash|-|,", m.group(0)):
+                w = t.group(0).lower()
+                piece = _DIGIT_WORDS.get(w, "-")
+                pieces.append((piece, m.start() + t.start(), m.start() + t.end()))
+            out.append(_sub_view(view, pieces))
+    if "at" in lower and "dot" in lower or "[at]" in lower or "(at)" in lower:
+        for m in _AT_DOT.finditer(text):
+            domain = _DOT_WORD.sub(".", m.group(2))
+            addr = f"{m.group(1)}@{domain}"
+            out.append(_sub_view(view, [(ch, m.start(), m.end()) for ch in addr]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Credentials: gitleaks rules
+# ------------------------------------------------------------------------------------------
+def shannon_entropy(s: str) -> float:
+    """Bits per character (gitleaks' ``ShannonEntropy``)."""
+    if not s:
+        return 0.0
+    counts: dict[str, int] = {}
+    for c in s:
+        counts[c] = counts.get(c, 0) + 1
+    n = len(s)
+    return -sum(k / n * math.log2(k / n) for k in counts.values())
+
+
+# A secret that is a placeholder a person wrote, not a value (on top of gitleaks' allowlists).
+_PLACEHOLDER = re.compile(
+    r"(?i)(x{4,}|\*{3,}|\.\.\.|<[^<>\n]*>|\$\{|\{\{|\$\(|example|dummy|fake|redact|placeholder|your[_-]|"
+    r"^your|changeme|change[_-]me|replace[_-]?me|insert[_-]|put[_-]your|(.)\2{5,}|abcdef|0123456|123456789)"
+)
+
+
+def looks_like_placeholder(secret: str) -> bool:
+    """True when a matched secret is a placeholder (``YOUR_API_KEY``, ``xxxx``, ``<token>``...)."""
+    return _PLACEHOLDER.search(secret) is not None
+
+
+@dataclass
+class _Allowlist:
+    regexes: tuple[re.Pattern[str], ...]
+    target: str  # secret | match | line
+    stopwords: tuple[str, ...]
+
+    def allows(self, secret: str, match: str, line: str) -> bool:
+        if self.regexes:
+            subject = {"secret": secret, "match": match, "line": line}[self.target]
+            if any(r.search(subject) for r in self.regexes):
+                return True
+        if self.stopwords:
+            low = secret.lower()
+            if any(w in low for w in self.stopwords):
+                return True
+        return False
+
+
+@dataclass
+class _SecretRule:
+    id: str
+    pattern: re.Pattern[str]
+    keywords: tuple[str, ...]
+    secret_group: int
+    entropy: float
+    allowlists: tuple[_Allowlist, ...]
+    generic: bool
+    distinctive: bool
+    prefix: int = 0  # characters of [\w.-] gitleaks' lazy prefix may add before the match
+    anchored: bool = False  # every match starts with one of the keywords (semi-generic rules)  # has a keyword specific enough to scan joined views with
+
+
+# gitleaks' "semi-generic" rules start with a lazy prefix that only widens the reported match;
+# searching without it finds the same secrets several times faster (the prefix is rebuilt for
+# allowlists whose regexTarget is ``match``)
+_SEMI_GENERIC_PREFIX = "(?i)[\\w.-]{0,50}?"
+_LAZY_PREFIX = "[\\w.-]{0,50}?"
+
+
+def strip_prefix(pattern: str) -> tuple[str, int]:
+    """A Go rule regex without its leading lazy ``[\\w.-]{0,50}?`` prefixes (also inside a leading
+    ``(?i)``/``(?i:``), and how many characters they could add before a match."""
+    prefix = 0
+    while True:
+        if pattern.startswith(_LAZY_PREFIX):
+            pattern = pattern[len(_LAZY_PREFIX):]
+        elif pattern.startswith("(?i)" + _LAZY_PREFIX):
+            pattern = "(?i)" + pattern[4 + len(_LAZY_PREFIX):]
+        elif pattern.startswith("(?i:" + _LAZY_PREFIX):
+            pattern = "(?i:" + pattern[4 + len(_LAZY_PREFIX):]
+        else:
+            return pattern, prefix
+        prefix += 50
+_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    pattern = strip_prefix(pattern)[0]
+    try:
+        # RE2's \w, \s, \d and (?i) are ASCII: so is re.ASCII (and it is faster)
+        return re.compile(go_to_python_regex(pattern), re.ASCII)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ConfigError(f"{where}: regex does not compile in Python ({exc})") from None
+
+
+def _starts_with_keyword(pattern: str, keywords: Sequence[str]) -> bool:
+    """True when ``pattern`` is semi-generic and every alternative of its identifier group starts
+    with one of ``keywords`` (so a match can only start where a keyword occurs)."""
+    stripped, prefix = strip_prefix(pattern)
+    if not prefix or not keywords:
+        return False
+    for head in ("(?i)(?:", "(?i:(?:", "(?:"):
+        if stripped.startswith(head):
+            rest = stripped[len(head):]
+            break
+    else:
+        return False
+    depth, k = 0, 0
+    while k < len(rest):
+        if rest[k] == "\\":
+            k += 2
+            continue
+        if rest[k] == "(":
+            depth += 1
+        elif rest[k] == ")":
+            if depth == 0:
+                break
+            depth -= 1
+        k += 1
+    group = re.sub(r"\(\?:[^()|]*\)\?", "", rest[:k]).replace("(?-i:", "").replace("(?:", "").replace(")", "").replace("(", "")
+    group = re.sub(r"\[(\w)\1?\]", lambda m: m.group(1), re.sub(r"\[([A-Za-z])([A-Za-z])\]",
+                   lambda m: m.group(1) if m.group(1).lower() == m.group(2).lower() else m.group(0), group))
+    for alt in group.lower().split("|"):
+        if not any(alt.startswith(w) for w in keywords):
+            return False
+    return True
+
+
+def _allowlists(raw: Iterable[Mapping[str, Any]], where: str) -> tuple[_Allowlist, ...]:
+    out = []
+    for k, a in enumerate(raw):
+        regexes = tuple(_compile(r, f"{where}.allowlists[{k}].regexes") for r in a.get("regexes", ()))
+        stopwords = tuple(str(w).lower() for w in a.get("stopwords", ()))
+        target = a.get("regexTarget", "secret")
+        if target not in ("secret", "match", "line"):
+            raise ConfigError(f"{where}.allowlists[{k}].regexTarget: must be secret, match or line, got {target!r}")
+        if a.get("condition", "OR").upper() == "AND" and a.get("paths"):
+            continue  # needs a file path to hold as well: a prompt has none, so it never applies
+        if regexes or stopwords:
+            out.append(_Allowlist(regexes, target, stopwords))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------
+# Personal data
+# ------------------------------------------------------------------------------------------
+_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.)+[A-Za-z]{2,24}\b")
+_EMAIL_DOC_DOMAINS = re.compile(
+    r"(?i)(?:^|\.)(?:example|test|invalid|localhost|domain|yourdomain|mydomain|company|email|mail|"
+    r"acme|foo|bar|sample|xyz|abc|users\.noreply\.github)\.[a-z.]+$|\.(?:test|example|invalid|local|localhost|png|jpe?g|gif|svg|js|py)$"
+)
+_EMAIL_DOC_LOCAL = re.compile(r"(?i)^(?:user(?:name)?|name|email|your[._-]?\w*|someone|somebody|me|you|test\w*|"
+                              r"example|foo|bar|admin|info|support|noreply|no-reply|git|john\.?doe|jane\.?doe|xxx+)$")
+_VERSION_BEFORE = re.compile(r"(?i)(?:version|ver\.|release|v)\s*$")
+_EXAMPLE_BEFORE = re.compile(r"(?i)(?:example|e\.g\.|eg\.|sample)\W*$")
+_PHONE = re.compile(
+    r"(?<![\w.+/-])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,5}){1,4}"
+    r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}([ .-])\d{3}\1\d{4})(?![\w.-]?\d)"
+)
+_SSN = re.compile(r"(?<![\w.-])(\d{3})([- .])(\d{2})\2(\d{4})(?![\w-]|\.\d)")
+_SSN_BARE = re.compile(r"(?i)\b(?:ssn|social security(?: number| no\.?)?|ss#)\W{0,10}(\d{9})\b")
+_CARD = re.compile(r"(?<![\w.-])\d(?:[ .-]?\d){12,18}(?![\w-]|\.\d)")
+_IBAN = re.compile(r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)\b")
+_NUMBER_RUN = re.compile(r"\d[\d \t().+/-]{6,}\d|\d\.\d{1,3}\.\d")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_MONTHS = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+_DOB = re.compile(
+    r"(?i)\b(?:d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|born(?:\s+on)?)\b[^\n\d]{0,20}?"
+    rf"(\d{{1,2}}[/.-]\d{{1,2}}[/.-](?:19|20)?\d{{2}}|(?:19|20)\d{{2}}-\d{{1,2}}-\d{{1,2}}|"
+    rf"{_MONTHS}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+(?:19|20)\d{{2}}|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS}\.?,?\s+(?:19|20)\d{{2}})"
+)
+# IBAN lengths per country (ISO 13616 registry, the common ones)
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24,
+    "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21,
+    "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LI": 21,
+    "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30,
+    "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+}
+_PUBLIC_RESOLVERS = frozenset({"8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112",
+                               "208.67.222.222", "208.67.220.220", "4.2.2.2", "2001:4860:4860::8888",
+                               "2001:4860:4860::8844", "2606:4700:4700::1111"})
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for k, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if k % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def card_ok(digits: str) -> bool:
+    """13-19 digits, a known issuer prefix, not one repeated digit, and the Luhn checksum."""
+    n = len(digits)
+    if not 13 <= n <= 19 or len(set(digits)) < 3:
+        return False
+    issuer = (
+        digits[0] == "4" and n in (13, 16, 19)
+        or digits[:2] in ("51", "52", "53", "54", "55") and n == 16
+        or "2221" <= digits[:4] <= "2720" and n == 16
+        or digits[:2] in ("34", "37") and n == 15
+        or (digits[:4] == "6011" or digits[:2] == "65" or "644" <= digits[:3] <= "649") and n in (16, 19)
+        or "3528" <= digits[:4] <= "3589" and n in (16, 19)
+        or digits[:2] in ("36", "38", "39") and n in (14, 16) or "300" <= digits[:3] <= "305" and n in (14, 16)
+        or digits[:2] == "62" and 16 <= n <= 19
+    )
+    return bool(issuer) and luhn_ok(digits)
+
+
+def ssn_ok(area: str, group: str, serial: str) -> bool:
+    """SSA rules: area not 000, 666 or 900-999; group not 00; serial not 0000; not the famous
+    advertising numbers."""
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        return False
+    return f"{area}{group}{serial}" not in ("078051120", "219099999", "123456789")
+
+
+def iban_ok(compact: str) -> bool:
+    """Known country length and ISO 7064 mod 97 == 1."""
+    if _IBAN_LENGTHS.get(compact[:2]) != len(compact):
+        return False
+    moved = compact[4:] + compact[:4]
+    num = "".join(str(int(c, 36)) for c in moved)
+    return int(num) % 97 == 1
+
+
+def phone_ok(candidate: str) -> bool:
+    digits = re.sub(r"\D", "", candidate)
+    if not 10 <= len(digits) <= 15 or len(set(digits)) < 3:
+        return False
+    if candidate.startswith("+"):
+        return True
+    # NANP: area code and exchange start 2-9
+    return len(digits) == 10 and digits[0] in "23456789" and digits[3] in "23456789"
+
+
+def ip_ok(candidate: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return ip.is_global and not ip.is_multicast and candidate not in _PUBLIC_RESOLVERS
+
+
+def scan_spelled_numbers(text: str, out: list[tuple[str, int, int]]) -> None:
+    """A spelled-out number (the whole view is one): a phone, card or SSN by its digit count and
+    validator, separators or not."""
+    digits = re.sub(r"\D", "", text)
+    if 10 <= len(digits) <= 11 and phone_ok(digits[-10:]):
+        out.append(("phone", 0, len(text)))
+    elif 13 <= len(digits) <= 19 and card_ok(digits):
+        out.append(("payment-card", 0, len(text)))
+    elif len(digits) == 9 and ssn_ok(digits[:3], digits[3:5], digits[5:]):
+        out.append(("us-ssn", 0, len(text)))
+
+
+def scan_pii(text: str, out: list[tuple[str, int, int]]) -> None:
+    """Append (rule, start, end) of each validated personal-data match in ``text``."""
+    if "@" in text:
+        for m in _EMAIL.finditer(text):
+            local, _, domain = m.group(0).partition("@")
+            if _EMAIL_DOC_DOMAINS.search(domain) or _EMAIL_DOC_LOCAL.match(local):
+                continue
+            if _EXAMPLE_BEFORE.search(text, max(0, m.start() - 16), m.start()):
+                continue  # "example: mario@gmail.com" documents a format
+            out.append(("email", m.start(), m.end()))
+    # one cheap pass decides whether any number-shaped rule can match: a run of >= 8 characters
+    # of digits and separators (a phone, SSN, card, IBAN tail or IPv4 address all have one)
+    if _NUMBER_RUN.search(text) is None:
+        if "::" in text or text.count(":") >= 5:
+            _scan_ipv6(text, out)
+        _scan_dob(text, out)
+        return
+    for m in _PHONE.finditer(text):
+        if phone_ok(m.group(0)):
+            out.append(("phone", m.start(), m.end()))
+    for m in _SSN.finditer(text):
+        if ssn_ok(m.group(1), m.group(3), m.group(4)):
+            out.append(("us-ssn", m.start(), m.end()))
+    for m in _SSN_BARE.finditer(text):
+        d = m.group(1)
+        if ssn_ok(d[:3], d[3:5], d[5:]):
+            out.append(("us-ssn", m.start(1), m.end(1)))
+    for m in _CARD.finditer(text):
+        digits = re.sub(r"\D", "", m.group(0))
+        if card_ok(digits):
+            out.append(("payment-card", m.start(), m.end()))
+    for m in _IBAN.finditer(text):
+        if iban_ok(m.group(1).replace(" ", "")):
+            out.append(("iban", m.start(1), m.end(1)))
+    if "." in text:
+        for m in _IPV4.finditer(text):
+            if ip_ok(m.group(0)) and _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()) is None:
+                out.append(("ipv4", m.start(), m.end()))
+    if "::" in text or text.count(":") >= 5:
+        _scan_ipv6(text, out)
+    _scan_dob(text, out)
+
+
+def _scan_ipv6(text: str, out: list[tuple[str, int, int]]) -> None:
+    for m in _IPV6.finditer(text):
+        c = m.group(0)
+        if c.count(":") >= 2 and any(len(g) >= 3 for g in c.split(":")) and ip_ok(c):
+            out.append(("ipv6", m.start(), m.end()))
+
+
+def _scan_dob(text: str, out: list[tuple[str, int, int]]) -> None:
+    low = text.lower()
+    if "birth" in low or "born" in low or "dob" in low or "d.o.b" in low:
+        for m in _DOB.finditer(text):
+            year = re.search(r"(\d{4}|\d{2})$", m.group(1))
+            if year is not None and len(year.group(1)) == 4 and int(year.group(1)) >= datetime.now().year:
+                continue  # a birthday to come, not a date of birth
+            out.append(("date-of-birth", m.start(1), m.end(1)))
+
+
+# ------------------------------------------------------------------------------------------
+# The rule file
+# ------------------------------------------------------------------------------------------
+def build_rules(gitleaks_toml: str | Path, *, pii: Sequence[str] = PII_RULES) -> dict[str, Any]:
+    """The ``detectors.json`` document from a gitleaks config: rules (Go regexes, keywords,
+    entropy, secretGroup, allowlists), the global allowlist, the personal-data rules, and where
+    they came from (file name, sha256, gitleaks ``minVersion``). Rules without a regex (path-only)
+    and rules whose regex Python cannot compile are left out and listed in ``skipped``."""
+    path = Path(gitleaks_toml)
+    try:
+        raw = path.read_bytes()
+        config = tomllib.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"gitleaks config {path} does not exist") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid gitleaks TOML file ({exc})") from None
+    rules: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for k, r in enumerate(config.get("rules", [])):
+        rid = r.get("id") if isinstance(r, dict) else None
+        if not isinstance(rid, str):
+            raise ConfigError(f"{path}: rules[{k}] has no id")
+        if not r.get("regex"):
+            skipped[rid] = "no regex (matches file paths only)"
+            continue
+        entry = {
+            "id": rid, "regex": r["regex"], "keywords": [str(w).lower() for w in r.get("keywords", [])],
+            "secretGroup": int(r.get("secretGroup", 0)), "entropy": float(r.get("entropy", 0.0)),
+            "allowlists": [{key: a[key] for key in ("regexes", "regexTarget", "stopwords", "condition", "paths") if key in a}
+                           for a in r.get("allowlists", [])],
+        }
+        try:
+            _compile(entry["regex"], f"rules.{rid}")
+        except ConfigError as exc:
+            skipped[rid] = str(exc)
+            continue
+        rules.append(entry)
+    glob = config.get("allowlist") or {}
+    unknown = [p for p in pii if p not in PII_RULES]
+    if unknown:
+        raise ConfigError(f"pii: unknown rule(s) {unknown}; known: {list(PII_RULES)}")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": hashlib.sha256(raw).hexdigest()[:12],
+        "compiled_from": {"gitleaks": {"file": path.name, "sha256": hashlib.sha256(raw).hexdigest(),
+                                       "min_version": config.get("minVersion"), "rules": len(rules)}},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "credential": {
+            "global_allowlist": {key: glob[key] for key in ("regexes", "stopwords") if key in glob},
+            "rules": rules,
+            "skipped": skipped,
+        },
+        "pii": {"rules": list(pii)},
+        "views": {"nfkc": True, "decode": ["base64", "hex", "url"], "joined": True, "spelled": True},
+    }
+
+
+def rules_bytes(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
+
+
+def default_gitleaks_path() -> Path:
+    """``$TIERWISE_SHARED_DATA/gitleaks/gitleaks.toml`` (default ``../shared/datasets``)."""
+    root = os.environ.get("TIERWISE_SHARED_DATA", "../shared/datasets")
+    return Path(root) / "gitleaks" / "gitleaks.toml"
+
+
+def default_rules_bytes(gitleaks: str | Path | None = None) -> bytes | None:
+    """The ``detectors.json`` bytes built from ``gitleaks`` (default: the shared data's config),
+    or None with a warning when that file is not there (the bundle then ships without detectors)."""
+    path = Path(gitleaks) if gitleaks is not None else default_gitleaks_path()
+    if gitleaks is None and not path.is_file():
+        logger.warning("no gitleaks config at %s: the bundle is written without detector rules "
+                       "(add them later with `tierwise detectors install BUNDLE --gitleaks PATH`)", path)
+        return None
+    return rules_bytes(build_rules(path))
+
+
+# ------------------------------------------------------------------------------------------
+# The scanner
+# ------------------------------------------------------------------------------------------
+class _KeywordFinder:
+    """Which of a fixed set of lower-case keywords occur in a lower-case text: one pass."""
+
+    def __init__(self, keywords: Iterable[str], engine: str = "auto") -> None:
+        self.keywords = sorted(set(keywords), key=lambda w: (-len(w), w))
+        if engine == "auto":
+            try:
+                import ahocorasick  # noqa: F401
+                engine = "ahocorasick"
+            except ImportError:
+                engine = "re"
+        self.engine = engine
+        if engine == "ahocorasick":
+            import ahocorasick
+
+            auto = ahocorasick.Automaton()
+            for w in self.keywords:
+                auto.add_word(w, w)
+            auto.make_automaton()
+            self._auto = auto
+        elif engine == "re":
+            # overlapping keywords (``key`` inside ``apikey``) need a look-ahead to all be seen
+            self._re = re.compile("(?=(" + "|".join(re.escape(w) for w in self.keywords) + "))")
+            self._starting: dict[str, list[str]] = {}
+            for w in self.keywords:
+                self._starting.setdefault(w[:1], []).append(w)
+        elif engine == "hyperscan":
+            import hyperscan  # optional: measured in benchmarks/peers.py, not a serving dependency
+
+            db = hyperscan.Database()
+            db.compile(expressions=[re.escape(w).encode() for w in self.keywords],
+                       ids=list(range(len(self.keywords))), elements=len(self.keywords),
+                       flags=[hyperscan.HS_FLAG_SOM_LEFTMOST] * len(self.keywords))
+            self._hs = db
+            self._hs_local = threading.local()  # hyperscan scratch space is per thread
+        elif engine == "in":
+            pass
+        else:
+            raise ConfigError(f"keyword engine must be auto, ahocorasick, hyperscan, re or in, got {engine!r}")
+
+    def find(self, lower: str) -> dict[str, list[int]]:
+        """Keyword -> start positions of its occurrences in ``lower``."""
+        found: dict[str, list[int]] = {}
+        if self.engine == "ahocorasick":
+            for end, w in self._auto.iter(lower):
+                found.setdefault(w, []).append(end - len(w) + 1)
+            return found
+        if self.engine == "hyperscan" and lower.isascii():  # byte offsets = character offsets
+            import hyperscan
+
+            scratch = getattr(self._hs_local, "scratch", None)
+            if scratch is None:
+                scratch = self._hs_local.scratch = hyperscan.Scratch(self._hs)
+            words = self.keywords
+
+            def on_match(idx: int, start: int, end: int, flags: int, context: Any) -> None:
+                found.setdefault(words[idx], []).append(start)
+
+            self._hs.scan(lower.encode(), match_event_handler=on_match, scratch=scratch)
+            for v in found.values():
+                v.sort()
+            return found
+        if self.engine == "re":
+            for m in self._re.finditer(lower):
+                # the longest keyword matched at this position; shorter ones starting there too
+                k = m.start()
+                for v in self._starting[m.group(1)[:1]]:
+                    if lower.startswith(v, k):
+                        found.setdefault(v, []).append(k)
+            return found
+        for w in self.keywords:
+            k = lower.find(w)
+            while k >= 0:
+                found.setdefault(w, []).append(k)
+                k = lower.find(w, k + 1)
+        return found
+
+
+class Detectors:
+    """Compiled detector rules. Build with :meth:`from_doc` / :meth:`from_bytes`; ``scan(text)``
+    returns the hits in one text, ``scan_many(texts)`` one list per text. Thread-safe (read-only
+    after construction)."""
+
+    def __init__(self, doc: Mapping[str, Any], *, keyword_engine: str = "auto", where: str = DETECTORS_FILE) -> None:
+        if doc.get("format") != FORMAT:
+            raise BundleError(f"{where}: format must be {FORMAT!r}, got {doc.get('format')!r}")
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{where}: format_version {doc.get('format_version')!r} is not supported "
+                              f"(this tierwise reads {FORMAT_VERSION}); rebuild it with `tierwise detectors install`")
+        self.doc = doc
+        self.version = str(doc.get("version"))
+        cred = doc.get("credential") or {}
+        try:
+            glob = cred.get("global_allowlist") or {}
+            self._global = _allowlists([glob], f"{where}: global_allowlist") if glob else ()
+            rules: list[_SecretRule] = []
+            for k, r in enumerate(cred.get("rules", [])):
+                rid = r["id"]
+                kws = tuple(r.get("keywords", ()))
+                rules.append(_SecretRule(
+                    id=rid, pattern=_compile(r["regex"], f"{where}: credential.rules[{k}] ({rid})"),
+                    keywords=kws, secret_group=int(r.get("secretGroup", 0)), entropy=float(r.get("entropy", 0.0)),
+                    allowlists=_allowlists(r.get("allowlists", ()), f"{where}: credential.rules[{k}] ({rid})"),
+                    generic=rid.startswith("generic"),
+                    # a rule anchored on its own prefix (``AKIA``, ``ghp_``), not on a name in context
+                    distinctive=(not rid.startswith("generic") and bool(kws) and min(len(w) for w in kws) >= 3
+                                 and not strip_prefix(r["regex"])[1]),
+                    prefix=strip_prefix(r["regex"])[1],
+                    anchored=_starts_with_keyword(r["regex"], kws),
+                ))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BundleError(f"{where}: malformed credential rules ({exc!r})") from None
+        except ConfigError as exc:
+            raise BundleError(str(exc)) from None
+        self.rules = rules
+        self._always = [r for r in rules if not r.keywords]
+        self._by_keyword: dict[str, list[_SecretRule]] = {}
+        for r in rules:
+            for w in r.keywords:
+                self._by_keyword.setdefault(w, []).append(r)
+        self._finder = _KeywordFinder(self._by_keyword, keyword_engine)
+        self._distinctive_kw = frozenset(w for r in rules if r.distinctive for w in r.keywords)
+        self._distinct_finder = _KeywordFinder(self._distinctive_kw, keyword_engine)
+        _changing()  # build the canonical-form character class at load, not on the first request
+        pii = (doc.get("pii") or {}).get("rules", list(PII_RULES))
+        self.pii_rules = frozenset(pii)
+        views = doc.get("views") or {}
+        self._decode = bool(views.get("decode", True))
+        self._joined = bool(views.get("joined", True))
+        self._spelled = bool(views.get("spelled", True))
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], **kw: Any) -> Detectors:
+        return cls(doc, **kw)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str = DETECTORS_FILE, **kw: Any) -> Detectors:
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise BundleError(f"{where}: must be a JSON object")
+        return cls(doc, where=where, **kw)
+
+    @classmethod
+    def from_gitleaks(cls, path: str | Path, **kw: Any) -> Detectors:
+        return cls(build_rules(path), **kw)
+
+    @property
+    def keyword_engine(self) -> str:
+        return self._finder.engine
+
+    def info(self) -> dict[str, Any]:
+        return {"version": self.version, "credential_rules": len(self.rules), "pii_rules": sorted(self.pii_rules),
+                "keyword_engine": self.keyword_engine,
+                "compiled_from": self.doc.get("compiled_from")}
+
+    # -- scanning ---------------------------------------------------------------------------
+    def scan_many(self, texts: Sequence[str]) -> list[list[Hit]]:
+        return [self.scan(t) for t in texts]
+
+    def scan(self, text: str) -> list[Hit]:
+        """Hits in ``text`` (offsets into ``text``), sorted by start, one per rule and span."""
+        base = canonical(text)
+        found: list[tuple[str, str, int, int]] = []
+        self._scan_view(base, found, credentials=True, pii=True, only_distinctive=False)
+        if self._decode:
+            for v in decoded_views(base):
+                self._scan_view(v, found, credentials=True, pii=True, only_distinctive=False)
+        if self._joined and self._distinctive_kw and ("\n" in base.text or " " in base.text):
+            # a key split by spaces or newlines: its keyword appears only once whitespace is gone
+            lower = base.text.lower()
+            compact = "".join(lower.split())
+            if self._distinct_finder.find(compact):
+                self._scan_split(base, found)
+        if self._spelled and self.pii_rules:
+            for v in spelled_views(base):
+                self._scan_view(v, found, credentials=False, pii=True, only_distinctive=False)
+                if v.text and "@" not in v.text:  # a spelled number: judged by its digits alone
+                    spans: list[tuple[str, int, int]] = []
+                    scan_spelled_numbers(v.text, spans)
+                    for rule, a, b in spans:
+                        if rule in self.pii_rules:
+                            oa, ob = v.span(a, b)
+                            found.append((rule, PII, oa, ob))
+        if not found:
+            return []
+        seen: set[tuple[str, int, int]] = set()
+        hits: list[Hit] = []
+        for rule, cls, a, b in sorted(found, key=lambda h: (h[2], h[3], h[0])):
+            if (rule, a, b) not in seen:
+                seen.add((rule, a, b))
+                hits.append(Hit(rule, cls, a, b))
+        return hits
+
+    def _scan_split(self, base: View, found: list[tuple[str, str, int, int]]) -> None:
+        """Keys split into chunks: for each distinctive keyword in a run's joined text, join from
+        the keyword on, and try ends from the longest down (prose after the key would otherwise
+        glue onto it and break the rule's word boundary); the first end that matches wins."""
+        for tokens in split_runs(base):
+            joined = "".join(t[0] for t in tokens).lower()
+            for w, positions in self._distinct_finder.find(joined).items():
+                rules = [r for r in self._by_keyword[w] if r.distinctive]
+                if not rules:
+                    continue
+                starts: list[tuple[int, int]] = [(0, 0)]  # (token, characters skipped in it)
+                for q in positions[:4]:
+                    # the token holding the keyword's first character, and the offset into it
+                    acc, i = 0, 0
+                    while acc + len(tokens[i][0]) <= q:
+                        acc += len(tokens[i][0])
+                        i += 1
+                    starts += [(i, 0), (i, q - acc)]
+                for i, skip in dict.fromkeys(starts):
+                    for j in range(len(tokens), i, -1):
+                        v = joined_view(base, tokens[i:j], skip=skip)
+                        hits = [(r.id, a, b) for r in rules for a, b in self._match_rule(r, v.text)]
+                        if hits:
+                            for rid, a, b in hits:
+                                oa, ob = v.span(a, b)
+                                found.append((rid, CREDENTIAL, oa, ob))
+                            break
+
+    def _scan_view(self, view: View, found: list[tuple[str, str, int, int]], *, credentials: bool, pii: bool,
+                   only_distinctive: bool) -> None:
+        text = view.text
+        if credentials and self.rules:
+            lower = text.lower()
+            where = self._finder.find(lower)
+            rules: dict[str, _SecretRule] = {r.id: r for r in self._always}
+            for w in where:
+                for r in self._by_keyword[w]:
+                    rules[r.id] = r
+            for r in rules.values():
+                if only_distinctive and not r.distinctive:
+                    continue
+                for a, b in self._match_rule(r, text, where):
+                    oa, ob = view.span(a, b)
+                    found.append((r.id, CREDENTIAL, oa, ob))
+        if pii and self.pii_rules:
+            spans: list[tuple[str, int, int]] = []
+            scan_pii(text, spans)
+            for rule, a, b in spans:
+                if rule in self.pii_rules:
+                    oa, ob = view.span(a, b)
+                    found.append((rule, PII, oa, ob))
+
+    @staticmethod
+    def _matches(r: _SecretRule, text: str, where: Mapping[str, list[int]]) -> Iterable[re.Match[str]]:
+        """``finditer``, or for a semi-generic rule (its regex, prefix removed, starts with its
+        keywords) a match tried only where one of its keywords occurs: same matches, no scan of
+        every position."""
+        if not r.anchored:
+            yield from r.pattern.finditer(text)
+            return
+        starts: set[int] = set()
+        for w in r.keywords:
+            starts.update(where.get(w, ()))
+        end = 0
+        for k in sorted(starts):
+            if k < end:
+                continue
+            m = r.pattern.match(text, k)
+            if m is not None:
+                end = max(m.end(), k + 1)
+                yield m
+
+    def _match_rule(self, r: _SecretRule, text: str,
+                    where: Mapping[str, list[int]] | None = None) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        if where is None:
+            where = self._finder.find(text.lower())
+        for m in self._matches(r, text, where):
+            g = r.secret_group
+            if g and g <= (r.pattern.groups or 0):
+                secret, a, b = m.group(g) or "", m.start(g), m.end(g)
+            else:
+                secret, a, b = m.group(0), m.start(), m.end()
+                for k in range(1, (r.pattern.groups or 0) + 1):  # gitleaks: the first non-empty group
+                    if m.group(k):
+                        secret, a, b = m.group(k), m.start(k), m.end(k)
+                        break
+            if not secret:
+                continue
+            if r.entropy and shannon_entropy(secret) <= r.entropy:
+                continue
+            if r.generic and not any(c.isdigit() for c in secret):
+                continue
+            if looks_like_placeholder(secret):
+                continue
+            ms = m.start()
+            if r.prefix:
+                stop = max(0, ms - r.prefix)
+                while ms > stop and text[ms - 1] in _PREFIX_CHARS:
+                    ms -= 1
+            match = text[ms:m.end()]
+            ls = text.rfind("\n", 0, m.start()) + 1
+            le = text.find("\n", m.end())
+            line = text[ls:] if le < 0 else text[ls:le]
+            if any(al.allows(secret, match, line) for al in r.allowlists) or any(
+                    al.allows(secret, match, line) for al in self._global):
+                continue
+            out.append((a, b))
+        return out
+
+
+def hits_to_dicts(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    return [h.to_dict() for h in hits]

@@ -1,0 +1,194 @@
+"""Deterministic detectors (issue 14): validators, canonical text and offsets, decoded views,
+gitleaks rules with their allowlists, the obfuscation set's recall floor and false flags on real
+prompts. The rules are compiled from the shared gitleaks config (skipped without it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from classifier.errors import BundleError, ConfigError
+from classifier.serving import detectors as D
+from classifier.serving.detectors import Detectors, build_rules, canonical
+
+DATA = Path(__file__).resolve().parent / "data"
+AWS = "AKIAQ3EGRUZ4TWLN6YJ5"  # fabricated, matches the aws-access-token shape ([A-Z2-7]{16})
+
+
+@pytest.fixture(scope="module")
+def rules_doc(shared_data: Path) -> dict:
+    return build_rules(shared_data / "gitleaks" / "gitleaks.toml")
+
+
+@pytest.fixture(scope="module")
+def det(rules_doc: dict) -> Detectors:
+    return Detectors(rules_doc)
+
+
+def rules_of(hits) -> set[str]:
+    return {h.rule for h in hits}
+
+
+# -- validators -----------------------------------------------------------------------------------
+def test_payment_card_needs_luhn_and_issuer() -> None:
+    assert D.card_ok("4539148803436467")
+    assert not D.card_ok("4539148803436468")  # Luhn fails
+    assert not D.card_ok("9539148803436461")  # no issuer starts with 9
+    assert not D.card_ok("4111111111111111")  # the famous test number: too few distinct digits
+    assert D.card_ok("371449635398431")  # amex, 15 digits
+    assert not D.card_ok("3714496353984310")  # amex prefix with 16 digits
+
+
+def test_ssn_area_group_serial_rules(det: Detectors) -> None:
+    assert D.ssn_ok("219", "09", "9998")
+    for area, group, serial in [("000", "12", "3456"), ("666", "12", "3456"), ("912", "12", "3456"),
+                                ("219", "00", "3456"), ("219", "09", "0000"), ("078", "05", "1120")]:
+        assert not D.ssn_ok(area, group, serial), (area, group, serial)
+    assert rules_of(det.scan("SSN 219-09-9998")) == {"us-ssn"}
+    assert det.scan("SSN 666-09-9998") == []
+    assert rules_of(det.scan("my ssn: 219099998")) == {"us-ssn"}  # bare digits only with context
+    assert det.scan("order 219099998 shipped") == []
+
+
+def test_iban_mod97_and_country_length() -> None:
+    assert D.iban_ok("GB82WEST12345698765432")
+    assert not D.iban_ok("GB83WEST12345698765432")  # checksum
+    assert not D.iban_ok("GB82WEST1234569876543")  # GB is 22 long
+    assert D.iban_ok("DE89370400440532013000")
+
+
+def test_phone_email_ip_and_dob(det: Detectors) -> None:
+    assert rules_of(det.scan("call (415) 555-2671 today")) == {"phone"}
+    assert rules_of(det.scan("call +44 20 7946 0958")) == {"phone"}
+    assert det.scan("the range 123-456-7890 in the test") == []  # area code 123 is not NANP
+    assert rules_of(det.scan("mail zorblat.quenn@protonmail.com")) == {"email"}
+    assert det.scan("mail user@example.com or jane.doe@test.org") == []  # documentation addresses
+    assert rules_of(det.scan("client 84.12.33.9 failed")) == {"ipv4"}
+    assert det.scan("bind 192.168.1.10 and 127.0.0.1, dns 8.8.8.8, version 1.2.3.4") == []
+    assert rules_of(det.scan("peer 2a03:2880:f12f:83:face:b00c:0:25de")) == {"ipv6"}
+    assert det.scan("use std::vector and ::1 and fe80::1") == []
+    assert rules_of(det.scan("Patient born on March 3, 1985 in Ohio")) == {"date-of-birth"}
+    assert det.scan("The company was founded on March 3, 1985") == []
+
+
+# -- canonical form, offsets, decoded views ---------------------------------------------------------
+def test_canonical_folds_and_maps_offsets_back() -> None:
+    text = "key \uff21\uff2b\u200bIA\u00ad \\u0041"
+    v = canonical(text)
+    assert v.text == "key AKIA A"
+    # "A" (fullwidth) at 4, "K" at 5, zero-width at 6 removed, "IA" 7-8, soft hyphen 9 removed
+    assert v.span(4, 8) == (4, 9)
+    assert v.span(9, 10) == (11, 17)  # the \\u0041 escape maps to its six characters
+    assert canonical("plain ascii").starts is None  # the common case costs nothing
+    assert canonical("Давай создадим диалог").starts is None  # Cyrillic prose is left alone
+    assert canonical("\u0410KIA").text == "AKIA"  # a Cyrillic A next to Latin letters is folded
+
+
+@pytest.mark.parametrize("hide", [
+    lambda k: "\uff21\uff2b\uff29\uff21" + k[4:],  # fullwidth prefix
+    lambda k: "\u200b".join(k),  # zero-width between every character
+    lambda k: k[:8] + "\u00ad" + k[8:],  # soft hyphen
+    lambda k: "\u0410" + k[1:],  # Cyrillic A
+    lambda k: "".join(f"\\u{ord(c):04x}" for c in k),  # JSON escapes
+])
+def test_obfuscated_key_found_with_offsets_of_the_original(det: Detectors, hide) -> None:
+    hidden = hide(AWS)
+    text = f"deploy with {hidden} now"
+    hits = [h for h in det.scan(text) if h.rule == "aws-access-token"]
+    assert len(hits) == 1
+    assert (hits[0].start, hits[0].end) == (12, 12 + len(hidden))
+
+
+def test_encoded_blobs_are_decoded_once_and_report_the_blob_span(det: Detectors) -> None:
+    line = f"aws_access_key_id={AWS}"
+    for blob in (base64.b64encode(line.encode()).decode(), line.encode().hex(),
+                 "".join(f"%{b:02X}" for b in AWS.encode())):
+        text = f"what is this: {blob} ?"
+        hits = [h for h in det.scan(text) if h.rule == "aws-access-token"]
+        assert hits and (hits[0].start, hits[0].end) == (14, 14 + len(blob)), blob
+    twice = base64.b64encode(base64.b64encode(line.encode())).decode()
+    assert det.scan(f"double: {twice}") == []  # one level of decoding only (documented)
+    assert det.scan("sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08") == []
+
+
+def test_split_keys_and_spelled_numbers(det: Detectors) -> None:
+    spaced = " ".join(AWS[k:k + 4] for k in range(0, len(AWS), 4))
+    text = f"the key in pieces: {spaced}\nthanks a lot"
+    hits = [h for h in det.scan(text) if h.rule == "aws-access-token"]
+    assert hits and text[hits[0].start:hits[0].end].replace(" ", "") == AWS
+    text = "my social is two one nine, zero nine, nine nine nine eight"
+    assert rules_of(det.scan(text)) == {"us-ssn"}
+    assert det.scan("one two three four, count with me") == []
+
+
+# -- gitleaks semantics -----------------------------------------------------------------------------
+def test_gitleaks_entropy_allowlists_and_placeholders(det: Detectors) -> None:
+    assert "generic-api-key" in rules_of(det.scan('api_token = "f8Kq2Lz9Xw4Rt7Vb1Nm3"'))
+    assert det.scan('api_token = "aaaaaaaaaaaaaaaa1"') == []  # entropy under the rule's 3.5
+    assert det.scan('primary_key = "f8Kq2Lz9Xw4Rt7Vb1Nm3"') == []  # allowlisted match (primary key)
+    assert det.scan('api_token = "YOUR_API_TOKEN_1234"') == []  # placeholder
+    assert det.scan('password = "${DB_PASSWORD}"') == []
+    assert det.scan("token: {{ secrets.NPM_TOKEN }}") == []
+    assert det.scan("ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx") == []
+    assert det.scan("Write a regex that matches AWS keys: AKIA[0-9A-Z]{16}") == []
+
+
+def test_keyword_engines_find_the_same(rules_doc: dict) -> None:
+    texts = [l for l in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if l]
+    texts = [json.loads(l)["text"] for l in texts][::3]
+    results = {}
+    for engine in ("ahocorasick", "hyperscan", "re", "in"):
+        pytest.importorskip(engine) if engine in ("ahocorasick", "hyperscan") else None
+        d = Detectors(rules_doc, keyword_engine=engine)
+        results[engine] = [d.scan(t) for t in texts]
+    first = next(iter(results.values()))
+    assert all(r == first for r in results.values())
+    with pytest.raises(ConfigError, match="keyword engine"):
+        Detectors(rules_doc, keyword_engine="hyperscan-please")
+
+
+def test_rules_file_round_trip_and_bad_files(rules_doc: dict, tmp_path: Path) -> None:
+    data = D.rules_bytes(rules_doc)
+    d = Detectors.from_bytes(data)
+    assert d.info()["credential_rules"] == len(rules_doc["credential"]["rules"]) > 200
+    assert rules_doc["compiled_from"]["gitleaks"]["sha256"] and "pkcs12-file" in rules_doc["credential"]["skipped"]
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Detectors.from_bytes(b"{nope")
+    with pytest.raises(BundleError, match="format_version"):
+        Detectors({**rules_doc, "format_version": 99})
+    bad = json.loads(data)
+    bad["credential"]["rules"][0]["regex"] = "(unclosed"
+    with pytest.raises(BundleError, match="does not compile"):
+        Detectors(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_rules(tmp_path / "missing.toml")
+
+
+# -- measured floors --------------------------------------------------------------------------------
+def test_obfuscation_set_recall_floor(det: Detectors) -> None:
+    rows = [json.loads(l) for l in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if l]
+    assert {"id", "text", "sensitivity", "obfuscation"} <= set(rows[0])
+    found: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for r in rows:
+        classes = {h.cls for h in det.scan(r["text"])}
+        hit = r["sensitivity"] in classes if r["sensitivity"] != "none" else not classes
+        found[(r["sensitivity"], r["obfuscation"])].append(hit)
+    cred = [x for (s, _), v in found.items() if s == "credential" for x in v]
+    assert sum(cred) / len(cred) >= 0.95
+    for (s, obf), v in found.items():
+        if s == "pii":
+            assert sum(v) / len(v) >= 0.8, (obf, sum(v), len(v))  # reported per obfuscation in the bench
+    none = [x for (s, _), v in found.items() if s == "none" for x in v]
+    assert sum(none) / len(none) >= 0.95
+
+
+def test_false_flags_on_real_prompts(det: Detectors, shared_data: Path) -> None:
+    path = shared_data / "arena-hard" / "data" / "arena-hard-v0.1" / "question.jsonl"
+    prompts = [json.loads(l)["prompt"] for l in path.read_text(encoding="utf-8").split("\n") if l.strip()]
+    flagged = [p for p in prompts if det.scan(p)]
+    # read: the one flagged v0.1 prompt lists fabricated records (a card, a phone) on purpose
+    assert len(flagged) / len(prompts) <= 0.01, [p[:80] for p in flagged]
