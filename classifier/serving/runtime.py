@@ -47,6 +47,8 @@ never torch or transformers, so a router process stays small and starts fast.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import logging
 import math
@@ -66,6 +68,8 @@ from classifier.data.schema import LabelSchema
 from classifier.errors import BundleError, ConfigError, InputError, PolicyError, SchemaError
 from classifier.serving import bundle as bundle_io
 from classifier.serving.policy import Decision, Policy, PolicyEngine
+from classifier.serving.request import Request, RequestError, parse_request, plain
+from classifier.serving.view import ModelView, Segments, sensitivity_windows, tier_rows
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ FLAG_TRUNCATED = "truncated"
 FLAG_INVALID_INPUT = "invalid_input"
 FLAG_FALLBACK = "fallback"
 FLAG_CONTROL_CHARS = "control_chars"
+FLAG_LONG_REQUEST = "long_request"
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 # C0 and C1 control characters and DEL, except tab, newline and carriage return
@@ -183,6 +188,7 @@ class Router:
         opened: bundle_io.OpenedBundle | None = None,
         deadline_ms: float | None = None,
         biases: Mapping[str, Any] | None = None,
+        view: ModelView | Mapping[str, Any] | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.source = source or bundle_dir
@@ -213,6 +219,7 @@ class Router:
         self.model_version = manifest.mlflow_model_version or manifest.training_run_id
         self.deadline_ms = _check_deadline(deadline_ms)
         self._watchdog = _Watchdog(period=min(1.0, (self.deadline_ms or 1000.0) / 4000.0))
+        self._init_view(view)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -223,26 +230,29 @@ class Router:
         policy: Policy | str | Path | Mapping[str, Any] | None = None,
         *,
         deadline_ms: float | None = None,
+        view: ModelView | Mapping[str, Any] | None = None,
     ) -> Router:
         """Verify and load a bundle directory or ``.tar.gz``.
 
         ``threads`` is ONNX Runtime's intra-op thread count (1 suits a server that answers many
         small requests in parallel). ``policy`` replaces the bundle's own ``policy.yaml``.
         ``deadline_ms`` bounds each ``route`` call (None: no deadline); see the module docstring.
+        ``view`` (a ``ModelView`` or a mapping of its fields) says which text each head reads;
+        None: the documented default (``classifier/serving/view.py``).
         """
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
         deadline_ms = _check_deadline(deadline_ms)
         opened = bundle_io.OpenedBundle(path)
         try:
-            return cls._load_dir(opened, threads, policy, deadline_ms)
+            return cls._load_dir(opened, threads, policy, deadline_ms, view)
         except BaseException:
             opened.close()
             raise
 
     @classmethod
     def _load_dir(cls, opened: bundle_io.OpenedBundle, threads: int, policy: Any,
-                  deadline_ms: float | None = None) -> Router:
+                  deadline_ms: float | None = None, view: Any = None) -> Router:
         directory = opened.directory
         manifest, files = bundle_io.load_verified(directory)
         schema = _parse_schema(files[bundle_io.SCHEMA_FILE], directory)
@@ -253,7 +263,7 @@ class Router:
         router = cls(
             bundle_dir=directory, manifest=manifest, session=session, tokenizer=tokenizer,
             schema=schema, temperatures=temperatures, policy=resolved, source=opened.source, opened=opened,
-            deadline_ms=deadline_ms, biases=biases,
+            deadline_ms=deadline_ms, biases=biases, view=view,
         )
         router._warm_up()
         return router
@@ -354,37 +364,228 @@ class Router:
             truncated[idx] = trunc
         return result, truncated
 
-    def _checked(self, texts: str | Sequence[str]) -> list[str]:
-        if isinstance(texts, str):
+    def _checked(self, texts: Any) -> list[Request]:
+        """The parsed requests of a ``logits``/``predict_proba`` argument; ``InputError`` names a bad item."""
+        if isinstance(texts, (str, Mapping)):
             texts = [texts]
         if not isinstance(texts, Sequence):
-            raise InputError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+            raise InputError(f"texts must be a string, a chat-completions body or a list of them, "
+                             f"got {type(texts).__name__}")
+        out: list[Request] = []
         for i, t in enumerate(texts):
-            problem = check_text(t)
-            if problem is not None:
+            req, problem = self.parse(t)
+            if req is None:
                 raise InputError(f"texts[{i}]: {problem}")
-        return list(texts)
+            req, _, _ = self._clean_request(req)
+            if _VISIBLE.search(req.full_text) is None:
+                raise InputError(f"texts[{i}]: nothing visible once control characters are removed")
+            out.append(req)
+        return out
 
-    def logits(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """Raw (uncalibrated) logits per head, float32 [n, C]. ``InputError`` names a bad item."""
-        texts = self._checked(texts)
-        if not texts:
+    def logits(self, texts: Any) -> dict[str, np.ndarray]:
+        """Logits per head, float32 [n, C]. ``InputError`` names a bad item.
+
+        Each item is a prompt string or an OpenAI chat-completions body. Where the model view reads
+        one row for a head (every request that fits one window), these are the model's raw logits;
+        where it pools several windows, they are ``T * (log p - b)`` of the pooled calibrated
+        probabilities ``p``, so ``proba_from_logits(logits(x)) == predict_proba(x)`` always.
+        """
+        reqs = self._checked(texts)
+        if not reqs:
             return {h: np.zeros((0, self.schema.head(h).num_classes), np.float32) for h in self.head_names}
-        return self._logits_with_flags(texts)[0]
+        return self._request_scores(reqs)[0]
 
     def proba_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calibrated softmax ``softmax(logits / T + b)`` (float64 copies, the input is left alone)."""
         return {h: _softmax(np.asarray(logits[h], dtype=np.float64), t, b) for h, t, b in self._calibration}
 
-    def predict_proba(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """Calibrated probabilities per head, [n, C], rows sum to 1."""
-        return self.proba_from_logits(self.logits(texts))
+    def predict_proba(self, texts: Any) -> dict[str, np.ndarray]:
+        """Calibrated probabilities per head, [n, C], rows sum to 1 (pooled over windows by the view)."""
+        reqs = self._checked(texts)
+        if not reqs:
+            return {h: np.zeros((0, self.schema.head(h).num_classes)) for h in self.head_names}
+        return self._request_scores(reqs)[1]
+
+    # -- requests: parsing, the model view, windows and pooling ----------------------------------
+    def _init_view(self, view: Any) -> None:
+        """The model view and what it needs: a tokenizer without truncation, the special tokens."""
+        self.view = ModelView.from_dict(dict(view) if isinstance(view, Mapping) else view)
+        self.window = self.input_limits.max_length - 2  # tokens of text per row ([CLS] ... [SEP])
+        self._view = self.view.fitted(self.window)
+        self.max_chars = self.view.max_chars
+        full = Tokenizer.from_str(self._tokenizer.to_str())
+        full.no_truncation()
+        full.no_padding()
+        self._tok_full = full
+        cls_id, sep_id = full.token_to_id("[CLS]"), full.token_to_id("[SEP]")
+        self._cls = [] if cls_id is None else [cls_id]
+        self._sep = [] if sep_id is None else [sep_id]
+        pad_id = full.token_to_id("[PAD]")
+        self._pad_id = 0 if pad_id is None else pad_id
+        sens = self.policy.sensitivity_head
+        if sens not in self.schema:
+            sens = "sensitivity" if "sensitivity" in self.schema else None
+        self._sens_head = sens
+        if sens is not None:
+            neg = self.schema.head(sens).negative_class
+            classes = list(self.schema.head(sens).classes)
+            self._sens_neg = classes.index(neg) if neg in classes else 0
+        else:
+            self._sens_neg = 0
+
+    def parse(self, item: Any) -> tuple[Request | None, str | None]:
+        """(request, None) for an item the router can classify, (None, why) for one it cannot.
+
+        ``item`` is a prompt string or a chat-completions body (``request.parse_request``).
+        Never raises."""
+        if isinstance(item, str):
+            problem = check_text(item)
+            return (None, problem) if problem is not None else (plain(item), None)
+        if not isinstance(item, Mapping):
+            return None, f"expected a prompt string or a chat-completions body, got {type(item).__name__}"
+        try:
+            req = parse_request(item)
+        except RequestError as exc:
+            return None, str(exc)
+        problem = check_text(req.full_text)
+        if problem is not None:
+            return None, problem.replace("the prompt", "the request's text")
+        return req, None
+
+    def _clean_request(self, req: Request) -> tuple[Request, bool, bool]:
+        """The request cut to ``view.max_chars`` characters, control characters deleted (spans
+        moved to match). Returns (request, cut, had_control_characters)."""
+        text = req.full_text
+        limit = self.max_chars
+        cut = len(text) > limit
+        head = text[:limit] if cut else text
+        if _CONTROL.search(head) is None:
+            if not cut:
+                return req, False, False
+            removed: list[int] = []
+            new = head
+        else:
+            removed = [m.start() for m in _CONTROL.finditer(head)]
+            new = _CONTROL.sub("", head)
+        if req.is_plain:
+            return plain(new), cut, bool(removed)
+        end = len(head)
+
+        def pos(i: int) -> int:
+            i = min(i, end)
+            return i - bisect.bisect_left(removed, i)
+
+        spans = tuple((pos(a), pos(b)) for a, b in req.spans)
+        tools = (pos(req.tools_span[0]), pos(req.tools_span[1]))
+        return dataclasses.replace(req, full_text=new, spans=spans, tools_span=tools), cut, bool(removed)
+
+    def _tokenise(self, req: Request) -> tuple[list[int], tuple[int, int]]:
+        """The ids of ``full_text`` (tokenised once, no special tokens) and the request's token range."""
+        enc = self._tok_full.encode(req.full_text, add_special_tokens=False)
+        ids = enc.ids
+        a0, b0 = req.request_span
+        if req.is_plain or (a0 == 0 and b0 >= len(req.full_text)):
+            return ids, (0, len(ids))
+        starts = [o[0] for o in enc.offsets]
+        return ids, (bisect.bisect_left(starts, a0), bisect.bisect_left(starts, b0))
+
+    def _rows(self, reqs: Sequence[Request]) -> tuple[list[list[int]], list[tuple[list[int], list[int]]],
+                                                      list[list[str]]]:
+        """Model rows (token ids with [CLS]/[SEP]) of every request, and per request the rows its
+        tier/task heads and its sensitivity head pool, and the view's flags."""
+        rows: list[list[int]] = []
+        groups: list[tuple[list[int], list[int]]] = []
+        flags: list[list[str]] = []
+        w = self.window
+        for req in reqs:
+            ids, span = self._tokenise(req)
+            n = len(ids)
+            windows, unread = sensitivity_windows(n, w, self._view)
+            tier = tier_rows(self._view, n, span, w, windows)
+            index: dict[Segments, int] = {}
+            picked: list[list[int]] = [[], []]
+            for k, segments_list in enumerate((tier, windows)):
+                for segs in segments_list:
+                    row = index.get(segs)
+                    if row is None:
+                        row = index[segs] = len(rows)
+                        body = ids[segs[0][0]:segs[0][1]] if len(segs) == 1 else \
+                            [t for lo, hi in segs for t in ids[lo:hi]]
+                        rows.append(self._cls + body + self._sep)
+                    picked[k].append(row)
+            groups.append((picked[0], picked[1]))
+            f = [FLAG_TRUNCATED] if unread else []
+            if n > w:
+                f.append(FLAG_LONG_REQUEST)
+            flags.append(f)
+        return rows, groups, flags
+
+    def _run_rows(self, rows: list[list[int]], deadline: float | None) -> dict[str, np.ndarray]:
+        """Raw logits per head [R, C] of model rows (padded per chunk of at most ``max_batch``)."""
+        r = len(rows)
+        if r == 1:
+            ids = np.array(rows, dtype=np.int64)
+            return dict(zip(self.head_names, self._run(ids, np.ones_like(ids), deadline), strict=True))
+        order = sorted(range(r), key=lambda i: len(rows[i])) if r > self._max_batch else list(range(r))
+        out = {h: np.empty((r, self.schema.head(h).num_classes), dtype=np.float32) for h in self.head_names}
+        for start in range(0, r, self._max_batch):
+            idx = order[start:start + self._max_batch]
+            width = max(len(rows[i]) for i in idx)
+            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for k, i in enumerate(idx):
+                ids[k, :len(rows[i])] = rows[i]
+                mask[k, :len(rows[i])] = 1
+            for h, o in zip(self.head_names, self._run(ids, mask, deadline), strict=True):
+                out[h][idx] = o
+        return out
+
+    def _request_scores(self, reqs: Sequence[Request], deadline: float | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[list[str]]]:
+        """(logits, calibrated probabilities, view flags) per request, pooled by the view:
+        tier/task rows mean-pooled, sensitivity windows max-pooled per sensitive class."""
+        rows, groups, flags = self._rows(reqs)
+        raw = self._run_rows(rows, deadline)
+        n = len(reqs)
+        if len(rows) == n and all(t == [i] and s == [i] for i, (t, s) in enumerate(groups)):
+            return raw, self.proba_from_logits(raw), flags  # one row per request: nothing to pool
+        row_p = self.proba_from_logits(raw)
+        logits = {h: np.empty((n, a.shape[1]), dtype=np.float32) for h, a in raw.items()}
+        probs = {h: np.empty((n, a.shape[1])) for h, a in raw.items()}
+        for i, (tier, sens) in enumerate(groups):
+            for h, t, b in self._calibration:
+                use = sens if h == self._sens_head else tier
+                if len(use) == 1:
+                    logits[h][i] = raw[h][use[0]]
+                    probs[h][i] = row_p[h][use[0]]
+                    continue
+                p = self._pool_sensitivity(row_p[h][use]) if h == self._sens_head else row_p[h][use].mean(axis=0)
+                probs[h][i] = p
+                z = t * np.log(np.maximum(p, 1e-12))
+                logits[h][i] = z - (t * b if b is not None else 0.0)
+        return logits, probs, flags
+
+    def _pool_sensitivity(self, p: np.ndarray) -> np.ndarray:
+        """Max pooling of windows' sensitivity probabilities [W, C]: each sensitive class gets its
+        largest window probability, the benign class the rest. Where the maxima add up to more than
+        1 (two sensitive classes, each in its own window), they are scaled to sum to 1."""
+        out = p.max(axis=0)
+        pos = np.ones(out.shape[0], dtype=bool)
+        pos[self._sens_neg] = False
+        total = out[pos].sum()
+        if total > 1.0:
+            out[pos] /= total
+            out[self._sens_neg] = 0.0
+        else:
+            out[self._sens_neg] = 1.0 - total
+        return out
 
     # -- decisions -----------------------------------------------------------------------------
     def route(self, texts: Any) -> Decision | list[Decision]:
-        """One decision per prompt; a list or tuple gives a list, anything else one Decision.
+        """One decision per request; a list or tuple gives a list, anything else one Decision.
 
-        Never raises for bad prompts or inference faults: those get the safe decision, flagged.
+        A request is a prompt string or an OpenAI chat-completions body (a dict). Never raises for
+        bad requests or inference faults: those get the safe decision, flagged.
         """
         start = time.monotonic()
         if isinstance(texts, (list, tuple)):
@@ -395,18 +596,19 @@ class Router:
         n = len(texts)
         out: list[Decision | None] = [None] * n
         good: list[int] = []
-        cleaned: list[str] = []
+        cleaned: list[Request] = []
         flags: list[list[str]] = []
         for i, t in enumerate(texts):
-            problem = check_text(t)
-            if problem is None:
-                text, cut, control = self.clean(t)
-                if control and _VISIBLE.search(text) is None:
-                    problem = f"nothing visible in the first {self._max_chars} characters once control characters are removed"
+            req, problem = self.parse(t)
+            if req is not None:
+                req, cut, control = self._clean_request(req)
+                if control and _VISIBLE.search(req.full_text) is None:
+                    problem = f"nothing visible in the first {self.max_chars} characters once control characters are removed"
                 else:
                     good.append(i)
-                    cleaned.append(text)
-                    flags.append(([FLAG_TRUNCATED] if cut else []) + ([FLAG_CONTROL_CHARS] if control else []))
+                    cleaned.append(req)
+                    flags.append(([FLAG_TRUNCATED] if cut else []) + ([FLAG_CONTROL_CHARS] if control else [])
+                                 + list(req.flags))
                     continue
             where = f"prompt {i}: " if n > 1 else ""
             out[i] = self.engine.safe_decision(f"{where}cannot classify: {problem}", [FLAG_INVALID_INPUT])
@@ -415,24 +617,24 @@ class Router:
                 out[i] = d
         return out  # type: ignore[return-value]
 
-    def _decide(self, texts: list[str], flags: list[list[str]], start: float) -> list[Decision]:
+    def _decide(self, reqs: list[Request], flags: list[list[str]], start: float) -> list[Decision]:
         deadline = None if self.deadline_ms is None else start + self.deadline_ms / 1000.0
         try:
-            logits, truncated = self._logits_with_flags(texts, deadline, cleaned=True)
-            probs = self.proba_from_logits(logits)
+            _, probs, view_flags = self._request_scores(reqs, deadline)
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the answer came after the deadline")
-            for i in np.flatnonzero(truncated):
-                if FLAG_TRUNCATED not in flags[i]:
-                    flags[i].insert(0, FLAG_TRUNCATED)
+            for f, vf in zip(flags, view_flags, strict=True):
+                for flag in vf:
+                    if flag not in f:
+                        f.insert(0, flag) if flag == FLAG_TRUNCATED else f.append(flag)
             return self.engine.decide_batch(probs, flags=flags)
         except DeadlineExceeded as exc:
             took = (time.monotonic() - start) * 1000.0
             logger.warning("deadline of %g ms exceeded for %d prompt(s) after %.1f ms (%s); answering with the "
-                           "safe decision", self.deadline_ms, len(texts), took, exc)
+                           "safe decision", self.deadline_ms, len(reqs), took, exc)
             reason = f"deadline of {self.deadline_ms:g} ms exceeded ({exc}; {took:.1f} ms)"
         except Exception as exc:  # noqa: BLE001 - a router must answer: any inference fault -> safe decision
-            logger.exception("inference failed for %d prompt(s); answering with the safe decision", len(texts))
+            logger.exception("inference failed for %d prompt(s); answering with the safe decision", len(reqs))
             reason = f"inference failed ({type(exc).__name__})"
         return [self.engine.safe_decision(reason, [*f, FLAG_FALLBACK]) for f in flags]
 
