@@ -441,8 +441,12 @@ class Router:
         if isinstance(item, str):
             problem = check_text(item)
             return (None, problem) if problem is not None else (plain(item), None)
+        if isinstance(item, Request):  # already parsed (the HTTP chat endpoint parses to answer 400s)
+            req = item
+            problem = check_text(req.full_text)
+            return (None, problem.replace("the prompt", "the request's text")) if problem is not None else (req, None)
         if not isinstance(item, Mapping):
-            return None, f"expected a prompt string or a chat-completions body, got {type(item).__name__}"
+            return None, f"request: expected a prompt string or a chat-completions body, got {type(item).__name__}"
         try:
             req = parse_request(item)
         except RequestError as exc:
