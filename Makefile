@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m classifier.bench
+	$(BIN)/python -m benchmarks.long_requests
 
 lint: $(STAMP)
 	$(BIN)/ruff check classifier tests

@@ -28,6 +28,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("serve",): ("classifier.serving.app", "serve", "serve a bundle over HTTP"),
     ("report",): ("classifier.evaluation.report", "report", "write the policy owners' evaluation report"),
     ("drift",): ("classifier.evaluation.drift", "drift", "compare live routing against a reference and flag drift"),
+    ("eval", "long-prompts"): ("classifier.evaluation.long_prompts", "long_prompts", "measure the model views on wrapped long prompts"),
+    ("eval", "positions"): ("classifier.evaluation.long_prompts", "positions", "recall of planted credentials/pii by position in long requests"),
     ("audit", "verify"): ("classifier.serving.audit", "verify", "check an audit log's hash chain"),
 }
 

@@ -201,7 +201,9 @@ def test_very_long_prompts_are_cut_and_flagged(router: Router, client: httpx.Cli
 @pytest.mark.parametrize("value", [None, 42, 3.5, True, b"bytes", ["nested"], {"a": 1}, object(), np.array(["a"])])
 def test_non_string_prompts_get_the_safe_decision(router: Router, value) -> None:
     if not isinstance(value, list):  # a list is a batch; any other single value gets one Decision
-        assert_safe(router.route(value), router, reason=f"expected a prompt string or a chat-completions body, got {type(value).__name__}")
+        want = "messages: is required" if isinstance(value, dict) else \
+            f"expected a prompt string or a chat-completions body, got {type(value).__name__}"
+        assert_safe(router.route(value), router, reason=want)
     decisions = router.route(("fine prompt", value))  # a tuple is a batch too
     assert_classified(decisions[0])
     assert_safe(decisions[1], router, reason="prompt 1:")
