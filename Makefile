@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m benchmarks.long_requests
 	# peers side by side (needs the optional extra: pip install -c constraints.txt -e '.[peers]')
 	$(BIN)/python -m benchmarks.peers $(foreach b,$(PEER_BUNDLES),--bundle $(b))
 

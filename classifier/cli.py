@@ -34,6 +34,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("sign",): ("classifier.serving.signing", "sign", "sign a bundle's manifest (Ed25519) for --trusted-key routers"),
     ("detectors", "install"): ("classifier.serving.detectors_cmd", "install", "add or refresh a bundle's detector rules (gitleaks)"),
     ("detectors", "scan"): ("classifier.serving.detectors_cmd", "scan", "run a bundle's detectors on text (rule names and spans, never the text)"),
+    ("eval", "long-prompts"): ("classifier.evaluation.long_prompts", "long_prompts", "measure the model views on wrapped long prompts"),
+    ("eval", "positions"): ("classifier.evaluation.long_prompts", "positions", "recall of planted credentials/pii by position in long requests"),
 }
 
 

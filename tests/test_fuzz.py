@@ -34,7 +34,7 @@ from classifier.serving.runtime import Router, check_text
 FUZZ_SECONDS = float(os.environ.get("TIERWISE_FUZZ_SECONDS", "0"))
 FUZZ_EXAMPLES = int(os.environ.get("TIERWISE_FUZZ_EXAMPLES", "0"))
 LONG = FUZZ_SECONDS > 0 or FUZZ_EXAMPLES > 0
-KNOWN_FLAGS = {"truncated", "invalid_input", "fallback", "control_chars", "uncertain", "blocked"}
+KNOWN_FLAGS = {"truncated", "invalid_input", "fallback", "control_chars", "uncertain", "blocked", "long_request", "non_text_skipped"}
 
 
 def examples(short: int) -> int:
@@ -177,6 +177,14 @@ def policies(draw) -> Policy:
                            "min_confidence": floors,
                            "action": draw(st.sampled_from(["escalate", "safe_decision"]))}
     data["safe_decision"] = draw(st.sampled_from([{"action": "block"}] + [{"action": "route", "tier": t} for t in TIER_NAMES]))
+    input_rules = {}
+    for name in draw(st.lists(st.sampled_from(["unread", "long_request"]), max_size=2, unique=True)):
+        action = draw(st.sampled_from(["block", "restrict", "escalate", "allow"]))
+        rule = {"action": action}
+        if action == "restrict":
+            rule["allowed_tiers"] = draw(st.lists(st.sampled_from(TIER_NAMES), min_size=1, max_size=3, unique=True))
+        input_rules[name] = rule
+    data["input"] = input_rules
     return Policy.from_dict(data)
 
 
@@ -211,7 +219,8 @@ def test_decide_and_decide_batch_agree() -> None:
         marks = [m for m in marks if 0.0 <= m <= 1.0]
         batch = {h.name: np.array([data.draw(prob_rows(h.num_classes, marks)) for _ in range(n)])
                  for h in SCHEMA.heads}
-        flags = [data.draw(st.lists(st.sampled_from(["truncated", "control_chars"]), max_size=2)) for _ in range(n)]
+        flags = [data.draw(st.lists(st.sampled_from(["truncated", "control_chars", "long_request"]), max_size=3,
+                                    unique=True)) for _ in range(n)]
         vectorised = engine.decide_batch(batch, flags=flags)  # n >= 2: the numpy path
         singles = [engine.decide({h: a[i] for h, a in batch.items()}, flags=flags[i]) for i in range(n)]  # row path
         one_row = [engine.decide_batch({h: a[i:i + 1] for h, a in batch.items()}, flags=[flags[i]])[0] for i in range(n)]
@@ -219,7 +228,7 @@ def test_decide_and_decide_batch_agree() -> None:
         assert [d.to_dict() for d in singles] == want
         assert [d.to_dict() for d in one_row] == want
         names = policy.tier_names
-        assert [names[i] if i >= 0 else None for i in engine.tier_indices(batch)] == [d["tier"] for d in want]
+        assert [names[i] if i >= 0 else None for i in engine.tier_indices(batch, flags=flags)] == [d["tier"] for d in want]
 
     run_budget(prop)
 

@@ -122,7 +122,7 @@ def test_control_characters_are_removed_and_flagged(router: Router, client: http
     # tab, newline and carriage return are ordinary text
     assert "control_chars" not in router.route("line one\n\tline two\r\n").flags
     # control characters cannot push the real content out of the window unseen
-    limit = router.input_limits.max_chars
+    limit = router.max_chars
     padded = router.route("\x00" * (limit + 10) + " write a python function")
     assert_safe(padded, router, reason=f"nothing visible in the first {limit} characters")
     body = client.post("/v1/route", json={"text": "write\u0000 code"}).json()
@@ -182,8 +182,8 @@ def test_mixed_scripts_and_emoji_are_classified(router: Router, client: httpx.Cl
 
 
 def test_very_long_prompts_are_cut_and_flagged(router: Router, client: httpx.Client) -> None:
-    limit = router.input_limits.max_chars
-    long_words = "word " * 400_000  # 2 MB: cut to max_chars, then to max_length tokens
+    limit = router.max_chars
+    long_words = "word " * 400_000  # 2 MB: cut to the view's max_chars, then read in windows
     d = router.route(long_words)
     assert "truncated" in d.flags
     assert_classified(d)
@@ -194,13 +194,15 @@ def test_very_long_prompts_are_cut_and_flagged(router: Router, client: httpx.Cli
     assert "truncated" in one_word.flags
     assert "truncated" not in router.route("short prompt").flags
     body = client.post("/v1/route", json={"text": "long prompt " * 600}).json()  # under MAX_BODY
-    assert "truncated" in body["decision"]["flags"]
+    assert "long_request" in body["decision"]["flags"] and "truncated" not in body["decision"]["flags"]
 
 
 @pytest.mark.parametrize("value", [None, 42, 3.5, True, b"bytes", ["nested"], {"a": 1}, object(), np.array(["a"])])
 def test_non_string_prompts_get_the_safe_decision(router: Router, value) -> None:
     if not isinstance(value, list):  # a list is a batch; any other single value gets one Decision
-        assert_safe(router.route(value), router, reason=f"expected a string, got {type(value).__name__}")
+        want = "messages: is required" if isinstance(value, dict) else \
+            f"expected a prompt string or a chat-completions body, got {type(value).__name__}"
+        assert_safe(router.route(value), router, reason=want)
     decisions = router.route(("fine prompt", value))  # a tuple is a batch too
     assert_classified(decisions[0])
     assert_safe(decisions[1], router, reason="prompt 1:")

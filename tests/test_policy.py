@@ -293,12 +293,13 @@ def test_decide_batch_matches_decide_and_tier_indices(engine):
         "sensitivity": rng.dirichlet([3, 1, 1], n),
     }
     batch["tier"][5] = np.nan  # one unreadable row
-    decisions = engine.decide_batch(batch, flags=[["truncated"] if i % 7 == 0 else [] for i in range(n)])
+    flags = [["truncated"] if i % 7 == 0 else [] for i in range(n)]
+    decisions = engine.decide_batch(batch, flags=flags)
     assert len(decisions) == n
     singles = [engine.decide({h: a[i] for h, a in batch.items()}, flags=["truncated"] if i % 7 == 0 else [])
                for i in range(n)]
     assert [d.to_dict() for d in decisions] == [d.to_dict() for d in singles]
-    idx = engine.tier_indices(batch)
+    idx = engine.tier_indices(batch, flags=flags)
     names = engine.policy.tier_names
     assert [names[i] if i >= 0 else None for i in idx] == [d.tier for d in decisions]
     # every rule family fired somewhere in a random batch

@@ -206,7 +206,7 @@ def test_write_bundle_by_role(tiny_bundle: Path, tmp_path: Path) -> None:
     assert "onnxruntime" in manifest.library_versions
     with Router.load(out) as r:
         assert r.temperatures == {"tier": 1.0, "task": 1.0, "sensitivity": 1.0}
-        assert "truncated" in r.route("word " * 40).flags  # max_length 32 applies
+        assert "long_request" in r.route("word " * 40).flags  # max_length 32 applies: several windows
     with pytest.raises(BundleError, match="not empty and is not a bundle"):
         bundle_io.write_bundle(tmp_path, onnx_bytes=b"x", tokenizer_path=tiny_bundle / "tokenizer.json",
                                schema=LabelSchema.from_yaml(tiny_bundle / "schema.yaml"))
@@ -321,11 +321,12 @@ def test_unclassifiable_prompts_get_the_flagged_safe_decision(router: Router) ->
         router.logits(["ok", ""])
 
 
-def test_long_prompts_are_truncated_and_flagged(router: Router) -> None:
-    assert "truncated" not in router.route("short prompt").flags
-    long_tokens = router.route("word " * 200)  # > 64 tokens
-    assert "truncated" in long_tokens.flags
-    limit = router.input_limits.max_chars
+def test_long_prompts_are_read_in_windows_and_cuts_flagged(router: Router) -> None:
+    short = router.route("short prompt")
+    assert "truncated" not in short.flags and "long_request" not in short.flags
+    long_tokens = router.route("word " * 200)  # > 64 tokens: several windows, all of it read
+    assert "long_request" in long_tokens.flags and "truncated" not in long_tokens.flags
+    limit = router.max_chars
     long_chars = router.route("a" * (limit + 10))  # one enormous 'word': cut by characters
     assert "truncated" in long_chars.flags
 

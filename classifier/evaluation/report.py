@@ -67,6 +67,7 @@ import pandas as pd
 from classifier.errors import ConfigError, DataError
 from classifier.evaluation.report_common import finite as _f
 from classifier.evaluation.report_common import length_bucket, pct
+from classifier.evaluation import long_prompts_section
 from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
@@ -778,6 +779,7 @@ def build_report(config: ReportConfig) -> ReportResult:  # noqa: C901 - one line
         "thresholds": thresholds,
         "rows": rows,
         "figures": sorted(figures),
+        "long_prompts": long_prompts_section.section(),  # from `tierwise eval long-prompts` / `eval positions`
     }
     report = _jsonable(report)
     report["metrics"] = summary_metrics(report)

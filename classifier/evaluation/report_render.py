@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import markupsafe
+
 from classifier.evaluation.report_common import finite, pct
 
 __all__ = [
@@ -262,9 +264,13 @@ _NAV = (("summary", "Summary"), ("cost", "Cost"), ("heads", "Heads"), ("calibrat
 
 def render_html(report: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     """The self-contained HTML page of a report; ``figures`` maps figure names to data URIs."""
+    from classifier.evaluation import long_prompts_section as lps
+
     nav = list(_NAV) + ([("diff", "Diff")] if report.get("diff") else [])
+    nav += [("long-prompts", "Long prompts")] if report.get("long_prompts") else []
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
-    return _env(True).from_string(_HTML).render(
+    return _env(True).from_string(_HTML.replace("</main>", "{{ long_prompts_html }}</main>", 1)).render(
+        long_prompts_html=markupsafe.Markup(lps.render_html(report.get("long_prompts"))),
         css=_CSS, nav=nav, figures=dict(figures), pgr_keys=pgr_keys, max_slice_rows=40,
         meta=report["meta"], headline=report["headline"], routing=report["routing"], heads=report["heads"],
         heads_uncalibrated=report.get("heads_uncalibrated", {}), confusion=report["confusion"],
@@ -400,8 +406,11 @@ No tier-labelled prompts in this split.
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The report's numbers as Markdown (no figures)."""
+    from classifier.evaluation import long_prompts_section as lps
+
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
-    return _env(False).from_string(_MD).render(
+    return _env(False).from_string(_MD + "{{ long_prompts_md }}").render(
+        long_prompts_md=lps.render_markdown(report.get("long_prompts")),
         pgr_keys=pgr_keys, max_slice_rows=40, meta=report["meta"], headline=report["headline"],
         routing=report["routing"], heads=report["heads"], calibration=report["calibration"],
         slices=report["slices"], sensitivity=report["sensitivity"], misroutes=report["misroutes"],

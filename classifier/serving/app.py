@@ -4,6 +4,12 @@ Endpoints:
 
 - ``POST /v1/route``: body ``{"text": "..."}`` or ``{"texts": ["...", ...]}`` (optional
   ``request_id``) -> ``{"request_id", "decision"}`` or ``{"request_id", "decisions"}``;
+- ``POST /v1/route/chat``: body an unmodified OpenAI chat-completions request (``messages``,
+  optional ``tools``; every other field is ignored) -> ``{"request_id", "decision"}``; a malformed
+  body (unknown role, a content part that is not an object or whose ``text`` is not a string,
+  empty ``messages``, wrong types) is a 400 whose message names the field path
+  (``messages[1].content[0].text: ...``); image/audio parts are skipped and flagged
+  ``non_text_skipped``. The request id comes from the ``x-request-id`` header (or is generated);
 - ``GET /healthz``: the process is up; ``GET /readyz``: a verified bundle is loaded (503 if not);
 - ``GET /metrics``: Prometheus text format (see ``metrics.py``);
 - ``GET /openapi.json``: the API schema.
@@ -85,7 +91,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ROUTE_PATH = "/v1/route"
-ENDPOINTS = (ROUTE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+CHAT_PATH = "/v1/route/chat"
+ENDPOINTS = (ROUTE_PATH, CHAT_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
 DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_BUNDLE_RETRY_S = 5.0
@@ -588,6 +595,45 @@ def create_app(
             metrics.set_audit_entries(state.audit.entries)
         docs = [d.to_dict() for d in decisions]
         payload = {"request_id": request_id, "decision": docs[0]} if single else {"request_id": request_id, "decisions": docs}
+        return Response(json.dumps(payload, ensure_ascii=False, allow_nan=False), media_type="application/json",
+                        headers={"x-request-id": request_id})
+
+    @app.post(CHAT_PATH, summary="route one OpenAI chat-completions request body, as the gateway has it",
+              response_model=None, responses={200: {"model": RouteResponse}, **_ERRORS},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["messages"], "additionalProperties": True,
+                  "properties": {"messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                                 "tools": {"type": "array", "items": {"type": "object"}}},
+                  "examples": [{"model": "gpt-4o-mini", "messages": [
+                      {"role": "system", "content": "You are a helpful assistant."},
+                      {"role": "user", "content": "Write a haiku about the sea"}]}]}}}}})
+    async def route_chat(request: Request) -> Response:
+        from classifier.serving.request import parse_request
+
+        loaded = state.router
+        if loaded is None:
+            raise ServiceUnavailableError(state.error or "no bundle loaded")
+        raw = await request.body()
+        try:
+            body = json.loads(raw.decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer too long to convert
+            raise InputError(f"the body is not JSON ({exc}); send an OpenAI chat-completions request body") from None
+        if not isinstance(body, dict):
+            raise InputError(f"body: must be a JSON object (an OpenAI chat-completions request with 'messages'), "
+                             f"got {type(body).__name__}")
+        parsed = parse_request(body)
+        request_id = _header_request_id(request) or uuid.uuid4().hex
+        start = time.perf_counter()
+        try:
+            decision = await asyncio.to_thread(loaded.route, parsed)
+        except Exception:  # noqa: BLE001 - Router.route answers faults itself; this is the last guard
+            logger.exception("route failed for request %s; answering with the safe decision", request_id)
+            decision = loaded.safe_decision("internal fault while routing", ["fallback"])
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        metrics.observe_decisions([decision])
+        if state.audit is not None:
+            _audit(state.audit, loaded, [decision], [parsed.full_text], request_id, True, elapsed_ms)
+        payload = {"request_id": request_id, "decision": decision.to_dict()}
         return Response(json.dumps(payload, ensure_ascii=False, allow_nan=False), media_type="application/json",
                         headers={"x-request-id": request_id})
 

@@ -12,7 +12,11 @@ and classes it names must exist) and then decides:
 3. **uncertainty**: a tier probability within ``uncertainty.tier_band`` of the threshold, or a head
    whose top probability is under its floor, escalates (to the strong tier, or to the safe
    decision) and is flagged ``uncertain``. An uncertain prediction never silently stays cheap;
-4. **sensitivity gates** (last, so they override everything above): a sensitivity class whose
+4. **input rules** (section ``input``, rule names ``input:<rule>:<action>``): a request the runtime
+   flagged ``truncated`` (rule ``unread``: text that will be sent was not read by a model window)
+   or ``long_request`` (rule ``long_request``) is blocked, restricted to allowed tiers / trust
+   levels, or escalated to the strong tier;
+5. **sensitivity gates** (last, so they override everything above): a sensitivity class whose
    probability reaches its threshold, or that a deterministic detector found (``detections``),
    blocks the request or restricts it to allowed tiers / trust levels (``pii`` -> self-hosted
    only). Each class's ``gate`` says which evidence counts: ``either`` (default), ``model`` or
@@ -51,6 +55,9 @@ SENSITIVITY_ACTIONS = ("block", "restrict", "allow")
 GATES = ("either", "model", "detectors")
 UNCERTAINTY_ACTIONS = ("escalate", "safe_decision")
 SAFE_ACTIONS = ("route", "block")
+INPUT_ACTIONS = ("block", "restrict", "escalate", "allow")
+# policy section ``input``: rule name -> the runtime flag it reacts to
+INPUT_RULES = {"unread": "truncated", "long_request": "long_request"}
 
 # Flags a decision may carry (the runtime adds ``truncated`` and ``invalid_input`` itself).
 FLAG_UNCERTAIN = "uncertain"
@@ -63,6 +70,7 @@ RULE_TASK = "task_override"
 RULE_UNCERTAIN = "uncertainty"
 RULE_SENSITIVITY = "sensitivity"
 RULE_SAFE = "safe_decision"
+RULE_INPUT = "input"
 
 # Probabilities of a head must sum to 1 within this tolerance to count as a distribution.
 _SUM_TOL = 1e-3
@@ -135,6 +143,35 @@ def _string_list(value: Any, path: str) -> tuple[str, ...]:
     return tuple(_string(v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
+def _input_rules(raw: Any, tiers: Sequence[Any], tier_ref: Any) -> dict[str, InputRule]:
+    """Section ``input`` (rules for what the model could not read), validated."""
+    section = _mapping(raw or {}, "input")
+    _check_keys(section, "input", required=(), optional=tuple(INPUT_RULES))
+    out: dict[str, InputRule] = {}
+    for name, raw_rule in section.items():
+        p = f"input.{name}"
+        rule = _mapping(raw_rule, p)
+        _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust"))
+        action = _choice(rule["action"], f"{p}.action", INPUT_ACTIONS)
+        allowed_tiers: tuple[str, ...] = ()
+        allowed_trust: tuple[str, ...] = ()
+        if "allowed_tiers" in rule:
+            allowed_tiers = tuple(tier_ref(v, f"{p}.allowed_tiers[{j}]")
+                                  for j, v in enumerate(_string_list(rule["allowed_tiers"], f"{p}.allowed_tiers")))
+        if "allowed_trust" in rule:
+            allowed_trust = tuple(_choice(v, f"{p}.allowed_trust[{j}]", TRUST_LEVELS)
+                                  for j, v in enumerate(_string_list(rule["allowed_trust"], f"{p}.allowed_trust")))
+        if action == "restrict":
+            if not allowed_tiers and not allowed_trust:
+                raise _fail(p, "action 'restrict' needs 'allowed_tiers' and/or 'allowed_trust'")
+            if not any(t.name in allowed_tiers or t.trust in allowed_trust for t in tiers):
+                raise _fail(p, "no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
+        elif allowed_tiers or allowed_trust:
+            raise _fail(p, f"allowed_tiers/allowed_trust only apply to action 'restrict', not {action!r}")
+        out[str(name)] = InputRule(action, allowed_tiers, allowed_trust)
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # Policy data
 # ------------------------------------------------------------------------------------------
@@ -189,6 +226,20 @@ class TaskOverride:
 
 
 @dataclass(frozen=True)
+class InputRule:
+    """What happens to a request the runtime flags for how much of it the model read (policy
+    section ``input``): ``unread`` reacts to ``truncated`` (text that will be sent was read by
+    neither a model window nor a detector), ``long_request`` to ``long_request`` (longer than one
+    model window). ``block``: refuse. ``restrict``: only ``allowed_tiers`` / ``allowed_trust``
+    (the cheapest allowed tier at least as strong as the one chosen). ``escalate``: at least
+    ``routing.strong_tier``. ``allow``: no constraint."""
+
+    action: str
+    allowed_tiers: tuple[str, ...] = ()
+    allowed_trust: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Policy:
     """A validated routing policy. Build it with ``from_dict`` / ``from_yaml``."""
 
@@ -214,6 +265,7 @@ class Policy:
     safe_action: str
     safe_tier: str | None
     description: str = ""
+    input_rules: dict[str, InputRule] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # -- lookups -----------------------------------------------------------------------------
@@ -246,7 +298,7 @@ class Policy:
             top, "",
             required=("owner", "version", "approval", "tiers", "thresholds"),
             optional=("description", "routing", "sensitivity", "task_overrides", "uncertainty",
-                      "safe_decision"),
+                      "safe_decision", "input"),
         )
         owner = _string(top["owner"], "owner")
         version = _string(top["version"], "version")
@@ -394,6 +446,8 @@ class Policy:
         elif "tier" in safe:
             raise _fail("safe_decision.tier", "must be omitted when action is 'block'")
 
+        input_rules = _input_rules(top.get("input"), tiers, tier_ref)
+
         return cls(
             owner=owner, version=version, approval=approval, tiers=tuple(tiers),
             tier_head=tier_head, cheap_tier=cheap_tier, strong_tier=strong_tier,
@@ -403,7 +457,7 @@ class Policy:
             threshold_provenance=provenance,
             tier_band=tier_band, min_confidence=min_conf, min_confidence_actions=min_conf_actions,
             uncertainty_action=unc_action, safe_action=safe_action, safe_tier=safe_tier,
-            description=description, raw=copy.deepcopy(dict(top)),
+            description=description, input_rules=input_rules, raw=copy.deepcopy(dict(top)),
         )
 
     # -- serialisation -----------------------------------------------------------------------
@@ -561,6 +615,12 @@ class PolicyEngine:
                 self._row_sens.append((name, classes.index(name), threshold,
                                        None if allowed is None else frozenset(allowed), rule.detectors_gate))
         self._safe_idx = -1 if p.safe_tier is None else self._names.index(p.safe_tier)
+        # input rules (section ``input``): (name, flag it reacts to, action, allowed tier indices)
+        self._input_rules = [
+            (name, INPUT_RULES[name], rule.action,
+             [i for i, t in enumerate(p.tiers) if t.name in rule.allowed_tiers or t.trust in rule.allowed_trust])
+            for name, rule in p.input_rules.items() if rule.action != "allow"
+        ]
 
     # -- checks ------------------------------------------------------------------------------
     def _check_against_schema(self) -> None:
@@ -716,7 +776,7 @@ class PolicyEngine:
         row_flags = [list(dict.fromkeys(flags[i])) if flags is not None and i < len(flags) else [] for i in range(n)]
         row_det = [_detection_dicts(detections[i]) if detections is not None and i < len(detections) else []
                    for i in range(n)]
-        plan = self._plan(arrays, row_det)
+        plan = self._plan(arrays, row_flags, row_det)
         out: list[Decision] = []
         for i in range(n):
             # a head whose row is not a distribution is left out (NaN is neither JSON nor evidence)
@@ -732,18 +792,23 @@ class PolicyEngine:
             out.append(self._build(i, plan, probs_i, row_flags[i], row_det[i]))
         return out
 
-    def tier_indices(self, probs: Mapping[str, Any]) -> np.ndarray:
-        """Routed tier index per row (into ``policy.tiers``), -1 where blocked. Vectorised."""
+    def tier_indices(self, probs: Mapping[str, Any], *,
+                     flags: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+        """Routed tier index per row (into ``policy.tiers``), -1 where blocked. Vectorised.
+        ``flags`` (the runtime's flags per row) feed the input rules; None: no flags."""
         arrays, valid, _, _, _ = self._validate_batch(probs)
-        plan = self._plan(arrays)
+        plan = self._plan(arrays, flags)
         tiers = plan["final"].copy()
         safe_idx = -1 if self.policy.safe_tier is None else self._names.index(self.policy.safe_tier)
         tiers[~valid] = safe_idx
         return tiers
 
     def _plan(self, arrays: dict[str, np.ndarray],  # noqa: C901
+              row_flags: Sequence[Sequence[str]] | None = None,
               detections: Sequence[Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Any]:
-        """The whole rule cascade on arrays. Each step records where it changed the outcome."""
+        """The whole rule cascade on arrays (``row_flags``: the runtime's flags per row, read by
+        the input rules; ``detections``: detector hits per row, read by the gates). Each step
+        records where it changed the outcome."""
         p = self.policy
         n = next(iter(arrays.values())).shape[0]
         p_pos = np.nan_to_num(arrays[p.tier_head][:, self._tier_pos], nan=1.0)
@@ -792,6 +857,14 @@ class PolicyEngine:
         tier[unc_safe] = safe_idx if p.safe_action == "route" else -1
         unc_changed = uncertain & (tier != before_unc)
 
+        # input rules: what the model could not read (rows the runtime flagged only)
+        input_applied: list[list[tuple[str, str, bool]]] = [[] for _ in range(n)]
+        if self._input_rules and row_flags is not None:
+            for i, fl in enumerate(row_flags[:n]):
+                if fl:
+                    new, input_applied[i] = self._input_step(int(tier[i]), fl)
+                    tier[i] = new
+
         # sensitivity gates (override everything above)
         sens_detected: list[list[str]] = [[] for _ in range(n)]
         sens_block = np.zeros(n, dtype=bool)
@@ -836,8 +909,28 @@ class PolicyEngine:
             "p_pos": p_pos, "base": base, "task_rule": task_rule, "unc_reason": unc_reason,
             "uncertain": uncertain, "unc_safe": unc_safe, "unc_changed": unc_changed,
             "sens_detected": sens_detected, "sens_block": sens_block, "sens_changed": sens_changed,
-            "final": tier,
+            "input_applied": input_applied, "final": tier,
         }
+
+    def _input_step(self, tier: int, flags: Sequence[str]) -> tuple[int, list[tuple[str, str, bool]]]:
+        """The input rules on one row: the new tier index (-1: blocked) and, per rule that fired,
+        (name, action, whether it changed the tier). Shared by ``_plan`` and ``_decide_row``."""
+        applied: list[tuple[str, str, bool]] = []
+        for name, flag, action, allowed in self._input_rules:
+            if flag not in flags:
+                continue
+            before = tier
+            if action == "block":
+                tier = -1
+            elif tier < 0:
+                pass  # already blocked (safe decision)
+            elif action == "escalate":
+                tier = max(tier, self._strong)
+            elif tier not in allowed:
+                stronger = [k for k in allowed if k >= tier]
+                tier = stronger[0] if stronger else allowed[-1]
+            applied.append((name, action, tier != before))
+        return tier, applied
 
     # -- one row, plain floats ---------------------------------------------------------------
     def _one_row(self, probs: Any) -> dict[str, list[float]] | None:
@@ -916,6 +1009,10 @@ class PolicyEngine:
             tier = self._safe_idx if p.safe_action == "route" else -1
         unc_changed = uncertain and tier != before_unc
 
+        input_applied: list[tuple[str, str, bool]] = []
+        if self._input_rules and flags:
+            tier, input_applied = self._input_step(tier, flags)
+
         detected: list[str] = []
         sens_block = False
         before_sens = tier
@@ -945,7 +1042,8 @@ class PolicyEngine:
         probs_i = {name: dict(zip(classes, rows[name], strict=True)) for name, _, classes in self._heads
                    if name in rows}
         return self._compose(p_pos, base, task_rule, uncertain, unc_safe, unc_reason, unc_changed,
-                             detected, sens_block, sens_changed, tier, probs_i, flags, detections or [])
+                             detected, sens_block, sens_changed, tier, probs_i, flags, detections or [],
+                             input_applied)
 
     def _build(self, i: int, plan: dict[str, Any], probs_i: dict[str, dict[str, float]],
                flags: list[str], detections: list[dict[str, Any]] | None = None) -> Decision:
@@ -953,13 +1051,14 @@ class PolicyEngine:
             plan["p_pos"][i], int(plan["base"][i]), plan["task_rule"][i], bool(plan["uncertain"][i]),
             bool(plan["unc_safe"][i]), plan["unc_reason"][i], bool(plan["unc_changed"][i]),
             plan["sens_detected"][i], bool(plan["sens_block"][i]), bool(plan["sens_changed"][i]),
-            int(plan["final"][i]), probs_i, flags, detections or [],
+            int(plan["final"][i]), probs_i, flags, detections or [], plan["input_applied"][i],
         )
 
     def _compose(self, p_pos: float, base_idx: int, task_rule: str, uncertain: bool, unc_safe: bool,
                  unc_reason: str, unc_changed: bool, detected: list[str], sens_block: bool,
                  sens_changed: bool, final: int, probs_i: dict[str, dict[str, float]],
-                 flags: list[str], detections: list[dict[str, Any]] | None = None) -> Decision:
+                 flags: list[str], detections: list[dict[str, Any]] | None = None,
+                 input_applied: Sequence[tuple[str, str, bool]] = ()) -> Decision:
         """The Decision (rule, reason, flags) from one row's outcome of the cascade."""
         p = self.policy
         t = p.tier_threshold
@@ -980,6 +1079,12 @@ class PolicyEngine:
                 reasons.append(f"uncertain ({unc_reason}) -> escalate to at least {p.strong_tier}")
                 if unc_changed:
                     rule = f"{RULE_UNCERTAIN}:escalate"
+        for name, action, changed in input_applied:
+            what = {"unread": "text that will be sent was not read (truncated)",
+                    "long_request": "longer than one model window (long_request)"}[name]
+            reasons.append(f"input {name}: {what} -> {action}" + ("" if changed else " (tier already allowed)"))
+            if changed:
+                rule = f"{RULE_INPUT}:{name}:{action}"
         if detected:
             shown, by_detector = self._evidence(detected, probs_i, detections or [])
             if sens_block:

@@ -8,10 +8,13 @@ prints the decision as JSON. A file::
 
     tierwise route --bundle B --input in.jsonl --output out.jsonl [--text-field text] [--batch-size 64]
 
-reads one JSON object per line and writes one line per input line, in order:
+reads one JSON object per line (a prompt under ``--text-field``, or an OpenAI chat-completions
+body: a line with ``messages`` and no ``--text-field`` field is routed as the whole request,
+optional ``tools`` included) and writes one line per input line, in order:
 ``{"line": n, "id": <the --id-field value or null>, **decision}``. A line that is not valid JSON or
 UTF-8, not an object, or has no string under ``--text-field`` gets the policy's explicit safe
-decision, flagged ``invalid_input``, with an ``error`` naming the line; the file is never aborted.
+decision, flagged ``invalid_input``, with an ``error`` naming the line (and, for a malformed chat
+body, the field: ``line 3: ... messages[0].role: unknown role 'bot'``); the file is never aborted.
 ``--audit-log`` appends every decision to a hash-chained audit log.
 
 What this module leaves out: the decisions themselves (``runtime``/``policy``). Torch-free.
@@ -112,12 +115,25 @@ def _parse(raw: bytes, n: int, text_field: str, id_field: str) -> tuple[Any, Any
     if not isinstance(record, dict):
         return None, None, f"line {n}: expected a JSON object, got {type(record).__name__}"
     rid = record.get(id_field)
+    if text_field not in record and "messages" in record:
+        return record, rid, None  # a chat-completions body: the router parses it (and answers bad ones)
     if text_field not in record:
-        return None, rid, f"line {n}: no {text_field!r} field (fields: {sorted(record)[:10]}); set --text-field"
+        return None, rid, (f"line {n}: no {text_field!r} or 'messages' field (fields: {sorted(record)[:10]}); "
+                           "set --text-field")
     text = record[text_field]
     if not isinstance(text, str):
         return None, rid, f"line {n}: {text_field!r} must be a string, got {type(text).__name__}"
     return text, rid, None
+
+
+def _prompt_text(item: Any) -> str:
+    """What the audit log hashes (or stores) for an input: the prompt, or a chat body's messages."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        return json.dumps({k: item[k] for k in ("messages", "tools") if k in item}, ensure_ascii=False,
+                          sort_keys=True, default=str)
+    return ""
 
 
 def route_file(router: Any, path: Path, out: IO[str], *, text_field: str = "text", id_field: str = "id",
@@ -144,7 +160,7 @@ def route_file(router: Any, path: Path, out: IO[str], *, text_field: str = "text
             stats["tiers"]["blocked" if doc["blocked"] else str(doc["tier"])] += 1
             if audit is not None:
                 audit.append(decision, request_id=f"{path.name}:{n}" if rid is None else str(rid),
-                             prompt=text if isinstance(text, str) else "", model_version=router.model_version,
+                             prompt=_prompt_text(text), model_version=router.model_version,
                              bundle_hash=router.bundle_hash, line=n)
             out.write(json.dumps({"line": n, "id": rid, **doc}, ensure_ascii=False) + "\n")
         pending.clear()

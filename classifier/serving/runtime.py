@@ -49,6 +49,8 @@ never torch or transformers, so a router process stays small and starts fast.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import logging
 import math
@@ -69,6 +71,8 @@ from classifier.errors import BundleError, ConfigError, InputError, PolicyError,
 from classifier.serving import bundle as bundle_io
 from classifier.serving.detectors import DETECTORS_FILE, Detectors, Hit
 from classifier.serving.policy import Decision, Policy, PolicyEngine
+from classifier.serving.request import Request, RequestError, parse_request, plain
+from classifier.serving.view import ModelView, Segments, sensitivity_windows, tier_rows
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,7 @@ FLAG_TRUNCATED = "truncated"
 FLAG_INVALID_INPUT = "invalid_input"
 FLAG_FALLBACK = "fallback"
 FLAG_CONTROL_CHARS = "control_chars"
+FLAG_LONG_REQUEST = "long_request"
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 # C0 and C1 control characters and DEL, except tab, newline and carriage return
@@ -187,6 +192,7 @@ class Router:
         deadline_ms: float | None = None,
         biases: Mapping[str, Any] | None = None,
         detectors: Detectors | None = None,
+        view: ModelView | Mapping[str, Any] | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.detectors = detectors
@@ -218,6 +224,7 @@ class Router:
         self.model_version = manifest.mlflow_model_version or manifest.training_run_id
         self.deadline_ms = _check_deadline(deadline_ms)
         self._watchdog = _Watchdog(period=min(1.0, (self.deadline_ms or 1000.0) / 4000.0))
+        self._init_view(view)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -230,6 +237,7 @@ class Router:
         deadline_ms: float | None = None,
         trusted_keys: Sequence[Any] | None = None,
         expect_sha256: str | None = None,
+        view: ModelView | Mapping[str, Any] | None = None,
     ) -> Router:
         """Verify and load a bundle directory or ``.tar.gz`` (bounded: see ``bundle.py``).
 
@@ -240,6 +248,8 @@ class Router:
         named by ``$TIERWISE_TRUSTED_KEYS``) makes an unsigned or wrongly signed bundle, or a policy
         whose content changed under an approved version, a ``BundleError``; ``expect_sha256`` pins
         the sha256 of the bundle's ``manifest.json``. See ``signing.py``.
+        ``view`` (a ``ModelView`` or a mapping of its fields) says which text each head reads;
+        None: the documented default (``classifier/serving/view.py``).
         """
         from classifier.serving import signing
 
@@ -249,7 +259,7 @@ class Router:
         keys = signing.trusted_keys_from_env() if trusted_keys is None else signing.load_trusted_keys(trusted_keys)
         opened = bundle_io.OpenedBundle(path)
         try:
-            return cls._load_dir(opened, threads, policy, deadline_ms, keys, expect_sha256)
+            return cls._load_dir(opened, threads, policy, deadline_ms, keys, expect_sha256, view)
         except BaseException:
             opened.close()
             raise
@@ -257,7 +267,7 @@ class Router:
     @classmethod
     def _load_dir(cls, opened: bundle_io.OpenedBundle, threads: int, policy: Any,
                   deadline_ms: float | None = None, trusted_keys: Sequence[Any] = (),
-                  expect_sha256: str | None = None) -> Router:
+                  expect_sha256: str | None = None, view: Any = None) -> Router:
         from classifier.serving import signing
 
         directory = opened.directory
@@ -286,7 +296,7 @@ class Router:
         router = cls(
             bundle_dir=directory, manifest=manifest, session=session, tokenizer=tokenizer,
             schema=schema, temperatures=temperatures, policy=resolved, source=opened.source, opened=opened,
-            deadline_ms=deadline_ms, biases=biases, detectors=detectors,
+            deadline_ms=deadline_ms, biases=biases, detectors=detectors, view=view,
         )
         # the digest of the manifest bytes that were verified (not a second read of the file)
         router.bundle_hash = verified.digest
@@ -390,37 +400,232 @@ class Router:
             truncated[idx] = trunc
         return result, truncated
 
-    def _checked(self, texts: str | Sequence[str]) -> list[str]:
-        if isinstance(texts, str):
+    def _checked(self, texts: Any) -> list[Request]:
+        """The parsed requests of a ``logits``/``predict_proba`` argument; ``InputError`` names a bad item."""
+        if isinstance(texts, (str, Mapping)):
             texts = [texts]
         if not isinstance(texts, Sequence):
-            raise InputError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+            raise InputError(f"texts must be a string, a chat-completions body or a list of them, "
+                             f"got {type(texts).__name__}")
+        out: list[Request] = []
         for i, t in enumerate(texts):
-            problem = check_text(t)
-            if problem is not None:
+            req, problem = self.parse(t)
+            if req is None:
                 raise InputError(f"texts[{i}]: {problem}")
-        return list(texts)
+            req, _, _ = self._clean_request(req)
+            if _VISIBLE.search(req.full_text) is None:
+                raise InputError(f"texts[{i}]: nothing visible once control characters are removed")
+            out.append(req)
+        return out
 
-    def logits(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """Raw (uncalibrated) logits per head, float32 [n, C]. ``InputError`` names a bad item."""
-        texts = self._checked(texts)
-        if not texts:
+    def logits(self, texts: Any) -> dict[str, np.ndarray]:
+        """Logits per head, float32 [n, C]. ``InputError`` names a bad item.
+
+        Each item is a prompt string or an OpenAI chat-completions body. Where the model view reads
+        one row for a head (every request that fits one window), these are the model's raw logits;
+        where it pools several windows, they are ``T * (log p - b)`` of the pooled calibrated
+        probabilities ``p``, so ``proba_from_logits(logits(x)) == predict_proba(x)`` always.
+        """
+        reqs = self._checked(texts)
+        if not reqs:
             return {h: np.zeros((0, self.schema.head(h).num_classes), np.float32) for h in self.head_names}
-        return self._logits_with_flags(texts)[0]
+        return self._request_scores(reqs)[0]
 
     def proba_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calibrated softmax ``softmax(logits / T + b)`` (float64 copies, the input is left alone)."""
         return {h: _softmax(np.asarray(logits[h], dtype=np.float64), t, b) for h, t, b in self._calibration}
 
-    def predict_proba(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """Calibrated probabilities per head, [n, C], rows sum to 1."""
-        return self.proba_from_logits(self.logits(texts))
+    def predict_proba(self, texts: Any) -> dict[str, np.ndarray]:
+        """Calibrated probabilities per head, [n, C], rows sum to 1 (pooled over windows by the view)."""
+        reqs = self._checked(texts)
+        if not reqs:
+            return {h: np.zeros((0, self.schema.head(h).num_classes)) for h in self.head_names}
+        return self._request_scores(reqs)[1]
+
+    # -- requests: parsing, the model view, windows and pooling ----------------------------------
+    def _init_view(self, view: Any) -> None:
+        """The model view and what it needs: a tokenizer without truncation, the special tokens."""
+        self.view = ModelView.from_dict(dict(view) if isinstance(view, Mapping) else view)
+        self.window = self.input_limits.max_length - 2  # tokens of text per row ([CLS] ... [SEP])
+        self._view = self.view.fitted(self.window)
+        self.max_chars = self.view.max_chars
+        full = Tokenizer.from_str(self._tokenizer.to_str())
+        full.no_truncation()
+        full.no_padding()
+        self._tok_full = full
+        cls_id, sep_id = full.token_to_id("[CLS]"), full.token_to_id("[SEP]")
+        self._cls = [] if cls_id is None else [cls_id]
+        self._sep = [] if sep_id is None else [sep_id]
+        pad_id = full.token_to_id("[PAD]")
+        self._pad_id = 0 if pad_id is None else pad_id
+        sens = self.policy.sensitivity_head
+        if sens not in self.schema:
+            sens = "sensitivity" if "sensitivity" in self.schema else None
+        self._sens_head = sens
+        if sens is not None:
+            neg = self.schema.head(sens).negative_class
+            classes = list(self.schema.head(sens).classes)
+            self._sens_neg = classes.index(neg) if neg in classes else 0
+        else:
+            self._sens_neg = 0
+
+    def parse(self, item: Any) -> tuple[Request | None, str | None]:
+        """(request, None) for an item the router can classify, (None, why) for one it cannot.
+
+        ``item`` is a prompt string or a chat-completions body (``request.parse_request``).
+        Never raises."""
+        if isinstance(item, str):
+            problem = check_text(item)
+            return (None, problem) if problem is not None else (plain(item), None)
+        if isinstance(item, Request):  # already parsed (the HTTP chat endpoint parses to answer 400s)
+            req = item
+            problem = check_text(req.full_text)
+            return (None, problem.replace("the prompt", "the request's text")) if problem is not None else (req, None)
+        if not isinstance(item, Mapping):
+            return None, f"request: expected a prompt string or a chat-completions body, got {type(item).__name__}"
+        try:
+            req = parse_request(item)
+        except RequestError as exc:
+            return None, str(exc)
+        problem = check_text(req.full_text)
+        if problem is not None:
+            return None, problem.replace("the prompt", "the request's text")
+        return req, None
+
+    def _clean_request(self, req: Request) -> tuple[Request, bool, bool]:
+        """The request cut to ``view.max_chars`` characters, control characters deleted (spans
+        moved to match). Returns (request, cut, had_control_characters)."""
+        text = req.full_text
+        limit = self.max_chars
+        cut = len(text) > limit
+        head = text[:limit] if cut else text
+        if _CONTROL.search(head) is None:
+            if not cut:
+                return req, False, False
+            removed: list[int] = []
+            new = head
+        else:
+            removed = [m.start() for m in _CONTROL.finditer(head)]
+            new = _CONTROL.sub("", head)
+        if req.is_plain:
+            return plain(new), cut, bool(removed)
+        end = len(head)
+
+        def pos(i: int) -> int:
+            i = min(i, end)
+            return i - bisect.bisect_left(removed, i)
+
+        spans = tuple((pos(a), pos(b)) for a, b in req.spans)
+        tools = (pos(req.tools_span[0]), pos(req.tools_span[1]))
+        return dataclasses.replace(req, full_text=new, spans=spans, tools_span=tools), cut, bool(removed)
+
+    def _tokenise(self, req: Request) -> tuple[list[int], tuple[int, int]]:
+        """The ids of ``full_text`` (tokenised once, no special tokens) and the request's token range."""
+        enc = self._tok_full.encode(req.full_text, add_special_tokens=False)
+        ids = enc.ids
+        a0, b0 = req.request_span
+        if req.is_plain or (a0 == 0 and b0 >= len(req.full_text)):
+            return ids, (0, len(ids))
+        starts = [o[0] for o in enc.offsets]
+        return ids, (bisect.bisect_left(starts, a0), bisect.bisect_left(starts, b0))
+
+    def _rows(self, reqs: Sequence[Request]) -> tuple[list[list[int]], list[tuple[list[int], list[int]]],
+                                                      list[list[str]]]:
+        """Model rows (token ids with [CLS]/[SEP]) of every request, and per request the rows its
+        tier/task heads and its sensitivity head pool, and the view's flags."""
+        rows: list[list[int]] = []
+        groups: list[tuple[list[int], list[int]]] = []
+        flags: list[list[str]] = []
+        w = self.window
+        for req in reqs:
+            ids, span = self._tokenise(req)
+            n = len(ids)
+            windows, unread = sensitivity_windows(n, w, self._view)
+            tier = tier_rows(self._view, n, span, w, windows)
+            index: dict[Segments, int] = {}
+            picked: list[list[int]] = [[], []]
+            for k, segments_list in enumerate((tier, windows)):
+                for segs in segments_list:
+                    row = index.get(segs)
+                    if row is None:
+                        row = index[segs] = len(rows)
+                        body = ids[segs[0][0]:segs[0][1]] if len(segs) == 1 else \
+                            [t for lo, hi in segs for t in ids[lo:hi]]
+                        rows.append(self._cls + body + self._sep)
+                    picked[k].append(row)
+            groups.append((picked[0], picked[1]))
+            f = [FLAG_TRUNCATED] if unread else []
+            if n > w:
+                f.append(FLAG_LONG_REQUEST)
+            flags.append(f)
+        return rows, groups, flags
+
+    def _run_rows(self, rows: list[list[int]], deadline: float | None) -> dict[str, np.ndarray]:
+        """Raw logits per head [R, C] of model rows (padded per chunk of at most ``max_batch``)."""
+        r = len(rows)
+        if r == 1:
+            ids = np.array(rows, dtype=np.int64)
+            return dict(zip(self.head_names, self._run(ids, np.ones_like(ids), deadline), strict=True))
+        order = sorted(range(r), key=lambda i: len(rows[i])) if r > self._max_batch else list(range(r))
+        out = {h: np.empty((r, self.schema.head(h).num_classes), dtype=np.float32) for h in self.head_names}
+        for start in range(0, r, self._max_batch):
+            idx = order[start:start + self._max_batch]
+            width = max(len(rows[i]) for i in idx)
+            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for k, i in enumerate(idx):
+                ids[k, :len(rows[i])] = rows[i]
+                mask[k, :len(rows[i])] = 1
+            for h, o in zip(self.head_names, self._run(ids, mask, deadline), strict=True):
+                out[h][idx] = o
+        return out
+
+    def _request_scores(self, reqs: Sequence[Request], deadline: float | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[list[str]]]:
+        """(logits, calibrated probabilities, view flags) per request, pooled by the view:
+        tier/task rows mean-pooled, sensitivity windows max-pooled per sensitive class."""
+        rows, groups, flags = self._rows(reqs)
+        raw = self._run_rows(rows, deadline)
+        n = len(reqs)
+        if len(rows) == n and all(t == [i] and s == [i] for i, (t, s) in enumerate(groups)):
+            return raw, self.proba_from_logits(raw), flags  # one row per request: nothing to pool
+        row_p = self.proba_from_logits(raw)
+        logits = {h: np.empty((n, a.shape[1]), dtype=np.float32) for h, a in raw.items()}
+        probs = {h: np.empty((n, a.shape[1])) for h, a in raw.items()}
+        for i, (tier, sens) in enumerate(groups):
+            for h, t, b in self._calibration:
+                use = sens if h == self._sens_head else tier
+                if len(use) == 1:
+                    logits[h][i] = raw[h][use[0]]
+                    probs[h][i] = row_p[h][use[0]]
+                    continue
+                p = self._pool_sensitivity(row_p[h][use]) if h == self._sens_head else row_p[h][use].mean(axis=0)
+                probs[h][i] = p
+                z = t * np.log(np.maximum(p, 1e-12))
+                logits[h][i] = z - (t * b if b is not None else 0.0)
+        return logits, probs, flags
+
+    def _pool_sensitivity(self, p: np.ndarray) -> np.ndarray:
+        """Max pooling of windows' sensitivity probabilities [W, C]: each sensitive class gets its
+        largest window probability, the benign class the rest. Where the maxima add up to more than
+        1 (two sensitive classes, each in its own window), they are scaled to sum to 1."""
+        out = p.max(axis=0)
+        pos = np.ones(out.shape[0], dtype=bool)
+        pos[self._sens_neg] = False
+        total = out[pos].sum()
+        if total > 1.0:
+            out[pos] /= total
+            out[self._sens_neg] = 0.0
+        else:
+            out[self._sens_neg] = 1.0 - total
+        return out
 
     # -- decisions -----------------------------------------------------------------------------
     def route(self, texts: Any) -> Decision | list[Decision]:
-        """One decision per prompt; a list or tuple gives a list, anything else one Decision.
+        """One decision per request; a list or tuple gives a list, anything else one Decision.
 
-        Never raises for bad prompts or inference faults: those get the safe decision, flagged.
+        A request is a prompt string or an OpenAI chat-completions body (a dict). Never raises for
+        bad requests or inference faults: those get the safe decision, flagged.
         """
         start = time.monotonic()
         if isinstance(texts, (list, tuple)):
@@ -431,20 +636,22 @@ class Router:
         n = len(texts)
         out: list[Decision | None] = [None] * n
         good: list[int] = []
-        raw: list[str] = []
-        cleaned: list[str] = []
+        raw: list[str] = []  # each request's whole text as received: what the detectors scan
+        cleaned: list[Request] = []
         flags: list[list[str]] = []
         for i, t in enumerate(texts):
-            problem = check_text(t)
-            if problem is None:
-                text, cut, control = self.clean(t)
-                if control and _VISIBLE.search(text) is None:
-                    problem = f"nothing visible in the first {self._max_chars} characters once control characters are removed"
+            req, problem = self.parse(t)
+            if req is not None:
+                full = req.full_text  # before the cut at max_chars: detectors scan all of it
+                req, cut, control = self._clean_request(req)
+                if control and _VISIBLE.search(req.full_text) is None:
+                    problem = f"nothing visible in the first {self.max_chars} characters once control characters are removed"
                 else:
                     good.append(i)
-                    raw.append(t)
-                    cleaned.append(text)
-                    flags.append(([FLAG_TRUNCATED] if cut else []) + ([FLAG_CONTROL_CHARS] if control else []))
+                    raw.append(full)
+                    cleaned.append(req)
+                    flags.append(([FLAG_TRUNCATED] if cut else []) + ([FLAG_CONTROL_CHARS] if control else [])
+                                 + list(req.flags))
                     continue
             where = f"prompt {i}: " if n > 1 else ""
             out[i] = self.engine.safe_decision(f"{where}cannot classify: {problem}", [FLAG_INVALID_INPUT])
@@ -453,27 +660,27 @@ class Router:
                 out[i] = d
         return out  # type: ignore[return-value]
 
-    def _decide(self, texts: list[str], flags: list[list[str]], start: float,
+    def _decide(self, reqs: list[Request], flags: list[list[str]], start: float,
                 raw: list[str] | None = None) -> list[Decision]:
         deadline = None if self.deadline_ms is None else start + self.deadline_ms / 1000.0
         detections: list[list[Hit]] | None = None
         try:
-            detections = self._scan(raw if raw is not None else texts)
-            logits, truncated = self._logits_with_flags(texts, deadline, cleaned=True)
-            probs = self.proba_from_logits(logits)
+            detections = self._scan(raw if raw is not None else [r.full_text for r in reqs])
+            _, probs, view_flags = self._request_scores(reqs, deadline)
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the answer came after the deadline")
-            for i in np.flatnonzero(truncated):
-                if FLAG_TRUNCATED not in flags[i]:
-                    flags[i].insert(0, FLAG_TRUNCATED)
+            for f, vf in zip(flags, view_flags, strict=True):
+                for flag in vf:
+                    if flag not in f:
+                        f.insert(0, flag) if flag == FLAG_TRUNCATED else f.append(flag)
             return self.engine.decide_batch(probs, flags=flags, detections=detections)
         except DeadlineExceeded as exc:
             took = (time.monotonic() - start) * 1000.0
             logger.warning("deadline of %g ms exceeded for %d prompt(s) after %.1f ms (%s); answering with the "
-                           "safe decision", self.deadline_ms, len(texts), took, exc)
+                           "safe decision", self.deadline_ms, len(reqs), took, exc)
             reason = f"deadline of {self.deadline_ms:g} ms exceeded ({exc}; {took:.1f} ms)"
         except Exception as exc:  # noqa: BLE001 - a router must answer: any inference fault -> safe decision
-            logger.exception("inference failed for %d prompt(s); answering with the safe decision", len(texts))
+            logger.exception("inference failed for %d prompt(s); answering with the safe decision", len(reqs))
             reason = f"inference failed ({type(exc).__name__})"
         out = [self.engine.safe_decision(reason, [*f, FLAG_FALLBACK]) for f in flags]
         for d, hits in zip(out, detections or [], strict=False):

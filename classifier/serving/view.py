@@ -1,0 +1,129 @@
+"""The model view: which tokens of a request each head of the model reads.
+
+A request is tokenised once (``full_text``, no special tokens, no truncation); the rows the model
+runs on are cut from those ids as lists of ``(lo, hi)`` token slices, each row then wrapped in
+``[CLS] ... [SEP]`` and at most ``window = max_length - 2`` tokens long. Two views:
+
+- **tier and task** (``ModelView.tier``) read the request:
+
+  - ``head``: the first window of ``full_text`` (tierwise before whole requests);
+  - ``head_tail``: the first ``head_tokens`` and the last ``window - head_tokens`` tokens of
+    ``full_text``;
+  - ``last_user``: the head of the last user turn;
+  - ``last_user_tail``: the last user turn whole when it fits a window, else its first
+    ``head_tokens`` and its last ``window - head_tokens`` tokens (k-shot prompts flattened into one
+    user message end with the question);
+  - ``windows_mean``: every sensitivity window of ``full_text``, probabilities mean-pooled;
+
+- **sensitivity** (``ModelView.sensitivity``) reads everything that will be sent:
+
+  - ``windows_max``: sliding windows over all of ``full_text`` (``stride = window - overlap``, the
+    last one aligned to the end), each sensitive class's probability max-pooled over windows;
+  - ``head``: the first window only (what tierwise did before; text past it is unread).
+
+``ModelView.max_windows`` caps the sensitivity windows: past the cap the first
+``max_windows - 1`` windows and the last one are read, and the request is flagged ``truncated``
+(text that will be sent was not read). ``ModelView.max_chars`` cuts ``full_text`` before
+tokenising (it bounds the tokenizer's work); a cut also flags ``truncated``.
+
+What this module leaves out: tokenising, running the model and pooling (``runtime.py``), and the
+policy's reaction to the flags (``policy.py``, section ``input``). Pure Python, no imports beyond
+the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from classifier.errors import ConfigError
+
+TIER_VIEWS = ("head", "head_tail", "last_user", "last_user_tail", "windows_mean")
+SENSITIVITY_VIEWS = ("windows_max", "head")
+
+Segments = tuple[tuple[int, int], ...]  # one model row: token slices of the request's ids
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """Which text each head reads (see the module docstring). The defaults are the measured choice
+    (``docs/design.md``, "Model view")."""
+
+    tier: str = "last_user_tail"
+    sensitivity: str = "windows_max"
+    head_tokens: int = 32
+    overlap: int = 16
+    max_windows: int = 160
+    max_chars: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIER_VIEWS:
+            raise ConfigError(f"view.tier must be one of {list(TIER_VIEWS)}, got {self.tier!r}")
+        if self.sensitivity not in SENSITIVITY_VIEWS:
+            raise ConfigError(f"view.sensitivity must be one of {list(SENSITIVITY_VIEWS)}, got {self.sensitivity!r}")
+        for name, lo in (("head_tokens", 0), ("overlap", 0), ("max_windows", 1), ("max_chars", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(f"view.{name} must be an integer >= {lo}, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelView:
+        if data is None:
+            return cls()
+        if isinstance(data, ModelView):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"view must be a mapping of ModelView fields, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"view: unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fitted(self, window: int) -> ModelView:
+        """This view for a model window of ``window`` tokens: ``head_tokens`` at most half of it and
+        ``overlap`` at most a quarter (tiny test models have windows of a few dozen tokens)."""
+        if window < 4:
+            raise ConfigError(f"a model window of {window} tokens is too small for the model view (max_length >= 6)")
+        return replace(self, head_tokens=min(self.head_tokens, window // 2), overlap=min(self.overlap, window // 4))
+
+
+def sensitivity_windows(n: int, window: int, view: ModelView) -> tuple[list[Segments], bool]:
+    """The sensitivity rows of a request of ``n`` tokens, and whether some tokens are unread."""
+    if n <= window or view.sensitivity == "head":
+        return [((0, min(n, window)),)], n > window
+    stride = window - view.overlap
+    starts = list(range(0, n - window, stride)) + [n - window]
+    unread = False
+    if len(starts) > view.max_windows:
+        # read the head and the end (where the request is); the middle past the cap is unread
+        starts = starts[:view.max_windows - 1] + [n - window]
+        unread = True
+    return [((s, s + window),) for s in starts], unread
+
+
+def head_tail(lo: int, hi: int, window: int, head_tokens: int) -> Segments:
+    """Tokens ``lo:hi`` whole when they fit, else their first ``head_tokens`` and last ones."""
+    if hi - lo <= window:
+        return ((lo, hi),)
+    return ((lo, lo + head_tokens), (hi - (window - head_tokens), hi))
+
+
+def tier_rows(view: ModelView, n: int, request: tuple[int, int], window: int,
+              windows: list[Segments]) -> list[Segments]:
+    """The tier/task rows of a request of ``n`` tokens whose request turn is tokens ``request``."""
+    kind = view.tier
+    if kind == "windows_mean":
+        return windows
+    if kind == "head":
+        return [((0, min(n, window)),)]
+    if kind == "head_tail":
+        return [head_tail(0, n, window, view.head_tokens)]
+    a, b = request
+    if b <= a:  # the request turn holds no tokens (e.g. cut away): read the end of the text
+        a, b = max(0, n - window), n
+    if kind == "last_user":
+        return [((a, min(b, a + window)),)]
+    return [head_tail(a, b, window, view.head_tokens)]
