@@ -24,6 +24,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("calibrate",): ("classifier.evaluation.calibrate_cmd", "calibrate", "fit temperatures and risk-controlled thresholds"),
     ("export",): ("classifier.training.export", "export", "export a trained model to a verified ONNX bundle"),
     ("distill",): ("classifier.training.distillation", "distill", "distil the encoder into a sub-millisecond student bundle"),
+    ("cascade",): ("classifier.evaluation.cascade_cmd", "cascade", "fit a student bundle's escalation band to a teacher bundle"),
     ("route",): ("classifier.serving.route_cmd", "route", "route one prompt or a JSONL file with a bundle"),
     ("serve",): ("classifier.serving.app", "serve", "serve a bundle over HTTP"),
     ("report",): ("classifier.evaluation.report", "report", "write the policy owners' evaluation report"),

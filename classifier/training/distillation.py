@@ -38,6 +38,10 @@ class DistillConfig:
     policy: str = "serving/policy.example.yaml"
     dim: int = 256
     hidden: int = 256
+    # context convolution over the token vectors (0 channels: the plain bag-of-vectors student)
+    context_channels: int = 0
+    context_kernel: int = 3
+    context_dilation: int = 1
     epochs: int = 12
     batch_size: int = 128
     lr: float = 2e-3
@@ -63,6 +67,12 @@ class DistillConfig:
                 raise ConfigError(f"distill config: {name} must be a positive integer, got {value!r}")
         if self.hidden < 0:
             raise ConfigError(f"distill config: hidden must be >= 0, got {self.hidden}")
+        if self.context_channels < 0:
+            raise ConfigError(f"distill config: context_channels must be >= 0 (0: no context), got {self.context_channels}")
+        if self.context_kernel < 1 or self.context_kernel % 2 == 0:
+            raise ConfigError(f"distill config: context_kernel must be an odd number >= 1, got {self.context_kernel}")
+        if self.context_dilation < 1:
+            raise ConfigError(f"distill config: context_dilation must be >= 1, got {self.context_dilation}")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise ConfigError(f"distill config: kd_weight must be in [0, 1], got {self.kd_weight}")
         if self.kd_temperature <= 0 or self.lr <= 0 or self.embedding_lr <= 0:
@@ -146,7 +156,7 @@ class StudentDistiller:
 
         from classifier.evaluation.metrics import evaluate_heads
         from classifier.training.model import MultiHeadEncoder, load_tokenizer
-        from classifier.training.student import StaticStudent, token_table_from_teacher
+        from classifier.training.student import StaticStudent
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -197,8 +207,10 @@ class StudentDistiller:
         self.teacher_seconds_ = time.perf_counter() - t0
 
         special = [tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")]
-        table = token_table_from_teacher(teacher, tokenizer.get_vocab_size(), special, cfg.dim, seed=cfg.seed)
-        student = StaticStudent(table, schema, hidden=cfg.hidden, dropout=cfg.dropout)
+        table = self._token_table(teacher, tokenizer, special)
+        student = StaticStudent(table, schema, hidden=cfg.hidden, dropout=cfg.dropout,
+                                context_channels=cfg.context_channels, context_kernel=cfg.context_kernel,
+                                context_dilation=cfg.context_dilation)
         del teacher
 
         labels = _label_matrix(train, schema)
@@ -277,6 +289,24 @@ class StudentDistiller:
         self.seconds_ = time.perf_counter() - t0
         return self
 
+    def _token_table(self, teacher, tokenizer, special: list[int]) -> np.ndarray:
+        """The PCA'd token table, cached beside the teacher like its logits (keyed by the weights
+        file's size and mtime, the width and the seed), so trying student variants skips it."""
+        from classifier.training.student import token_table_from_teacher
+
+        cfg = self.config
+        weights = Path(cfg.teacher) / "model.safetensors"
+        stamp = [weights.stat().st_size, weights.stat().st_mtime_ns] if weights.is_file() else None
+        key = hashlib.sha256(json.dumps([stamp, cfg.dim, cfg.seed, tokenizer.get_vocab_size()]).encode()).hexdigest()[:16]
+        cache = Path(cfg.teacher) / f"distill_table_{key}.npy"
+        if stamp is not None and cache.is_file():
+            log.info("token table read from %s", cache)
+            return np.load(cache)
+        table = token_table_from_teacher(teacher, tokenizer.get_vocab_size(), special, cfg.dim, seed=cfg.seed)
+        if stamp is not None:
+            np.save(cache, table)
+        return table
+
     def export(self, out: str | Path | None = None) -> Path:
         """Write the student bundle (ONNX + tokenizer + schema + policy + manifest) and check parity."""
         import onnxruntime as ort
@@ -353,7 +383,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=defaults.data, help="data build directory or dataset.parquet")
     parser.add_argument("--out", default=defaults.out, help="student bundle directory to write")
     parser.add_argument("--policy", default=defaults.policy, help="policy YAML to ship in the bundle")
-    for name in ("dim", "hidden", "epochs", "batch_size", "max_length", "max_train_rows", "max_eval_rows",
+    for name in ("dim", "hidden", "context_channels", "context_kernel", "context_dilation", "epochs", "batch_size", "max_length", "max_train_rows", "max_eval_rows",
                  "patience", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(defaults, name))
     for name in ("lr", "embedding_lr", "kd_weight", "kd_temperature", "dropout"):
