@@ -48,9 +48,16 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--audit-log", type=Path, default=None, help="append every decision to this audit log")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from classifier.scale.engine import add_engine_arguments  # no Ray import: options only
+
+    add_engine_arguments(parser)
 
 
 def run_route(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        from classifier.scale.route import run_route_ray
+
+        return run_route_ray(args)
     if (args.text is None) == (args.input is None):
         raise ConfigError("give either one prompt as an argument or --input FILE.jsonl (not both)")
     if args.batch_size < 1:

@@ -1,0 +1,118 @@
+"""The ``--engine`` option shared by large-log commands, and the Ray session they run in.
+
+A command that can scale out calls :func:`add_engine_arguments` on its parser and, when
+``args.engine == "ray"``, hands over to its Ray implementation, which opens :func:`ray_session`.
+This is the hook ``tierwise route --input``, ``report`` and ``drift`` use, and the one
+``feedback join`` / ``adapt`` feature extraction can use the same way (route their records with
+:func:`classifier.scale.route.route_dataset`).
+
+``--address`` names an existing cluster (``auto``, ``ray://head:10001``, or ``host:6379``);
+without it a local cluster is started for the command with ``--ray-cpus`` CPUs and stopped at
+the end. On a local cluster the workers import ``classifier`` from the same place as the driver.
+
+What it leaves out: Ray itself (imported only inside :func:`ray_session`) and cluster
+provisioning (docs/scale.md: ``ray start``, KubeRay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+# object store of a local cluster: bounded so that a laptop or a shared box is not swamped; Ray
+# spills to disk past it
+LOCAL_OBJECT_STORE_BYTES = 1_500_000_000
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, actors: bool = True) -> None:
+    """``--engine``, ``--address``, ``--ray-cpus`` (and ``--actors``) on a command's parser."""
+    group = parser.add_argument_group("scale-out (optional 'ray' extra)")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: this process (default); ray: Ray Data on a local or existing cluster")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster to join (auto, ray://HOST:10001, HOST:6379); default: start a local one")
+    group.add_argument("--ray-cpus", type=int, default=None,
+                       help="CPUs of the local Ray cluster started without --address (default: all)")
+    if actors:
+        group.add_argument("--actors", type=int, default=None,
+                           help="routing actors, each holding one Router (default: cluster CPUs / --threads)")
+
+
+def check_engine_args(args: argparse.Namespace) -> None:
+    """Clear errors for engine options that do not go together."""
+    engine = getattr(args, "engine", "local")
+    if engine != "ray":
+        for name in ("address", "ray_cpus", "actors"):
+            if getattr(args, name, None) is not None:
+                raise ConfigError(f"--{name.replace('_', '-')} needs --engine ray")
+        return
+    for name in ("ray_cpus", "actors"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def import_ray() -> Any:
+    """``ray`` with ``ray.data``, or a ConfigError saying how to install the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the engine needs Ray Data, not just core
+    except ImportError as exc:
+        raise ConfigError(f"--engine ray needs the optional 'ray' extra: pip install 'tierwise[ray]' ({exc})") from None
+    return ray
+
+
+def _package_root() -> str:
+    import classifier
+
+    return str(Path(classifier.__file__).resolve().parent.parent)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """A connected Ray (joined at ``address`` or started locally); shut down on exit if started here.
+
+    An already initialised Ray (a test, a notebook) is used as it is and left running.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        if num_cpus is not None:
+            raise ConfigError("--ray-cpus sizes a local cluster: drop it with --address")
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        kwargs["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
+        # the local workers import classifier from where this driver does (a checkout or a venv)
+        path = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+    ray.init(**kwargs)
+    logger.info("ray: %s, %s CPUs", address or "local cluster", ray.cluster_resources().get("CPU"))
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def cluster_cpus(ray: Any) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def actor_count(ray: Any, threads: int, requested: int | None) -> int:
+    """Routing actors: as asked, else one per ``threads`` cluster CPUs (at least one)."""
+    if requested is not None:
+        return requested
+    return max(1, cluster_cpus(ray) // max(1, threads))
