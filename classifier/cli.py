@@ -28,6 +28,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("serve",): ("classifier.serving.app", "serve", "serve a bundle over HTTP"),
     ("report",): ("classifier.evaluation.report", "report", "write the policy owners' evaluation report"),
     ("drift",): ("classifier.evaluation.drift", "drift", "compare live routing against a reference and flag drift"),
+    ("adapt",): ("classifier.training.adapt", "adapt", "refit the tier head on your own outcomes into a new bundle version"),
+    ("feedback", "join"): ("classifier.data.feedback", "join", "join decision logs, prompts and outcomes into training rows"),
     ("audit", "verify"): ("classifier.serving.audit", "verify", "check an audit log's hash chain"),
 }
 
