@@ -37,6 +37,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("detectors", "scan"): ("classifier.serving.detectors_cmd", "scan", "run a bundle's detectors on text (rule names and spans, never the text)"),
     ("eval", "long-prompts"): ("classifier.evaluation.long_prompts", "long_prompts", "measure the model views on wrapped long prompts"),
     ("eval", "positions"): ("classifier.evaluation.long_prompts", "positions", "recall of planted credentials/pii by position in long requests"),
+    ("adapt",): ("classifier.training.adapt", "adapt", "refit the tier head on your own outcomes into a new bundle version"),
+    ("feedback", "join"): ("classifier.data.feedback", "join", "join decision logs, prompts and outcomes into training rows"),
 }
 
 

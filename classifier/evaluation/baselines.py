@@ -1,6 +1,6 @@
 """The baselines every learned router must beat, and the ``tierwise baseline`` command.
 
-Three baselines, each sklearn-shaped (``fit(frame)`` returns self, learned state ends in ``_``,
+Five baselines, each sklearn-shaped (``fit(frame)`` returns self, learned state ends in ``_``,
 ``predict_proba(texts) -> {head: [n, C] array}`` in schema class order):
 
 1. ``MajorityBaseline``: the training class frequencies of each head, for every prompt.
@@ -13,8 +13,12 @@ Three baselines, each sklearn-shaped (``fit(frame)`` returns self, learned state
    gets them only for classes named like the default ones; other classes fall back to the prior.
 3. ``TfidfLogRegBaseline``: TF-IDF of word 1-2 grams and character 3-5 grams (capped vocabularies,
    text cut at ``max_chars``) and one class-balanced logistic regression per head.
+4. ``TaskPriorBaseline``: per ``source_task`` class frequencies fitted on train (a lookup table of
+   metadata a router does not see; the bar a tier model must clear, see issue 15).
+5. ``ClusterPriorBaseline``: k-means clusters of TF-IDF + SVD text vectors, a Beta posterior of the
+   tier per cluster (``classifier.evaluation.clusters``); text only, so it also scores new tasks.
 
-``evaluate_baselines`` fits all three on the ``train`` split (each head on its labelled rows) and
+``evaluate_baselines`` fits all of them on the ``train`` split (each head on its labelled rows) and
 evaluates them on every test split present (``test``, ``ood``): per-head metrics
 (``classifier.evaluation.metrics``), recall at >= 95% precision for gate heads, and for the tier
 head AUROC, APGR, CPT and the cost at 95% of all-frontier quality with real per-model prices
@@ -62,8 +66,10 @@ from classifier.json_io import to_jsonable as _jsonable
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ClusterPriorBaseline",
     "KeywordBaseline",
     "MajorityBaseline",
+    "TaskPriorBaseline",
     "TfidfLogRegBaseline",
     "add_baseline_arguments",
     "evaluate_baselines",
@@ -365,7 +371,117 @@ class TfidfLogRegBaseline:
         return out
 
 
-BASELINES = (MajorityBaseline, KeywordBaseline, TfidfLogRegBaseline)
+# -- 4. task prior ---------------------------------------------------------------------------------
+class TaskPriorBaseline:
+    """Per ``source_task`` class frequencies of each head, fitted on train: a lookup table.
+
+    The bar every tier model must clear: on the default data a tier head that only recognises the
+    source task scores what this table scores. Frequencies are smoothed towards the head's global
+    prior with ``strength`` pseudo-rows; an unseen task (every ``ood`` task) or input without a
+    ``source_task`` column gets the global prior, so it scores chance there. It reads metadata a
+    router does not see in production (the source task): it measures, it does not route.
+    """
+
+    name = "task_prior"
+
+    def __init__(self, schema: LabelSchema, *, column: str = "source_task", strength: float = 2.0) -> None:
+        if strength < 0:
+            raise ConfigError(f"TaskPriorBaseline: strength must be >= 0, got {strength}")
+        self.schema = schema
+        self.column = column
+        self.strength = strength
+
+    def fit(self, frame: pd.DataFrame) -> TaskPriorBaseline:
+        if self.column not in frame.columns:
+            raise DataError(f"task_prior: the data has no {self.column!r} column")
+        self.priors_ = {h.name: _priors(h, frame) for h in self.schema.heads}
+        self.tables_: dict[str, dict[str, np.ndarray]] = {}
+        for head in self.schema.heads:
+            mask, y = _labelled(head, frame)
+            keys = frame[self.column].astype(str).to_numpy()[mask]
+            table: dict[str, np.ndarray] = {}
+            prior = self.priors_[head.name]
+            for key in np.unique(keys):
+                counts = np.bincount(y[keys == key], minlength=head.num_classes).astype(np.float64)
+                table[str(key)] = (counts + self.strength * prior) / (counts.sum() + self.strength)
+            self.tables_[head.name] = table
+        return self
+
+    def predict_proba(self, texts: pd.DataFrame | Sequence[str]) -> dict[str, np.ndarray]:
+        n = len(_texts(texts))
+        keys = (texts[self.column].astype(str).tolist()
+                if isinstance(texts, pd.DataFrame) and self.column in texts.columns else [None] * n)
+        out = {}
+        for head in self.schema.heads:
+            table, prior = self.tables_[head.name], self.priors_[head.name]
+            out[head.name] = np.stack([table.get(k, prior) if k is not None else prior for k in keys]) if n else \
+                np.zeros((0, head.num_classes))
+        return out
+
+
+# -- 5. cluster prior (text only) ------------------------------------------------------------------
+class ClusterPriorBaseline:
+    """k-means clusters of TF-IDF + SVD text vectors, each with a Beta posterior of the tier.
+
+    The deployable cousin of ``TaskPriorBaseline``: it needs the prompt text only, so it also
+    scores unseen tasks (by the clusters their prompts fall in). Heads other than a binary tier head
+    get their global priors. ``classifier.evaluation.clusters.ClusterPrior`` does the clustering.
+    """
+
+    name = "cluster_prior"
+
+    def __init__(self, schema: LabelSchema, *, n_clusters: int = 32, svd_dim: int = 64, max_chars: int = 2_000,
+                 seed: int = 0) -> None:
+        if svd_dim < 2:
+            raise ConfigError(f"ClusterPriorBaseline: svd_dim must be >= 2, got {svd_dim}")
+        self.schema = schema
+        self.n_clusters = n_clusters
+        self.svd_dim = svd_dim
+        self.max_chars = max_chars
+        self.seed = seed
+
+    def _features(self, texts: list[str]) -> np.ndarray:
+        return self.svd_.transform(self.vectorizer_.transform([t[: self.max_chars] for t in texts]))
+
+    def fit(self, frame: pd.DataFrame) -> ClusterPriorBaseline:
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        from classifier.evaluation.clusters import ClusterPrior, ClusterPriorConfig
+
+        self.priors_ = {h.name: _priors(h, frame) for h in self.schema.heads}
+        self.tier_ = _tier_head(self.schema)
+        self.prior_ = None
+        if self.tier_ is None:
+            return self
+        mask, y = _labelled(self.tier_, frame)
+        texts = [t for t, m in zip(_texts(frame), mask, strict=True) if m]
+        if len(texts) < 2:
+            return self
+        self.vectorizer_ = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=50_000, ngram_range=(1, 2))
+        X = self.vectorizer_.fit_transform([t[: self.max_chars] for t in texts])
+        dim = max(2, min(self.svd_dim, X.shape[1] - 1))
+        self.svd_ = TruncatedSVD(n_components=dim, random_state=self.seed).fit(X)
+        pos = self.tier_.index(self.tier_.positive_class or self.tier_.classes[1])
+        tasks = frame["task"].to_numpy()[mask] if "task" in frame.columns else None
+        self.prior_ = ClusterPrior(ClusterPriorConfig(n_clusters=self.n_clusters, seed=self.seed)).fit(
+            self.svd_.transform(X), (y != pos).astype(float), texts=texts, tasks=tasks)
+        return self
+
+    def predict_proba(self, texts: pd.DataFrame | Sequence[str]) -> dict[str, np.ndarray]:
+        items = _texts(texts)
+        out = {h.name: np.tile(p, (len(items), 1)) for h, p in zip(self.schema.heads, self.priors_.values(),
+                                                                   strict=True)}
+        if self.prior_ is not None and items:
+            pos = self.tier_.index(self.tier_.positive_class or self.tier_.classes[1])
+            cheap = self.prior_.cheap_rate(self._features(items))
+            probs = np.zeros((len(items), 2))
+            probs[:, pos], probs[:, 1 - pos] = 1.0 - cheap, cheap
+            out[self.tier_.name] = probs
+        return out
+
+
+BASELINES = (MajorityBaseline, KeywordBaseline, TfidfLogRegBaseline, TaskPriorBaseline, ClusterPriorBaseline)
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -438,7 +554,7 @@ def evaluate_baselines(
 
     Returns ``{"meta": ..., "references": {split: reference routers}, "results": {split:
     {baseline: {"heads": evaluate_heads(...), "recall_at_precision": {gate head: ...},
-    "routing": {...}}}}}``. ``baselines`` defaults to fresh instances of the three classes.
+    "routing": {...}}}}}``. ``baselines`` defaults to fresh instances of the ``BASELINES`` classes.
     """
     if "split" not in frame.columns:
         raise DataError("the data has no 'split' column; build it with 'tierwise data build'")
@@ -636,7 +752,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     prices = Prices.from_yaml(args.prices)
     frame = _read_data(Path(args.data))
     t0 = time.perf_counter()
-    models = [MajorityBaseline(schema), KeywordBaseline(schema), TfidfLogRegBaseline(schema)]
+    models = [cls(schema) for cls in BASELINES]
     report = evaluate_baselines(frame, schema, prices, quality_ratio=args.quality_ratio, baselines=models)
     report["meta"]["data"] = str(args.data)
     report["meta"]["total_s"] = time.perf_counter() - t0

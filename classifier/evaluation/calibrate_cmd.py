@@ -58,6 +58,10 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                       help="misroute budget: share of all prompts that need frontier but go cheap (default 0.05)")
     mode.add_argument("--target-cheap-share", type=float, default=None,
                       help="budget mode: send this share of prompts cheap and report the misroute bound")
+    parser.add_argument("--budget", choices=("misroute", "quality-loss"), default="misroute",
+                        help="what --alpha bounds: misroute (share of prompts labelled frontier kept cheap, "
+                        "default) or quality-loss (share where frontier succeeds and cheap fails kept cheap; "
+                        "graded outcomes: the expected score drop); both are reported side by side")
     # at 0.1 the first full-preset model's test split landed over budget (5.25% at alpha 0.05),
     # as one calibration draw in ten may
     parser.add_argument("--delta", type=float, default=DEFAULT_DELTA,
@@ -225,6 +229,9 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
     else:
         fitted = th.fit_tier_threshold(c_scores, c_need, alpha=alpha, delta=args.delta, method=args.method,
                                        cost_cheap=c_cc, cost_frontier=c_cf)
+    budgets = _budgets(splits, tier_rows, tuple(logits), alpha, args.delta)  # both budgets side by side (issue 15)
+    if getattr(args, "budget", "misroute") == "quality-loss" and args.target_cheap_share is None:
+        fitted = _quality_loss_threshold(fitted, budgets)
 
     # 3. sensitivity gates ---------------------------------------------------------------------
     gates: dict[str, th.RecallThreshold] = {}
@@ -258,6 +265,7 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
             "n_frontier": fitted.n_frontier, "misroute_upper": _round(fitted.misroute_upper),
             "cheap_share": _round(fitted.cheap_share), "feasible": fitted.feasible,
             "target_cheap_share": fitted.target_cheap_share, "fitted_at": now.isoformat(),
+            "budget": getattr(args, "budget", "misroute") if args.target_cheap_share is None else None,
             "data": str(data_path), "split": "calibration",
         },
         "sensitivity": {
@@ -316,6 +324,7 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
             }
         result["test"] = test
     result["alpha_table"] = alpha_rows
+    result["budgets"] = budgets
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_split = "test" if has_test else "calibration"
@@ -325,10 +334,56 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
     report_path.write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
 
     sys.stdout.write(_format(result, fitted, gates, args) + "\n")
+    if budgets is not None:
+        from classifier.evaluation.quality_budget import budget_table
+
+        sys.stdout.write("\nBoth budgets (fitted on calibration, measured on test)\n" + budget_table(budgets) + "\n")
     sys.stdout.write(f"wrote {bundle / bundle_io.CALIBRATION_FILE}, {bundle / bundle_io.POLICY_FILE} "
                      f"(policy version {new_policy.version}), {report_path}"
                      + "".join(f", {p}" for p in pngs) + "\n")
     return 0
+
+
+def _budgets(splits: Mapping[str, Any], tier_rows: Any, present: tuple[str, ...], alpha: float,
+             delta: float) -> dict[str, Any] | None:
+    """Misroute and quality-loss budgets at ``alpha`` side by side (None without both outcomes)."""
+    from classifier.evaluation.quality_budget import compare_budgets
+
+    parts: dict[str, dict[str, Any]] = {}
+    for split in ("calibration", "test"):
+        if split not in present:
+            continue
+        frame = splits[split]
+        if not {"cheap_correct", "frontier_correct"} <= set(frame.columns):
+            return None
+        rows, scores, need, (cc, cf) = tier_rows(split)
+        qc = frame["cheap_correct"].to_numpy(dtype=np.float64)[rows]
+        qf = frame["frontier_correct"].to_numpy(dtype=np.float64)[rows]
+        ok = np.isfinite(qc) & np.isfinite(qf)
+        parts[split] = {"scores": scores[ok], "needs_frontier": need[ok], "cheap_correct": qc[ok],
+                        "frontier_correct": qf[ok], "cost_cheap": None if cc is None else cc[ok],
+                        "cost_frontier": None if cf is None else cf[ok]}
+    if "calibration" not in parts or not len(parts["calibration"]["scores"]):
+        return None
+    return compare_budgets(parts["calibration"], parts.get("test"), alpha=alpha, delta=delta)
+
+
+def _quality_loss_threshold(fitted: Any, budgets: dict[str, Any] | None) -> Any:
+    """The misroute ``TierThreshold`` re-pointed at the quality-loss threshold (same fields, notes say so)."""
+    from dataclasses import replace
+
+    if budgets is None:
+        raise DataError("--budget quality-loss needs cheap_correct and frontier_correct on the calibration rows")
+    from classifier.evaluation.thresholds import clopper_pearson_upper
+
+    ql = budgets["quality-loss"]["calibration"]
+    k = int(round(ql["misroute_rate"] * ql["n"]))
+    return replace(fitted, threshold=ql["threshold"], method=f"ltt-quality-loss ({ql['test']})",
+                   cheap_share=ql["cheap_share"], feasible=ql["feasible"], cost_per_prompt=ql["cost_per_prompt"],
+                   saving=ql["saving"], misroutes=k, misroute_rate=ql["misroute_rate"],
+                   misroute_upper=clopper_pearson_upper(k, ql["n"], 1.0 - ql["delta"]),
+                   notes=[*fitted.notes, f"quality-loss budget: calibration loss {ql['loss_rate']:.4f}, "
+                          f"p-value {ql['pvalue']:.3g} <= delta"])
 
 
 def _policy_routing(engine: Any, probs: Mapping[str, np.ndarray], rows: np.ndarray,
