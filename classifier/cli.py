@@ -28,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("serve",): ("classifier.serving.app", "serve", "serve a bundle over HTTP"),
     ("report",): ("classifier.evaluation.report", "report", "write the policy owners' evaluation report"),
     ("drift",): ("classifier.evaluation.drift", "drift", "compare live routing against a reference and flag drift"),
+    ("eval", "real-traffic"): ("classifier.evaluation.real_traffic", "real_traffic", "false sensitivity flags on held-out real user prompts"),
     ("audit", "verify"): ("classifier.serving.audit", "verify", "check an audit log's hash chain"),
 }
 
