@@ -22,6 +22,7 @@ def data_dir(tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_tune_runs_trials_as_nested_runs_and_writes_best_config(tmp_path, monkeypatch, data_dir, tiny_model_dir):
     import optuna
     from mlflow import MlflowClient
