@@ -195,6 +195,7 @@ def test_cli_on_audit_and_route_logs_writes_files_and_fails_on_drift(logs, tmp_p
     assert policy_path.read_text() == _policy().to_yaml()  # never applied
 
 
+@pytest.mark.slow
 def test_cli_routes_prompt_logs_with_a_bundle_and_is_quiet_on_the_same_traffic(tiny_bundle, tmp_path, capsys):
     from test_report import make_dataset
 

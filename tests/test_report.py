@@ -370,6 +370,7 @@ def test_unreachable_mlflow_store_warns_and_continues(tmp_path, monkeypatch, cap
 
 
 # -- input errors and redaction ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_inputs_get_clear_errors(bundle, data_dir):
     with pytest.raises(ConfigError, match="limit"):
         ReportConfig(bundle=bundle, limit=0)
