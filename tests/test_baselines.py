@@ -134,6 +134,7 @@ def test_baselines_beat_majority_and_report_routing(frame):
     assert refs["oracle"]["cost"] <= refs["all_frontier"]["cost"]
 
 
+@pytest.mark.slow
 def test_cli_smoke(tmp_path, capsys):
     data = tmp_path / "build"
     data.mkdir()

@@ -335,6 +335,7 @@ def real_slice(shared_data, tmp_path_factory):
     return result, pq.read_table(result.dataset_path)
 
 
+@pytest.mark.slow
 def test_real_slice_columns_and_labels(real_slice) -> None:
     result, table = real_slice
     assert tuple(table.column_names) == COLUMNS
@@ -361,6 +362,7 @@ def test_real_slice_columns_and_labels(real_slice) -> None:
     assert counts["by_split"]["ood"] > 0
 
 
+@pytest.mark.slow
 def test_real_slice_splits_are_disjoint(real_slice) -> None:
     _, table = real_slice
     rows = table.to_pylist()
@@ -370,6 +372,7 @@ def test_real_slice_splits_are_disjoint(real_slice) -> None:
     assert len({r["split"] for r in rows if r["template_id"]}) >= 4
 
 
+@pytest.mark.slow
 def test_real_slice_outputs(real_slice) -> None:
     result, table = real_slice
     card = result.card_path.read_text(encoding="utf-8")
@@ -416,6 +419,7 @@ def test_ood_names_must_exist(mini_shared, tmp_path) -> None:
         build_dataset(BuildConfig(shared=mini_shared, out=tmp_path, progress=False, ood_templates=["nope"]))
 
 
+@pytest.mark.slow
 def test_cli_smoke(shared_data, tmp_path) -> None:
     exe = Path(sys.executable).with_name("tierwise")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "classifier.cli"]

@@ -68,6 +68,7 @@ def dataset(bundle, tmp_path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_calibrate_writes_bundle_and_reports(bundle, dataset, tmp_path, capsys):
     import pandas as pd
 
@@ -127,6 +128,7 @@ def test_calibrate_writes_bundle_and_reports(bundle, dataset, tmp_path, capsys):
     assert 0 < measured["saving"] < 1
 
 
+@pytest.mark.slow
 def test_target_cheap_share_mode(bundle, dataset, tmp_path, capsys):
     rc = cli_main(["calibrate", "--bundle", str(bundle), "--data", str(dataset), "--target-cheap-share", "0.4",
                    "--out", str(tmp_path / "r"), "--threads", "1"])
@@ -147,6 +149,7 @@ def test_missing_calibration_split_is_a_clear_error(bundle, tmp_path, capsys):
     assert "no rows with split == 'calibration'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_precision_floor_conflict_is_reported(bundle, dataset, tmp_path, capsys):
     """A near-useless (untrained) model cannot reach recall 0.99 at precision 0.5: the floor
     raises the gate threshold above the recall threshold and the output says the target is missed."""

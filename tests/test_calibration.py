@@ -98,6 +98,7 @@ def test_bins_are_fifteen_equal_width_with_right_closed_edges():
     assert b["count"][0] == 2 and b["count"][1] == 1 and b["count"][7] == 1 and b["count"][14] == 1
 
 
+@pytest.mark.slow
 def test_calibrate_heads_report_and_plots(tmp_path):
     schema = LabelSchema.default()
     zt, yt = calibrated_set(2000, 2, seed=11)

@@ -83,6 +83,7 @@ def test_statistics():
     assert two_proportion_p(0, 0, 1, 10) == 1.0
 
 
+@pytest.mark.slow
 def test_identical_logs_stay_quiet(logs):
     ref, same, _ = logs
     r, c = load_decisions(ref), load_decisions(same)
@@ -93,6 +94,7 @@ def test_identical_logs_stay_quiet(logs):
     assert proposal is None and "nothing to propose" in note
 
 
+@pytest.mark.slow
 def test_shifted_logs_flag_tier_mix_psi_flags_and_slices_in_words(logs):
     ref, _, shifted = logs
     r, c = load_decisions(ref), load_decisions(shifted)
@@ -143,6 +145,7 @@ def _apply_unified_diff(old: str, diff: str) -> str:
     return "".join(out)
 
 
+@pytest.mark.slow
 def test_proposal_is_a_well_formed_yaml_diff_that_keeps_the_reference_cheap_share(logs):
     ref, _, shifted = logs
     policy = _policy()
@@ -167,6 +170,7 @@ def test_proposal_is_a_well_formed_yaml_diff_that_keeps_the_reference_cheap_shar
     assert abs(np.mean(p_cur < section["tier"]) - ref_share) <= 1 / len(p_cur) + 1e-12
 
 
+@pytest.mark.slow
 def test_cli_on_audit_and_route_logs_writes_files_and_fails_on_drift(logs, tmp_path, capsys):
     ref, _, shifted = logs
     # the reference as a real hash-chained audit log (decision nested under "decision")
@@ -191,6 +195,7 @@ def test_cli_on_audit_and_route_logs_writes_files_and_fails_on_drift(logs, tmp_p
     assert policy_path.read_text() == _policy().to_yaml()  # never applied
 
 
+@pytest.mark.slow
 def test_cli_routes_prompt_logs_with_a_bundle_and_is_quiet_on_the_same_traffic(tiny_bundle, tmp_path, capsys):
     from test_report import make_dataset
 

@@ -79,6 +79,7 @@ def test_onnx_graph_has_dynamic_axes_and_matches_torch_on_new_shapes(tiny_bundle
             np.testing.assert_allclose(g, w, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_corrupted_onnx_weights_raise_export_validation_error(tiny_bundle: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
@@ -106,6 +107,7 @@ def test_corrupted_onnx_weights_raise_export_validation_error(tiny_bundle: Path,
         check_parity(model, bad, tok, PARITY_PROMPTS[:6], heads, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_impossible_tolerance_fails_export_and_writes_no_bundle(tiny_model_dir: Path, tmp_path: Path) -> None:
     from classifier.training.export import ExportConfig, export_model
 
@@ -130,6 +132,7 @@ def test_compare_logits_counts_near_ties_as_ambiguous() -> None:
     assert compare_logits(ref, got_bad, tie_tolerance=1e-6)["decisive_disagreements"] == 1
 
 
+@pytest.mark.slow
 def test_cli_int8_export_with_dataset_prompts_logs_to_mlflow(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """tierwise export --int8 on a tracked model: int8 parity report, data-set prompts, MLflow artifacts."""
     import pandas as pd

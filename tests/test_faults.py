@@ -269,6 +269,7 @@ def test_bundle_that_appears_tampered_is_never_served(tiny_bundle: Path, tmp_pat
     (tampered_copy, "'model.onnx' does not match its manifest hash"),
     (incomplete_copy, "tokenizer.json"),
 ])
+@pytest.mark.slow
 def test_serve_refuses_to_start_with_a_bad_bundle(tiny_bundle: Path, tmp_path: Path, make, message: str) -> None:
     bad = make(tiny_bundle, tmp_path / "bad")
     with ServeProcess(bad, log_dir=tmp_path / "logs") as srv:
@@ -278,6 +279,7 @@ def test_serve_refuses_to_start_with_a_bad_bundle(tiny_bundle: Path, tmp_path: P
     assert "Uvicorn running" not in logs  # the port was never opened
 
 
+@pytest.mark.slow
 def test_serve_with_a_missing_bundle_stays_up_unready_until_it_appears(tiny_bundle: Path, tmp_path: Path) -> None:
     target = tmp_path / "bundle"
     with ServeProcess(target, "--bundle-retry-s", "0.2", log_dir=tmp_path / "logs") as srv:

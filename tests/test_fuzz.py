@@ -102,6 +102,7 @@ def check_decision(router: Router, d: Decision, text: object) -> None:
         assert sum(values) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_route_never_raises_and_answers_validly(router: Router) -> None:
     @given(TEXTS)
     @budgeted(60)
@@ -208,6 +209,7 @@ def prob_rows(draw, n_classes: int, thresholds: list[float]):
     return [x / total for x in raw] if total > 0 else [1.0 / n_classes] * n_classes
 
 
+@pytest.mark.slow
 def test_decide_and_decide_batch_agree() -> None:
     @given(policies(), st.data())
     @budgeted(60)
@@ -267,6 +269,7 @@ def case_property(op, mode, *, negative: bool) -> Callable[[], None]:
     return prop
 
 
+@pytest.mark.slow
 def test_api_conforms_to_its_schema_and_never_answers_5xx(api_server: LiveServer) -> None:
     """Every operation of the served OpenAPI schema, with schema-valid and schema-violating data:
     no 5xx, and every answer (status, content type, body) conforms to the schema."""

@@ -382,6 +382,7 @@ def test_oversized_request_head_is_refused(server: LiveServer, client: httpx.Cli
     assert client.post("/v1/route", json={"text": "next client"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_tierwise_serve_applies_the_timeouts(tiny_bundle: Path, tmp_path: Path) -> None:
     """The CLI wires the same protection: slow heads are cut, slow bodies get 408, big heads 400."""
     with ServeProcess(tiny_bundle, "--header-timeout-s", "0.5", "--body-timeout-s", "0.5", "--keep-alive-s", "1",

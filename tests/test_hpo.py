@@ -22,6 +22,7 @@ def data_dir(tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_tune_runs_trials_as_nested_runs_and_writes_best_config(tmp_path, monkeypatch, data_dir, tiny_model_dir):
     import optuna
     from mlflow import MlflowClient
@@ -62,6 +63,7 @@ def test_tune_runs_trials_as_nested_runs_and_writes_best_config(tmp_path, monkey
     assert len(optuna.load_study(study_name="s1", storage=storage).trials) == 3
 
 
+@pytest.mark.slow
 def test_crashed_trials_are_recorded_as_failed_and_the_study_goes_on(tmp_path, data_dir, tiny_model_dir):
     import optuna
 
@@ -78,6 +80,7 @@ def test_crashed_trials_are_recorded_as_failed_and_the_study_goes_on(tmp_path, d
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
 
 
+@pytest.mark.slow
 def test_tune_cli(tmp_path, data_dir, tiny_model_dir, monkeypatch):
     import yaml
 

@@ -384,6 +384,7 @@ def test_cli_validate_exit_codes_and_summary(tmp_path, capsys):
     assert "'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_validate(tmp_path):
     script = Path(sys.executable).parent / "tierwise"
     if not script.exists():

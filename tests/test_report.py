@@ -143,6 +143,7 @@ def _load(out: Path) -> dict:
 
 
 # -- files -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_report_writes_html_markdown_and_json(report_run):
     rc, out = report_run
     assert rc == 0
@@ -165,6 +166,7 @@ def test_report_writes_html_markdown_and_json(report_run):
         assert f"| {alpha_row['alpha']} | {alpha_row['threshold']:.4f}" in md
 
 
+@pytest.mark.slow
 def test_report_never_prints_the_secrets_it_was_given(report_run):
     _, out = report_run
     for path in (out, out.with_name("report.md"), out.with_name("report.json")):
@@ -201,6 +203,7 @@ def _apgr(score, cc, fc) -> float:
     return float(np.trapezoid(ys, xs))
 
 
+@pytest.mark.slow
 def test_every_headline_number_is_recomputed_from_the_json_rows(report_run, bundle):
     from classifier.serving.policy import Policy
 
@@ -272,6 +275,7 @@ def test_every_headline_number_is_recomputed_from_the_json_rows(report_run, bund
                             "would reach a tier their class may not reach.")
 
 
+@pytest.mark.slow
 def test_report_policy_routing_matches_the_served_router(report_run, bundle, dataset):
     from classifier.serving.runtime import Router
 
@@ -295,6 +299,7 @@ def _baseline(out: Path, tmp_path: Path, **overrides: float) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_release_gate_fails_with_exit_3_on_a_regression(report_run, bundle, data_dir, tmp_path, capsys):
     _, out = report_run
     auroc = _load(out)["metrics"]["tier_auroc"]
@@ -313,6 +318,7 @@ def test_release_gate_fails_with_exit_3_on_a_regression(report_run, bundle, data
     assert 'id="diff"' in new_out.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_release_gate_passes_with_exit_0_when_the_metric_holds(report_run, bundle, data_dir, tmp_path):
     _, out = report_run
     # lower-is-better metric: the old report had a higher misroute rate, so the new one improved
@@ -343,6 +349,7 @@ def test_gate_logic_is_direction_aware_and_names_unknown_metrics():
 
 
 # -- MLflow ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_report_is_logged_to_the_bundles_mlflow_run(report_run, mlflow_store):
     from classifier import tracking
 
@@ -363,6 +370,7 @@ def test_unreachable_mlflow_store_warns_and_continues(tmp_path, monkeypatch, cap
 
 
 # -- input errors and redaction ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_inputs_get_clear_errors(bundle, data_dir):
     with pytest.raises(ConfigError, match="limit"):
         ReportConfig(bundle=bundle, limit=0)

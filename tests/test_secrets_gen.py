@@ -73,6 +73,7 @@ def test_unparseable_regex_is_a_data_error() -> None:
         RegexSampler(r"abc(")
 
 
+@pytest.mark.slow
 def test_every_gitleaks_rule_python_can_compile_gets_matching_samples(shared_data) -> None:
     rules = tomllib.loads((shared_data / "gitleaks" / "gitleaks.toml").read_text(encoding="utf-8"))["rules"]
     rng = np.random.default_rng(0)

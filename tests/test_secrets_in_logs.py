@@ -88,6 +88,7 @@ def send_everything(url: str) -> None:
         assert c.get("/ghp_tierwiseFakeToken0123456789abcdEFGHij?key=AKIAZ7TIERWISETEST42").status_code == 404
 
 
+@pytest.mark.slow
 def test_server_logs_and_audit_log_hold_no_prompt_text(tiny_bundle: Path, tmp_path: Path) -> None:
     audit = tmp_path / "audit" / "audit.jsonl"
     with ServeProcess(tiny_bundle, "--audit-log", str(audit), "--log-level", "debug", "--max-batch", "16",
@@ -106,6 +107,7 @@ def test_server_logs_and_audit_log_hold_no_prompt_text(tiny_bundle: Path, tmp_pa
     assert verify(audit).ok
 
 
+@pytest.mark.slow
 def test_fault_path_logs_hold_no_prompt_text(tiny_bundle: Path, tmp_path: Path) -> None:
     # a deadline no run can meet: every decision is a logged fallback
     with ServeProcess(tiny_bundle, "--deadline-ms", "0.001", "--log-level", "debug", log_dir=tmp_path) as srv:
@@ -128,6 +130,7 @@ def test_inference_fault_logs_hold_no_prompt_text(tiny_bundle: Path, caplog) -> 
     assert leaks(caplog.text, *(json.dumps(d.to_dict()) for d in decisions)) == []
 
 
+@pytest.mark.slow
 def test_route_cli_output_and_audit_hold_no_prompt_text(tiny_bundle: Path, tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -165,6 +168,7 @@ def test_audit_stores_text_only_when_configured(tiny_bundle: Path, tmp_path: Pat
     assert leaks((tmp_path / "text.jsonl").read_text()) == ["AKIAZ7TIERWISETEST42"]
 
 
+@pytest.mark.slow
 def test_mlflow_artifacts_of_an_export_hold_no_prompt_text(tiny_model_dir: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """An export given the secret prompts as parity prompts logs its bundle to an MLflow run:

@@ -37,6 +37,7 @@ def test_tracking_uri_and_artifact_root(monkeypatch, tmp_path):
     assert flatten_params({"a": {"b": 1}, "c": [1, 2], "d": None}) == {"a.b": "1", "c": "[1, 2]", "d": "None"}
 
 
+@pytest.mark.slow
 def test_training_run_is_tracked_and_registered(tmp_path, store, tiny_model_dir):
     import mlflow
     from mlflow import MlflowClient

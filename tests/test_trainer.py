@@ -168,6 +168,7 @@ def test_soft_target_of_wrong_length_names_the_row(tiny_tokenizer_path):
 
 
 # -- training --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_loss_falls_and_model_dir_is_written(tmp_path, data_dir, tiny_model_dir):
     from classifier.training.model import MultiHeadEncoder
     from classifier.training.trainer import Trainer
@@ -218,6 +219,7 @@ def torch_equal(x, y) -> bool:
     return bool(torch.equal(x, y))
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, data_dir, tiny_model_dir):
     from safetensors.torch import load_file
 
