@@ -138,8 +138,8 @@ def test_gitleaks_entropy_allowlists_and_placeholders(det: Detectors) -> None:
 
 
 def test_keyword_engines_find_the_same(rules_doc: dict) -> None:
-    texts = [l for l in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if l]
-    texts = [json.loads(l)["text"] for l in texts][::3]
+    texts = [line for line in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    texts = [json.loads(line)["text"] for line in texts][::3]
     results = {}
     for engine in ("ahocorasick", "hyperscan", "re", "in"):
         pytest.importorskip(engine) if engine in ("ahocorasick", "hyperscan") else None
@@ -170,7 +170,7 @@ def test_rules_file_round_trip_and_bad_files(rules_doc: dict, tmp_path: Path) ->
 
 # -- measured floors --------------------------------------------------------------------------------
 def test_obfuscation_set_recall_floor(det: Detectors) -> None:
-    rows = [json.loads(l) for l in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if l]
+    rows = [json.loads(line) for line in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if line]
     assert {"id", "text", "sensitivity", "obfuscation"} <= set(rows[0])
     found: dict[tuple[str, str], list[bool]] = defaultdict(list)
     for r in rows:
@@ -188,7 +188,7 @@ def test_obfuscation_set_recall_floor(det: Detectors) -> None:
 
 def test_false_flags_on_real_prompts(det: Detectors, shared_data: Path) -> None:
     path = shared_data / "arena-hard" / "data" / "arena-hard-v0.1" / "question.jsonl"
-    prompts = [json.loads(l)["prompt"] for l in path.read_text(encoding="utf-8").split("\n") if l.strip()]
+    prompts = [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     flagged = [p for p in prompts if det.scan(p)]
     # read: the one flagged v0.1 prompt lists fabricated records (a card, a phone) on purpose
     assert len(flagged) / len(prompts) <= 0.01, [p[:80] for p in flagged]

@@ -51,7 +51,6 @@ import math
 import os
 import re
 import threading
-import tomllib
 import unicodedata
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,6 +58,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from classifier.errors import BundleError, ConfigError
 from classifier.regex_go import go_to_python_regex
@@ -201,7 +202,7 @@ def _changing() -> re.Pattern[str]:
 
 
 def _class_range(lo: int, hi: int) -> str:
-    esc = lambda o: "\\U%08x" % o  # noqa: E731
+    esc = lambda o: f"\\U{o:08x}"  # noqa: E731
     return esc(lo) if lo == hi else f"{esc(lo)}-{esc(hi)}"
 
 

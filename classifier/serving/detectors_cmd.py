@@ -26,7 +26,13 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_install(args: argparse.Namespace) -> int:
     from classifier.serving import bundle as bundle_io
-    from classifier.serving.detectors import DETECTORS_FILE, Detectors, build_rules, default_gitleaks_path, rules_bytes
+    from classifier.serving.detectors import (
+        DETECTORS_FILE,
+        Detectors,
+        build_rules,
+        default_gitleaks_path,
+        rules_bytes,
+    )
 
     if not Path(args.bundle).is_dir():
         raise BundleError(f"{args.bundle}: not a bundle directory (unpack an archive first)")

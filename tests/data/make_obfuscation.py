@@ -17,7 +17,6 @@ import base64
 import json
 import random
 import sys
-import urllib.parse
 from pathlib import Path
 
 import numpy as np
