@@ -663,6 +663,7 @@ class Router:
             "input_limits": m.input_limits.to_dict(),
             "temperatures": dict(self.temperatures),
             "biases": {h: b.tolist() for h, b in self.biases.items()},
+            "view": self.view.to_dict(),
         }
 
 
