@@ -315,3 +315,34 @@ def test_route_input_with_messages(router: Router, tmp_path: Path) -> None:
     assert "invalid_input" not in rows[1]["flags"] and rows[1]["probabilities"]
     assert "messages[0].role" in rows[2]["error"] and "line 3" in rows[2]["error"]
     assert "'messages'" in rows[3]["error"]
+
+
+# -- any JSON at all: parsing never crashes, route answers -------------------------------------------
+def test_any_json_body_is_parsed_or_refused_never_crashes(router: Router) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
+    json_value = st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                              max_leaves=10)
+    part = st.one_of(json_value, st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "refusal", "x"]),
+                                                        "text": json_value}))
+    message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["system", "user", "assistant", "tool", "developer"]),
+                                                       json_value),
+                                     "content": st.one_of(st.text(max_size=40), st.lists(part, max_size=3), json_value)})
+    body = st.fixed_dictionaries({"messages": st.one_of(st.lists(message, max_size=4), json_value)},
+                                 optional={"tools": st.one_of(st.lists(json_value, max_size=2), json_value)})
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body)
+    def prop(b: dict) -> None:
+        try:
+            parse_request(b)
+        except RequestError as exc:
+            assert exc.path.split(".")[0].split("[")[0] in ("messages", "tools", "request")
+        d = router.route(b)
+        assert d.tier in router.policy.tier_names or d.blocked
+        json.dumps(d.to_dict())
+
+    prop()

@@ -232,8 +232,9 @@ def evaluate_long_prompts(router: Any, sets_dir: Path, frame: pd.DataFrame, pric
         result["kinds"][kind] = {"n": len(records), "tier_views": per_view, "sensitivity_views": sens,
                                  "prefix_tokens_min": min(r["prefix_tokens"] for r in records),
                                  "seconds": round(time.perf_counter() - t0, 1)}
-        logger.info("%s: %d prompts scored under %d views in %.1f s", kind, len(records),
-                    len(TIER_VIEWS) + len(SENS_VIEWS), time.perf_counter() - t0)
+        logger.info("%s: %d prompts scored under %d views in %.1f s\n%s", kind, len(records),
+                    len(TIER_VIEWS) + len(SENS_VIEWS), time.perf_counter() - t0,
+                    format_table({"kinds": {kind: result["kinds"][kind]}}))
     return result
 
 

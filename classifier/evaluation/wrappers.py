@@ -140,10 +140,17 @@ def load_histories(bfcl: Path) -> list[list[dict[str, Any]]]:
 def _history_prefix(convs: list[list[dict[str, Any]]], start: int) -> list[dict[str, Any]]:
     msgs: list[dict[str, Any]] = [{"role": "system", "content": "You are a helpful assistant with tool access."}]
     k = start
-    while count_tokens(json.dumps(msgs)) < MIN_PREFIX_TOKENS * 1.2:
+    while _text_tokens(msgs) < MIN_PREFIX_TOKENS:
         msgs += convs[k % len(convs)]
         k += 1
     return msgs
+
+
+def _text_tokens(msgs: list[dict[str, Any]]) -> int:
+    """Pre-tokens of what the model receives of ``msgs`` (their text, tool calls included)."""
+    from classifier.serving.request import parse_request
+
+    return count_tokens(parse_request({"messages": msgs}).full_text)
 
 
 def _shots(pool: pd.DataFrame, fallback: Sequence[pd.DataFrame], exclude: str, seed: int) -> list[str]:
@@ -214,7 +221,7 @@ def build_wrapped(frame: pd.DataFrame, shared: Path, *, kinds: Sequence[str] = K
                                  "prefix_tokens": count_tokens(AGENT_SYSTEM + json.dumps(cfg["tools"])), "body": body})
         if "history" in kinds:
             msgs = _history_prefix(convs, _stable(row["id"]) % len(convs))
-            out["history"].append({**base, "kind": "history", "prefix_tokens": count_tokens(json.dumps(msgs)),
+            out["history"].append({**base, "kind": "history", "prefix_tokens": _text_tokens(msgs),
                                    "body": {"model": "gpt-4o", "messages": [*msgs, {"role": "user", "content": request}]}})
     return out
 

@@ -720,6 +720,7 @@ class Router:
                 "enabled": False,
                 "reason": f"the bundle has no {DETECTORS_FILE} (an older bundle): detectors are off; "
                           "add them with `tierwise detectors install BUNDLE`"},
+            "view": self.view.to_dict(),
         }
 
 
