@@ -449,6 +449,20 @@ def _max_batch(server: ServeProcess) -> int:
         conn.close()
 
 
+def _audit_args(mode: str, tmp: Path) -> list[str]:
+    """``tierwise serve`` flags for an audit log in ``tmp`` (keys and checkpoints in their own folders)."""
+    if mode == "off":
+        return []
+    args = ["--audit-log", str(tmp / "audit" / "audit.jsonl")]
+    if mode == "keyed":
+        from classifier.serving.audit import generate_key
+
+        args += ["--audit-key", str(generate_key(tmp / "secrets" / "audit.key")),
+                 "--prompt-key", str(generate_key(tmp / "secrets" / "prompt.key")),
+                 "--audit-checkpoints", str(tmp / "anchor" / "checkpoints.jsonl")]
+    return args
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m classifier.loadtest", description=__doc__.splitlines()[0])
@@ -465,6 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth-mib", type=float, default=50.0,
                         help="RSS growth over the run that fails it (default 50 MiB)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report (default {DEFAULT_OUT})")
+    parser.add_argument("--audit", choices=("off", "plain", "keyed"), default=os.environ.get("LOAD_AUDIT", "off"),
+                        help="serve with an audit log: plain (unkeyed chain) or keyed (HMAC chain, prompt key, "
+                             "checkpoints); default $LOAD_AUDIT or off")
     args = parser.parse_args(argv)
     for name in ("seconds", "concurrency", "warmup_s", "sample_s", "max_requests"):
         if not getattr(args, name) > 0 and not (name == "warmup_s" and args.warmup_s == 0):
@@ -481,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bundle is None:
             sys.stdout.write("no student bundle found: building a tiny random one\n")
             bundle = build_tiny_bundle(Path(tmp) / "tiny")
-        server = ServeProcess(bundle, "--threads", "1", log_dir=Path(tmp) / "logs")
+        server = ServeProcess(bundle, "--threads", "1", *_audit_args(args.audit, Path(tmp)), log_dir=Path(tmp) / "logs")
         with server:
             if not server.wait_for("/readyz", 200, timeout=120):
                 sys.stderr.write(f"the server did not become ready:\n{server.logs()[-4000:]}\n")
@@ -499,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     growth_mib = (result["rss_kib"]["growth"] or 0) / 1024.0
     result.update({
         "bundle": label,
+        "audit": args.audit,
         "server_alive_at_end": alive,
         "server_exit_code": exit_code,  # after our SIGTERM: uvicorn re-raises it once shut down (-15)
         "rss_growth_mib": round(growth_mib, 2),
