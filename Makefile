@@ -8,14 +8,14 @@ export TIERWISE_SHARED_DATA ?= $(abspath $(SHARED))
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo full test bench lint fuzz load clean
+.PHONY: venv demo full test bench bench-scale lint fuzz load clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build lies on disk; a bare requirement would pull CUDA.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,eval,serve,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,eval,serve,dev,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,6 +32,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m classifier.bench
+
+# Scale-out: 1M prompts through Ray Data vs one process, drift over the decisions (needs the
+# 'ray' extra; SCALE_N to shrink it); writes evaluation/bench_scale.json.
+SCALE_N ?= 1000000
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --n $(SCALE_N)
 
 lint: $(STAMP)
 	$(BIN)/ruff check classifier tests
