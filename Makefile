@@ -9,14 +9,14 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 STAMP := $(VENV)/.installed
 PEER_BUNDLES ?= bundles/student bundles/teacher-int8
 
-.PHONY: venv demo full test test-fast bench lint fuzz load clean
+.PHONY: venv demo full test test-fast bench bench-scale lint fuzz load clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build lies on disk; a bare requirement would pull CUDA.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,eval,serve,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,eval,serve,dev,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -44,6 +44,12 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.peers $(foreach b,$(PEER_BUNDLES),--bundle $(b))
 
 # ruff, then the import layers of docs/design.md (the contracts are in pyproject.toml)
+# Scale-out: 1M prompts through Ray Data vs one process, drift over the decisions (needs the
+# 'ray' extra; SCALE_N to shrink it); writes evaluation/bench_scale.json.
+SCALE_N ?= 1000000
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --n $(SCALE_N)
+
 lint: $(STAMP)
 	$(BIN)/ruff check classifier tests benchmarks
 	$(BIN)/lint-imports

@@ -122,3 +122,48 @@ def test_without_engine_ray_is_never_imported(tiny_bundle, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _strip_volatile(doc):
+    """drift.json without what differs between any two runs (times, output paths, the engine)."""
+    doc = json.loads(json.dumps(doc))
+    doc.pop("meta", None)
+    proposal = doc.get("proposal") or {}
+    proposal.pop("diff_path", None)
+    for key in ("diff", "new_yaml"):
+        proposal.pop(key, None)
+    return doc
+
+
+def test_ray_drift_equals_in_process_drift(ray_cluster, tiny_bundle, tmp_path):
+    import argparse
+
+    import pandas as pd
+
+    from classifier.evaluation.drift import add_drift_arguments, run_drift
+
+    if not DATASET.is_file():
+        pytest.skip(f"{DATASET} not built")
+    frame = pd.read_parquet(DATASET, columns=["id", "text", "split"])
+    ref = tmp_path / "reference.jsonl"
+    with open(ref, "w", encoding="utf-8") as fh:
+        for rid, text in frame.loc[frame["split"] == "test", ["id", "text"]].head(1200).itertuples(index=False):
+            fh.write(json.dumps({"id": rid, "text": text}) + "\n")
+    # the current side: a Parquet prompt log mixing splits, filtered to one of them
+    cur = tmp_path / "current.parquet"
+    parts = [frame[frame["split"] == s].head(600) for s in ("ood", "validation")]
+    pd.concat(parts).reset_index(drop=True).to_parquet(cur)
+
+    results = {}
+    for engine in ("local", "ray"):
+        parser = argparse.ArgumentParser()
+        add_drift_arguments(parser)
+        out = tmp_path / f"drift-{engine}"
+        args = parser.parse_args(["--reference", str(ref), "--current", str(cur), "--current-split", "ood",
+                                  "--bundle", str(tiny_bundle), "--threads", "1", "--out", str(out),
+                                  "--engine", engine])
+        assert run_drift(args) in (0, 1)
+        results[engine] = json.loads((out / "drift.json").read_text())
+    assert results["ray"]["meta"]["n_reference"] == results["local"]["meta"]["n_reference"] == 1200
+    assert results["ray"]["meta"]["n_current"] == results["local"]["meta"]["n_current"] == 600
+    assert _strip_volatile(results["ray"]) == _strip_volatile(results["local"])

@@ -40,6 +40,11 @@ which is ``--reference data/build/dataset.parquet --reference-split test --curre
 data/build/traffic.parquet --limit 2000`` (``traffic.parquet`` is written by ``tierwise data
 build``).
 
+With ``--engine ray [--address ADDR]`` each side may also be a directory of JSONL/Parquet files:
+Ray Data routes prompt logs with one Router per actor and the statistics are summed from
+per-block ``DriftSummary`` counts (the threshold proposal's quantile is found by histogram
+refinement), so the driver holds counts, never rows (``classifier.scale.stats``).
+
 What it leaves out: labels (live traffic has none, so no accuracy or misroute rates: those are
 ``tierwise report``'s job on labelled data), alerting, and applying the proposal.
 """
@@ -313,8 +318,149 @@ def load_decisions(path: str | Path, *, router: Any = None, split: str | None = 
     return Decisions(norm, str(path), "prompts", thresholds)
 
 
+# -- summaries: the sufficient statistics of one side ---------------------------------------------------
+def _slice_stats() -> dict[str, Any]:
+    return {"n": 0, "tiers": {}, "flags": {}}
+
+
+@dataclass
+class DriftSummary:
+    """Everything ``compare`` reads from one side, as counts that add up (``merge``).
+
+    Built from a normalised frame (``from_frame``) in one process, or from many partial frames
+    merged (``classifier.scale.stats`` does that on a Ray cluster): the comparison of two
+    summaries is the same whichever way they were built. ``hist[head][q]``: counts over
+    ``N_BINS`` equal-width bins of p(class ``q``) or, for ``q == "max"``, the top-class
+    probability, over the rows whose probabilities of that head are all finite (``ok[head]``);
+    ``argmax[head]``: predicted-class counts over those rows; ``slices[(kind, value)]``: rows,
+    tier counts and flag counts per length bucket (``kind == "length"``) and per predicted class
+    of each head (``kind == "head:<name>"``). ``scores`` (optional) gives the tier scores the
+    threshold proposal needs (``scores(column) -> object with size, share_below, kth``).
+    """
+
+    source: str
+    kind: str
+    n: int = 0
+    tiers: dict[str, int] = field(default_factory=dict)
+    flags: dict[str, int] = field(default_factory=dict)
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    ok: dict[str, int] = field(default_factory=dict)
+    hist: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    argmax: dict[str, np.ndarray] = field(default_factory=dict)
+    slices: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    score_source: Any = None
+
+    def heads(self) -> dict[str, list[str]]:
+        return {h: list(c) for h, c in self.classes.items()}
+
+    def scores(self, column: str) -> Any:
+        if self.score_source is None:
+            raise DataError(f"{self.source}: no scores kept for the threshold proposal")
+        return self.score_source(column)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, source: str, kind: str,
+                   thresholds: Mapping[str, Any] | None = None) -> DriftSummary:
+        """The summary of a normalised frame (``Decisions.frame``'s columns)."""
+        out = cls(source=source, kind=kind, n=len(frame), thresholds=dict(thresholds or {}))
+        tiers = frame["tier"].astype(object).to_numpy()
+        values, counts = np.unique(tiers.astype(str), return_counts=True)
+        out.tiers = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+        flag_arrays = {f: frame[f"flag_{f}"].to_numpy(dtype=bool) for f in FLAG_NAMES}
+        out.flags = {f: int(a.sum()) for f, a in flag_arrays.items()}
+        keys: dict[str, np.ndarray] = {"length": frame["length"].astype(str).to_numpy()}
+        edges = np.linspace(0.0, 1.0, N_BINS + 1)
+        for col in frame.columns:
+            if col.startswith("p::"):
+                _, head, cls_ = col.split("::", 2)
+                out.classes.setdefault(head, []).append(cls_)
+        for head, classes in out.classes.items():
+            p = frame[[f"p::{head}::{c}" for c in classes]].to_numpy(dtype=float)
+            ok = np.isfinite(p).all(axis=1)
+            out.ok[head] = int(ok.sum())
+            q = p[ok]
+            out.hist[head] = {c: np.histogram(np.clip(q[:, j], edges[0], edges[-1]), bins=edges)[0]
+                              for j, c in enumerate(classes)}
+            out.hist[head]["max"] = np.histogram(np.clip(q.max(axis=1) if len(q) else q[:, :0].sum(axis=1),
+                                                         edges[0], edges[-1]), bins=edges)[0]
+            out.argmax[head] = np.bincount(q.argmax(axis=1), minlength=len(classes)) if len(q) else \
+                np.zeros(len(classes), dtype=np.int64)
+            labels = np.full(len(p), "unknown", dtype=object)
+            labels[ok] = np.array(list(classes), dtype=object)[q.argmax(axis=1)] if len(q) else labels[ok]
+            keys[f"head:{head}"] = labels
+        for kind_, labels in keys.items():
+            for value in np.unique(labels.astype(str)):
+                if value == "unknown":
+                    continue
+                rows = labels == value
+                st = _slice_stats()
+                st["n"] = int(rows.sum())
+                v, c = np.unique(tiers[rows].astype(str), return_counts=True)
+                st["tiers"] = {str(a): int(b) for a, b in zip(v, c, strict=True)}
+                st["flags"] = {f: int(a[rows].sum()) for f, a in flag_arrays.items()}
+                out.slices[(kind_, str(value))] = st
+        return out
+
+    def merge(self, other: DriftSummary) -> DriftSummary:
+        """Add ``other``'s counts into this summary (in place; returns self)."""
+        self.n += other.n
+        for name in ("tiers", "flags"):
+            mine = getattr(self, name)
+            for k, v in getattr(other, name).items():
+                mine[k] = mine.get(k, 0) + v
+        if not self.thresholds and other.thresholds:
+            self.thresholds = dict(other.thresholds)
+        for head, classes in other.classes.items():
+            if head not in self.classes:
+                self.classes[head] = list(classes)
+                self.ok[head] = other.ok[head]
+                self.hist[head] = {k: v.copy() for k, v in other.hist[head].items()}
+                self.argmax[head] = other.argmax[head].copy()
+                continue
+            if self.classes[head] != list(classes):
+                raise DataError(f"{other.source}: head {head!r} has classes {classes}, elsewhere {self.classes[head]}")
+            self.ok[head] += other.ok[head]
+            for k, v in other.hist[head].items():
+                self.hist[head][k] = self.hist[head][k] + v
+            self.argmax[head] = self.argmax[head] + other.argmax[head]
+        for key, st in other.slices.items():
+            mine = self.slices.setdefault(key, _slice_stats())
+            mine["n"] += st["n"]
+            for name in ("tiers", "flags"):
+                for k, v in st[name].items():
+                    mine[name][k] = mine[name].get(k, 0) + v
+        return self
+
+
+class ArrayScores:
+    """Tier scores held in memory: what ``propose_thresholds`` asks of a side's scores."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=float)
+        self.sorted = np.sort(v[np.isfinite(v)])
+        self.size = int(self.sorted.size)
+
+    def share_below(self, t: float) -> float:
+        return float(np.mean(self.sorted < t))
+
+    def kth(self, k: int) -> float:
+        """The k-th smallest score (0-based)."""
+        return float(self.sorted[k])
+
+
+def summarise(side: Decisions | DriftSummary) -> DriftSummary:
+    """The summary of one side (a summary is returned as it is)."""
+    if isinstance(side, DriftSummary):
+        return side
+    out = DriftSummary.from_frame(side.frame, side.source, side.kind, side.thresholds)
+    frame = side.frame
+    out.score_source = lambda col: ArrayScores(frame[col].to_numpy(dtype=float))
+    return out
+
+
 # -- comparison ------------------------------------------------------------------------------------------
-def _tier_rule(policy: Any, schema: Any, ref: Decisions, cur: Decisions) -> tuple[str, str, float | None] | None:
+def _tier_rule(policy: Any, schema: Any, ref: Any, cur: Any) -> tuple[str, str, float | None] | None:
     """``(head, positive class, threshold)`` of the tier rule: policy and schema first, then the logs."""
     heads_r, heads_c = ref.heads(), cur.heads()
     logged: dict[str, tuple[str, float]] = {}
@@ -359,24 +505,26 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None, policy: Any = None,
-            schema: Any = None, tier_order: Sequence[str] = ()) -> DriftResult:  # noqa: C901 - one walk over the checks
-    """Compare two normalised decision sets; findings in plain words, numbers under stable keys."""
+def compare(ref: Decisions | DriftSummary, cur: Decisions | DriftSummary, *, config: DriftConfig | None = None,
+            policy: Any = None, schema: Any = None,
+            tier_order: Sequence[str] = ()) -> DriftResult:  # noqa: C901 - one walk over the checks
+    """Compare two sides (decision sets or their summaries); findings in plain words, numbers under stable keys."""
     from classifier.evaluation import plots
 
     config = config or DriftConfig()
+    rs, cs = summarise(ref), summarise(cur)
     findings: list[dict[str, Any]] = []
     figures: dict[str, str] = {}
-    rf, cf = ref.frame, cur.frame
-    n_r, n_c = len(rf), len(cf)
+    n_r, n_c = rs.n, cs.n
 
     # tier mix ----------------------------------------------------------------------------------
-    seen = list(dict.fromkeys([*tier_order, *sorted(set(rf["tier"]) | set(cf["tier"]))]))
-    tiers = [t for t in seen if t != BLOCKED and (t in set(rf["tier"]) | set(cf["tier"]) or t in tier_order)]
+    observed = {t for t, k in rs.tiers.items() if k} | {t for t, k in cs.tiers.items() if k}
+    seen = list(dict.fromkeys([*tier_order, *sorted(observed)]))
+    tiers = [t for t in seen if t != BLOCKED and (t in observed or t in tier_order)]
     tiers.append(BLOCKED)
     mix = []
     for t in tiers:
-        k1, k2 = int((rf["tier"] == t).sum()), int((cf["tier"] == t).sum())
+        k1, k2 = rs.tiers.get(t, 0), cs.tiers.get(t, 0)
         a, b = k1 / n_r, k2 / n_c
         p = two_proportion_p(k1, n_r, k2, n_c)
         drift = abs(b - a) >= config.min_change and p < config.significance
@@ -389,24 +537,21 @@ def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None
         "tier mix", [m["tier"] for m in mix], [m["reference"] for m in mix], [m["current"] for m in mix]))
 
     # confidence histograms (PSI) -------------------------------------------------------------------
-    tier_rule = _tier_rule(policy, schema, ref, cur)
-    heads_r, heads_c = ref.heads(), cur.heads()
+    tier_rule = _tier_rule(policy, schema, rs, cs)
+    heads_r, heads_c = rs.heads(), cs.heads()
     edges = np.linspace(0.0, 1.0, N_BINS + 1)
     psi_out: dict[str, Any] = {}
     for head, classes in heads_r.items():
         if head not in heads_c or set(heads_c[head]) != set(classes):
             continue
-        pr, pc = ref.probs(head, classes), cur.probs(head, classes)
-        okr, okc = np.isfinite(pr).all(axis=1), np.isfinite(pc).all(axis=1)
-        if not okr.any() or not okc.any():
+        if not rs.ok[head] or not cs.ok[head]:
             continue
-        pr, pc = pr[okr], pc[okc]
         if tier_rule and head == tier_rule[0]:
-            j = classes.index(tier_rule[1])
-            vr, vc, quantity = pr[:, j], pc[:, j], f"p({tier_rule[1]})"
+            key, quantity = tier_rule[1], f"p({tier_rule[1]})"
         else:
-            vr, vc, quantity = pr.max(axis=1), pc.max(axis=1), "top-class confidence"
-        sr, sc = _shares(vr, edges), _shares(vc, edges)
+            key, quantity = "max", "top-class confidence"
+        hr, hc = rs.hist[head][key], cs.hist[head][key]
+        sr, sc = hr / max(1, hr.sum()), hc / max(1, hc.sum())
         value = psi(sr, sc)
         drift = value > config.psi_threshold
         psi_out[head] = {"quantity": quantity, "psi": value, "drift": drift, "edges": edges.tolist(),
@@ -418,8 +563,9 @@ def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None
                              "message": f"the {head} head's {quantity} distribution shifted "
                                         f"(PSI {value:.3f} > {config.psi_threshold:g})"})
         if len(classes) > 2:
-            mr = np.bincount(pr.argmax(axis=1), minlength=len(classes)) / len(pr)
-            mc = np.bincount(pc.argmax(axis=1), minlength=len(classes)) / len(pc)
+            # the current side's classes in the reference's order
+            mr = rs.argmax[head] / rs.ok[head]
+            mc = cs.argmax[head][[heads_c[head].index(c) for c in classes]] / cs.ok[head]
             value = psi(mr, mc)
             drift = value > config.psi_threshold
             key = f"{head}:predicted"
@@ -435,7 +581,7 @@ def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None
     # flags -----------------------------------------------------------------------------------
     flags = []
     for f in FLAG_NAMES:
-        k1, k2 = int(rf[f"flag_{f}"].sum()), int(cf[f"flag_{f}"].sum())
+        k1, k2 = rs.flags.get(f, 0), cs.flags.get(f, 0)
         a, b = k1 / n_r, k2 / n_c
         p = two_proportion_p(k1, n_r, k2, n_c)
         drift = abs(b - a) >= config.min_flag_change and p < config.significance
@@ -445,25 +591,26 @@ def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None
                              "message": f"decisions flagged {f} {_change_words(a, b)} from {_pct(a)} to {_pct(b)}"})
 
     # slices ----------------------------------------------------------------------------------
-    slice_keys: dict[str, tuple[pd.Series, pd.Series]] = {}
+    slice_kinds: dict[str, str] = {}
     task_head = policy.task_head if policy is not None else ("task" if "task" in heads_r else None)
     if task_head and task_head in heads_r and task_head in heads_c:
-        classes = heads_r[task_head]
-        slice_keys["task"] = (_task_labels(ref, task_head, classes), _task_labels(cur, task_head, classes))
-    slice_keys["length"] = (rf["length"], cf["length"])
+        slice_kinds["task"] = f"head:{task_head}"
+    slice_kinds["length"] = "length"
     slices: dict[str, list[dict[str, Any]]] = {}
     # per slice, the cheap tier's share is the complement of the others when there are two tiers:
     # report movements towards the stronger tiers (and blocks) only, largest first
     cheap = policy.cheap_tier if policy is not None else ("cheap" if "cheap" in tiers else None)
     slice_findings: list[dict[str, Any]] = []
-    for kind, (kr, kc) in slice_keys.items():
+    empty = _slice_stats()
+    for kind, key in slice_kinds.items():
         rows = []
-        for value in [v for v in pd.unique(pd.concat([kr, kc])) if v != "unknown"]:
-            sr_, sc_ = (kr == value).to_numpy(), (kc == value).to_numpy()
-            nr, nc = int(sr_.sum()), int(sc_.sum())
+        values = sorted({v for (k, v) in [*rs.slices, *cs.slices] if k == key})
+        for value in values:
+            r_st, c_st = rs.slices.get((key, value), empty), cs.slices.get((key, value), empty)
+            nr, nc = r_st["n"], c_st["n"]
             row: dict[str, Any] = {"slice": str(value), "n_reference": nr, "n_current": nc, "tiers": {}, "flags": {}}
             for t in tiers:
-                k1, k2 = int((rf["tier"][sr_] == t).sum()), int((cf["tier"][sc_] == t).sum())
+                k1, k2 = r_st["tiers"].get(t, 0), c_st["tiers"].get(t, 0)
                 a = k1 / nr if nr else None
                 b = k2 / nc if nc else None
                 p = two_proportion_p(k1, nr, k2, nc)
@@ -477,7 +624,7 @@ def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None
                                      "reference": a, "current": b,
                                      "message": f"{who} {where} {_change_words(a, b)} from {_pct(a)} to {_pct(b)}"})
             for f in FLAG_NAMES:
-                k1, k2 = int(rf[f"flag_{f}"][sr_].sum()), int(cf[f"flag_{f}"][sc_].sum())
+                k1, k2 = r_st["flags"].get(f, 0), c_st["flags"].get(f, 0)
                 a = k1 / nr if nr else None
                 b = k2 / nc if nc else None
                 p = two_proportion_p(k1, nr, k2, nc)
@@ -491,7 +638,7 @@ def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None
                                            "message": f"decisions flagged {f} among {who} {_change_words(a, b)} "
                                                       f"from {_pct(a)} to {_pct(b)}"})
             rows.append(row)
-        rows.sort(key=lambda r: -(r["n_reference"] + r["n_current"]))
+        rows.sort(key=lambda r: -(r["n_reference"] + r["n_current"]))  # stable: ties stay in name order
         slices[kind] = rows
     slice_findings.sort(key=lambda f: -abs(f["current"] - f["reference"]))
     findings.extend(slice_findings[:MAX_SLICE_FINDINGS])
@@ -516,7 +663,8 @@ def compare(ref: Decisions, cur: Decisions, *, config: DriftConfig | None = None
 
 
 # -- threshold proposal ----------------------------------------------------------------------------------
-def propose_thresholds(ref: Decisions, cur: Decisions, tier_rule: Mapping[str, Any] | None,
+def propose_thresholds(ref: Decisions | DriftSummary, cur: Decisions | DriftSummary,
+                       tier_rule: Mapping[str, Any] | None,
                        thresholds_section: Mapping[str, Any] | None, *, policy: Any = None,
                        min_gap: float = 0.005) -> tuple[dict[str, Any] | None, str]:
     """The threshold keeping the reference cheap share on current traffic, as a YAML diff.
@@ -531,24 +679,25 @@ def propose_thresholds(ref: Decisions, cur: Decisions, tier_rule: Mapping[str, A
         return None, "the logs carry no tier threshold; pass --bundle or --policy"
     head, pos, t = tier_rule["head"], tier_rule["positive_class"], float(tier_rule["threshold"])
     col = f"p::{head}::{pos}"
-    if col not in ref.frame.columns or col not in cur.frame.columns:
+    rs, cs = summarise(ref), summarise(cur)
+    if pos not in rs.classes.get(head, ()) or pos not in cs.classes.get(head, ()):
         return None, f"the logs carry no p({pos}) for head {head!r}"
-    pr = ref.frame[col].to_numpy(dtype=float)
-    pc = cur.frame[col].to_numpy(dtype=float)
-    pr, pc = pr[np.isfinite(pr)], pc[np.isfinite(pc)]
+    pr, pc = rs.scores(col), cs.scores(col)
     if not pr.size or not pc.size:
         return None, f"no finite p({pos}) values to fit a threshold on"
-    ref_share = float(np.mean(pr < t))
-    cur_share = float(np.mean(pc < t))
+    ref_share = pr.share_below(t)
+    cur_share = pc.share_below(t)
     if abs(cur_share - ref_share) <= max(1.0 / pc.size, min_gap):
         return None, (f"the current traffic keeps the reference cheap share ({_pct(ref_share)}) at the "
                       f"current threshold {t:g} ({_pct(cur_share)}): nothing to propose")
-    order = np.concatenate([[0.0], np.sort(pc), [1.0]])
     j = int(round(ref_share * pc.size))  # prompts to keep cheap
-    # any t' in (order[j], order[j + 1]] sends exactly the j lowest-scored prompts cheap (up to
-    # ties); the middle of that gap is the choice least sensitive to small score changes
-    new_t = round(float((order[j] + order[j + 1]) / 2.0), 6)
-    achieved = float(np.mean(pc < new_t))
+    # with the sorted scores framed by 0 and 1, any t' in (order[j], order[j + 1]] sends exactly the
+    # j lowest-scored prompts cheap (up to ties); the middle of that gap is the choice least
+    # sensitive to small score changes
+    lo = 0.0 if j == 0 else pc.kth(j - 1)
+    hi = 1.0 if j >= pc.size else pc.kth(j)
+    new_t = round(float((lo + hi) / 2.0), 6)
+    achieved = pc.share_below(new_t)
     old_section = copy.deepcopy(dict(thresholds_section or {"tier": t}))
     new_section = copy.deepcopy(old_section)
     new_section["tier"] = new_t
@@ -605,9 +754,24 @@ def add_drift_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true",
                         help=f"reference = {DEMO_REFERENCE} split test, current = {DEMO_CURRENT} "
                              "(arena-hard + RouterArena prompts), --limit 2000; needs --bundle")
+    from classifier.scale.engine import add_engine_arguments  # options only: Ray is not imported
+
+    add_engine_arguments(parser)
 
 
 def run_drift(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") != "ray":
+        return _run_drift(args)
+    from classifier.scale.engine import check_engine_args, ray_session
+
+    check_engine_args(args)
+    if args.limit is not None:
+        raise ConfigError("--limit samples in memory: drop it with --engine ray (Ray reads every record)")
+    with ray_session(args.address, args.ray_cpus):  # open until the proposal has read its scores
+        return _run_drift(args)
+
+
+def _run_drift(args: argparse.Namespace) -> int:
     from classifier.evaluation import report_render
     from classifier.serving.policy import Policy
 
@@ -632,8 +796,17 @@ def run_drift(args: argparse.Namespace) -> int:
 
             router = Router.load(args.bundle, threads=args.threads, policy=policy)
             policy = router.policy
-        ref = load_decisions(args.reference, router=router, split=args.reference_split, limit=args.limit, seed=args.seed)
-        cur = load_decisions(args.current, router=router, split=args.current_split, limit=args.limit, seed=args.seed)
+        if getattr(args, "engine", "local") == "ray":  # summaries aggregated on the cluster
+            from classifier.scale.stats import drift_side
+
+            kw = {"bundle": args.bundle, "policy": args.policy, "threads": args.threads, "actors": args.actors}
+            ref = drift_side(args.reference, split=args.reference_split, **kw)
+            cur = drift_side(args.current, split=args.current_split, **kw)
+        else:
+            ref = load_decisions(args.reference, router=router, split=args.reference_split, limit=args.limit,
+                                 seed=args.seed)
+            cur = load_decisions(args.current, router=router, split=args.current_split, limit=args.limit,
+                                 seed=args.seed)
     finally:
         if router is not None:
             router.close()
@@ -659,7 +832,7 @@ def run_drift(args: argparse.Namespace) -> int:
         "reference": ref.source + (f" (split {args.reference_split})" if args.reference_split else ""),
         "current": cur.source + (f" (split {args.current_split})" if args.current_split else ""),
         "reference_kind": ref.kind, "current_kind": cur.kind,
-        "n_reference": len(ref.frame), "n_current": len(cur.frame),
+        "n_reference": summarise(ref).n, "n_current": summarise(cur).n,
         "bundle": args.bundle, "policy_version": getattr(policy, "version", None),
         "psi_threshold": config.psi_threshold, "min_change": config.min_change,
         "min_flag_change": config.min_flag_change, "significance": config.significance,

@@ -301,9 +301,15 @@ class Trainer:
         from classifier.data.schema import LabelSchema
         from classifier.training.dataset import read_dataset, select_split
 
+        from classifier.training import distributed
+
         cfg = self.config
         torch.set_num_threads(cfg.threads)
         self._seed_everything(cfg.seed)
+        # under torchrun: join the process group; rank 0 alone logs, checkpoints and saves
+        self.dist_ = distributed.setup()
+        if not self.dist_.is_main:
+            self.save_model = False
         self.schema_ = self.schema if self.schema is not None else LabelSchema.from_yaml(cfg.schema)
         self._check_heads_config()
         frame = read_dataset(cfg.data) if frame is None else frame
@@ -322,7 +328,7 @@ class Trainer:
             self.model_, self.tokenizer_ = self.model, self.tokenizer
             self.model_.dropout.p = cfg.dropout
             self.model_.freeze_layers(cfg.frozen_layers)
-        own_run = self.run is None and cfg.track
+        own_run = self.run is None and cfg.track and self.dist_.is_main
         if own_run:
             from classifier.tracking import TrackedRun
 
@@ -335,6 +341,8 @@ class Trainer:
             if own_run:
                 self.run.__exit__(type(exc), exc, None)
             raise
+        finally:
+            distributed.teardown(self.dist_)
         if own_run:
             self.run.end("KILLED" if self.interrupted_ else "FINISHED")
         return self
@@ -359,6 +367,12 @@ class Trainer:
 
         cfg = self.config
         model, schema = self.model_, self.schema_
+        dist_ctx = self.dist_
+        if dist_ctx.enabled:
+            model.to(dist_ctx.device)
+            dist_ctx.broadcast_parameters(model)  # every rank starts from rank 0's weights
+            if not dist_ctx.is_main:
+                torch.manual_seed(cfg.seed + dist_ctx.rank)  # own dropout masks per rank
         t0 = time.perf_counter()
         train_ds = PromptDataset.from_frame(train, schema, self.tokenizer_, cfg.max_length)
         self._valid_frame = valid
@@ -395,6 +409,8 @@ class Trainer:
         resume = self._resume_path()
         if resume is not None:
             start_epoch, skip = self._load_checkpoint(resume, optimizer, scheduler)
+            if not self.dist_.is_main:  # the checkpoint holds rank 0's RNG: a rank's own stream again
+                torch.manual_seed(cfg.seed + self.dist_.rank + self.global_step_)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, self.global_step_, start_epoch + 1, skip)
         if self.run is not None:
             self.run.log_params(cfg.to_dict())
@@ -418,13 +434,18 @@ class Trainer:
                 if b < first:
                     continue
                 tic = time.perf_counter()
-                batch = train_ds.collate(idx)
+                batch = train_ds.collate(dist_ctx.shard(idx))  # the whole batch, or this rank's share
+                if dist_ctx.enabled:
+                    batch = _to_device(batch, dist_ctx.device)
                 logits = model.logits_dict(batch["input_ids"], batch["attention_mask"])
                 loss, _ = multitask_loss(logits, batch, class_weights=class_weights,
                                          head_weights=cfg.head_weights, soft_weight=cfg.soft_weight)
                 optimizer.zero_grad(set_to_none=True)
-                if loss is not None:
+                if dist_ctx.enabled:
+                    loss = self._distributed_backward(loss, params, len(batch["input_ids"]))
+                elif loss is not None:
                     loss.backward()
+                if loss is not None:
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
                     optimizer.step()
@@ -465,10 +486,30 @@ class Trainer:
                 log.info("stopped at step %d (max_steps); resume with resume_from", self.global_step_)
                 return
         self.throughput_ = {"train_prompts_per_s": self._rows_trained / max(self._train_seconds, 1e-9)}
-        self._finish(frame)
+        if self.dist_.is_main:
+            self._finish(frame)
+        else:  # rank 0 evaluates, saves and registers the model
+            self.metrics_, self.model_dir_ = {}, None
+
+    def _distributed_backward(self, loss, params, rows: int):
+        """Backward on this rank's share, gradients averaged over ranks; the global mean loss
+        (a tensor) or None when no rank had a labelled row."""
+        import torch
+
+        weight = float(rows) if loss is not None else 0.0
+        if loss is not None:
+            loss.backward()
+        value = float(loss.detach()) if loss is not None else 0.0
+        total = self.dist_.all_reduce_grads([p for _, p in params], weight)
+        if total <= 0:
+            return None
+        mean, _ = self.dist_.mean(value, weight)
+        return torch.tensor(mean)
 
     def _due_checkpoint(self, end_of_epoch: bool, stop: bool, halt: bool, done: bool) -> bool:
         cfg = self.config
+        if not self.dist_.is_main:
+            return False  # rank 0 writes the one checkpoint every rank resumes from
         if stop or done:
             return False
         if halt:
@@ -525,8 +566,10 @@ class Trainer:
         with torch.inference_mode():
             for idx in sorted_batches(dataset.lengths, batch_size or self.config.eval_batch_size):
                 batch = dataset.collate(idx)
+                if getattr(self, "dist_", None) is not None and self.dist_.enabled:
+                    batch = _to_device(batch, self.dist_.device)
                 for name, lg in model.logits_dict(batch["input_ids"], batch["attention_mask"]).items():
-                    out[name][idx] = torch.softmax(lg.float(), dim=-1).numpy()
+                    out[name][idx] = torch.softmax(lg.float(), dim=-1).cpu().numpy()
         self._infer_seconds = getattr(self, "_infer_seconds", 0.0) + time.perf_counter() - tic
         self._infer_rows = getattr(self, "_infer_rows", 0) + len(dataset)
         return out
@@ -753,6 +796,13 @@ class Trainer:
         return int(state["next_epoch"]), int(state["next_batch"])
 
 
+def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    if device == "cpu":
+        return batch
+    return {k: ({h: t.to(device) for h, t in v.items()} if isinstance(v, dict) else v.to(device))
+            for k, v in batch.items()}
+
+
 def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -776,6 +826,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     trainer = Trainer(config).fit(max_steps=args.max_steps)
     out = sys.stdout
+    if not trainer.dist_.is_main:
+        return 0  # under torchrun, rank 0 reports
     if trainer.interrupted_:
         out.write(f"stopped at step {trainer.global_step_}; resume with --resume-from auto\n")
         return 0
