@@ -32,6 +32,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m classifier.bench
+	# fast path (student, int8 teacher, cascade when bundles/student has a cascade.json): evaluation/bench_fast_path.json
+	$(BIN)/python -m benchmarks.fast_path --student student=bundles/student --teacher bundles/teacher-int8 \
+		$(if $(wildcard bundles/student/cascade.json),--cascade bundles/student)
 
 lint: $(STAMP)
 	$(BIN)/ruff check classifier tests

@@ -20,7 +20,15 @@ from classifier.data.schema import LabelSchema
 from classifier.errors import BundleError, ConfigError
 from classifier.serving import bundle as bundle_io
 from classifier.serving.cascade import (
-    CASCADE_FILE, FLAG_ESCALATED, Band, Cascade, CascadeSpec, composite_scores, fit_band, read_cascade, write_cascade,
+    CASCADE_FILE,
+    FLAG_ESCALATED,
+    Band,
+    Cascade,
+    CascadeSpec,
+    composite_scores,
+    fit_band,
+    read_cascade,
+    write_cascade,
 )
 from classifier.serving.runtime import Router
 from classifier.training.distillation import DistillConfig
@@ -229,3 +237,17 @@ def test_fit_cascade_writes_bands_from_the_calibration_rows(cascade_bundles: tup
         assert np.sum((labels == cls) & (p[:, k] < band.lo)) <= spec.fit["per_class"][cls]["max_miss"] * np.sum(labels == cls)
     write_cascade(fast, spec)
     assert read_cascade(fast).to_dict() == json.loads(json.dumps(spec.to_dict()))
+
+
+def test_a_detector_hit_stands_in_for_escalation(cascade_bundles: tuple[Path, Path]) -> None:
+    """Where the runtime's decision already carries a detector hit of the band's class, the gate
+    holds without the teacher (``Decision.detections``, added by the detectors)."""
+    fast, strong = cascade_bundles
+    write_cascade(fast, _spec(fast, strong, 0.0, 1.0))
+    with Cascade.load(fast, strong) as cascade:
+        d = cascade.fast.route(PROMPTS[0])
+        assert cascade.needs_escalation(d)
+        d.detections = [{"rule": "detector:email", "class": "pii", "start": 0, "end": 4}]  # type: ignore[attr-defined]
+        assert not cascade.needs_escalation(d)
+        d.detections = [{"rule": "detector:aws", "class": "credential", "start": 0, "end": 4}]  # type: ignore[attr-defined]
+        assert cascade.needs_escalation(d)
