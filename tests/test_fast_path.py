@@ -251,3 +251,27 @@ def test_a_detector_hit_stands_in_for_escalation(cascade_bundles: tuple[Path, Pa
         assert not cascade.needs_escalation(d)
         d.detections = [{"rule": "detector:aws", "class": "credential", "start": 0, "end": 4}]  # type: ignore[attr-defined]
         assert cascade.needs_escalation(d)
+
+
+def test_cascade_command_fits_on_calibration_rows_only(cascade_bundles: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from classifier.cli import main
+
+    fast, strong = cascade_bundles
+    rng = np.random.default_rng(1)
+    words = ["poem", "anna", "sum", "key", "token", "name", "live"]
+    n = 90
+    frame = pd.DataFrame({
+        "text": [" ".join(rng.choice(words, 5)) for _ in range(n)],
+        "sensitivity": rng.choice(["none", "pii", "credential"], n),
+        "split": ["calibration"] * 60 + ["test"] * 30,
+    })
+    data = tmp_path / "dataset.parquet"
+    frame.to_parquet(data)
+    assert main(["cascade", "--fast", str(fast), "--strong", str(strong), "--data", str(data),
+                 "--max-miss", "pii=0.1"]) == 0
+    spec = read_cascade(fast)
+    assert set(spec.bands) == {"pii"} and spec.fit["n"] == 60 and spec.fit["split"] == "calibration"
+    assert json.loads(capsys.readouterr().out)["bands"]["pii"] == [spec.bands["pii"].lo, spec.bands["pii"].hi]
+    assert main(["cascade", "--fast", str(fast), "--strong", str(strong), "--data", str(data),
+                 "--max-miss", "tier=0.1"]) == 2  # not a gated sensitivity class: a clear error
