@@ -42,14 +42,17 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.long_requests
 	# peers side by side (needs the optional extra: pip install -c constraints.txt -e '.[peers]')
 	$(BIN)/python -m benchmarks.peers $(foreach b,$(PEER_BUNDLES),--bundle $(b))
+	# fast path (student, int8 teacher, cascade when bundles/student has a cascade.json): evaluation/bench_fast_path.json
+	$(BIN)/python -m benchmarks.fast_path --student student=bundles/student --teacher bundles/teacher-int8 \
+		$(if $(wildcard bundles/student/cascade.json),--cascade bundles/student)
 
-# ruff, then the import layers of docs/design.md (the contracts are in pyproject.toml)
 # Scale-out: 1M prompts through Ray Data vs one process, drift over the decisions (needs the
 # 'ray' extra; SCALE_N to shrink it); writes evaluation/bench_scale.json.
 SCALE_N ?= 1000000
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --n $(SCALE_N)
 
+# ruff, then the import layers of docs/design.md (the contracts are in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check classifier tests benchmarks
 	$(BIN)/lint-imports

@@ -152,7 +152,7 @@ def bench_cascade(path: str, strong: str | None, splits: dict, prompts: list[str
         fast_lat = _latency(cascade.fast.route, prompts, repeats)
         lat["strong_mean_ms"] = strong_lat["mean_ms"]
         lat["fast_mean_ms"] = fast_lat["mean_ms"]
-        for s, res in out["splits"].items():
+        for res in out["splits"].values():
             res["expected_mean_ms_120_tokens"] = round(fast_lat["mean_ms"] + res["share_escalated"] * strong_lat["mean_ms"], 4)
         out["latency_120_tokens"] = lat
     return out

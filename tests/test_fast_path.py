@@ -20,7 +20,15 @@ from classifier.data.schema import LabelSchema
 from classifier.errors import BundleError, ConfigError
 from classifier.serving import bundle as bundle_io
 from classifier.serving.cascade import (
-    CASCADE_FILE, FLAG_ESCALATED, Band, Cascade, CascadeSpec, composite_scores, fit_band, read_cascade, write_cascade,
+    CASCADE_FILE,
+    FLAG_ESCALATED,
+    Band,
+    Cascade,
+    CascadeSpec,
+    composite_scores,
+    fit_band,
+    read_cascade,
+    write_cascade,
 )
 from classifier.serving.runtime import Router
 from classifier.training.distillation import DistillConfig
@@ -229,3 +237,41 @@ def test_fit_cascade_writes_bands_from_the_calibration_rows(cascade_bundles: tup
         assert np.sum((labels == cls) & (p[:, k] < band.lo)) <= spec.fit["per_class"][cls]["max_miss"] * np.sum(labels == cls)
     write_cascade(fast, spec)
     assert read_cascade(fast).to_dict() == json.loads(json.dumps(spec.to_dict()))
+
+
+def test_a_detector_hit_stands_in_for_escalation(cascade_bundles: tuple[Path, Path]) -> None:
+    """Where the runtime's decision already carries a detector hit of the band's class, the gate
+    holds without the teacher (``Decision.detections``, added by the detectors)."""
+    fast, strong = cascade_bundles
+    write_cascade(fast, _spec(fast, strong, 0.0, 1.0))
+    with Cascade.load(fast, strong) as cascade:
+        d = cascade.fast.route(PROMPTS[0])
+        assert cascade.needs_escalation(d)
+        d.detections = [{"rule": "detector:email", "class": "pii", "start": 0, "end": 4}]  # type: ignore[attr-defined]
+        assert not cascade.needs_escalation(d)
+        d.detections = [{"rule": "detector:aws", "class": "credential", "start": 0, "end": 4}]  # type: ignore[attr-defined]
+        assert cascade.needs_escalation(d)
+
+
+def test_cascade_command_fits_on_calibration_rows_only(cascade_bundles: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from classifier.cli import main
+
+    fast, strong = cascade_bundles
+    rng = np.random.default_rng(1)
+    words = ["poem", "anna", "sum", "key", "token", "name", "live"]
+    n = 90
+    frame = pd.DataFrame({
+        "text": [" ".join(rng.choice(words, 5)) for _ in range(n)],
+        "sensitivity": rng.choice(["none", "pii", "credential"], n),
+        "split": ["calibration"] * 60 + ["test"] * 30,
+    })
+    data = tmp_path / "dataset.parquet"
+    frame.to_parquet(data)
+    assert main(["cascade", "--fast", str(fast), "--strong", str(strong), "--data", str(data),
+                 "--max-miss", "pii=0.1"]) == 0
+    spec = read_cascade(fast)
+    assert set(spec.bands) == {"pii"} and spec.fit["n"] == 60 and spec.fit["split"] == "calibration"
+    assert json.loads(capsys.readouterr().out)["bands"]["pii"] == [spec.bands["pii"].lo, spec.bands["pii"].hi]
+    assert main(["cascade", "--fast", str(fast), "--strong", str(strong), "--data", str(data),
+                 "--max-miss", "tier=0.1"]) == 2  # not a gated sensitivity class: a clear error
