@@ -331,7 +331,7 @@ class AdaptedTierHead:
                     beta = _newton_logreg(A[tr], y[tr], w[tr], C, max_iter=cfg.max_iter)
                     losses.append(_log_loss(1.0 / (1.0 + np.exp(-(A[te] @ beta))), y[te], w[te]))
                 scores[(scale, C)] = float(np.mean(losses))
-        self.cv_ = {f"prior_scale={sc:g},C={c:g}": v for (sc, c), v in scores.items()}
+        self.cv_ = {f"prior_scale_{sc:g}_C_{c:g}": v for (sc, c), v in scores.items()}
         self.prior_scale_, self.C_ = min(scores, key=scores.get)
         beta = _newton_logreg(design(self.prior_scale_), y, w, self.C_, max_iter=cfg.max_iter)
         # fold standardisation and projection back into one linear map of the raw inputs
@@ -732,7 +732,8 @@ def _log_mlflow(out: Path, result: AdaptResult, experiment: str, registered_name
 
     with tracking.TrackedRun(experiment, run_name=f"adapt-{out.name}",
                              tags={"tierwise.command": "adapt", "tierwise.parent_bundle": parent["path"]}) as run:
-        run.log_params({"head": result.head, "rows": result.metrics["rows"], "parent": dict(parent)})
+        run.log_params({"head": {k: v for k, v in result.head.items() if k != "cv_log_loss"},
+                        "rows": result.metrics["rows"], "parent": dict(parent)})
         flat = {}
         for who in ("parent", "adapted"):
             for k, v in result.metrics[who].items():
