@@ -65,3 +65,29 @@ def test_onnx_lookup_matches_numpy():
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"f": x.astype(np.float32)})[0]
         assert got == pytest.approx(prior.frontier_logit(x), abs=1e-4)
+
+
+def test_report_sections_render():
+    from classifier.evaluation.adapt_sections import (
+        budgets_markdown,
+        budgets_section,
+        clusters_markdown,
+        clusters_section,
+    )
+
+    x, group, success, texts, tasks, _ = _blobs()
+    prior = ClusterPrior(ClusterPriorConfig(n_clusters=4)).fit(x, success, texts=texts, tasks=tasks)
+    md = clusters_markdown(clusters_section(prior))
+    assert md.count("cheap succeeds") == 4 and "n = 200" in md
+    rng = np.random.default_rng(0)
+    parts = []
+    for _ in range(2):
+        s = rng.random(1500)
+        c = (rng.random(1500) > s).astype(float)
+        f = np.where(rng.random(1500) < 0.3, 0.0, 1.0)
+        c[3] = np.nan  # rows without both outcomes are left out, not fatal
+        parts.append({"scores": s, "needs_frontier": ~(c > 0.5), "cheap_correct": c, "frontier_correct": f,
+                      "cost_cheap": np.ones(1500), "cost_frontier": np.full(1500, 5.0)})
+    sec = budgets_section(parts[0], parts[1])
+    assert sec["quality-loss"]["test"]["n"] == 1499
+    assert "| quality-loss |" in budgets_markdown(sec)
