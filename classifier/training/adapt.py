@@ -535,7 +535,6 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
     ``weight`` (e.g. inverse propensity), ``tier``, ``task``, ``group`` and cost columns.
     The bundle is written only when the gate passes (or ``force``).
     """
-    import onnx
 
     from classifier.evaluation import calibration as cal
     from classifier.evaluation import thresholds as th
@@ -631,7 +630,10 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
         cc, cf = row_costs(rows, prices)
     has_both = "frontier_correct" in rows.columns and rows["frontier_correct"].notna().all()
     loss = quality_loss(rows["cheap_correct"], rows["frontier_correct"]) if has_both else None
-    sub = (lambda a, m: None if a is None else a[m])
+
+    def sub(a: np.ndarray | None, m: np.ndarray) -> np.ndarray | None:
+        return None if a is None else a[m]
+
     if budget == "quality-loss":
         if loss is None:
             raise DataError("--budget quality-loss needs frontier_correct on every row")
