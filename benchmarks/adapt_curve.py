@@ -48,8 +48,38 @@ NS = (100, 300, 1000)
 SEEDS = (0, 1, 2)
 
 
+_LIGHT: dict[str, Any] = {}
+
+
+def _light(frame: pd.DataFrame, full: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """``--bundle light``: no network. Features = TF-IDF + SVD(64) fitted on the train split,
+    p_frontier = the task-prior baseline (per source task frontier rate on train; AUROC on the
+    default test split equals the teacher's), base logit = its log-odds. For quick runs and for
+    machines where the encoder is too slow; the lead reruns with real bundles."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from classifier.data.schema import LabelSchema
+    from classifier.training.baselines import TaskPriorBaseline
+
+    if "svd" not in _LIGHT:
+        train = full[(full["split"] == "train") & full["tier"].notna()]
+        vec = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=50_000, ngram_range=(1, 2))
+        X = vec.fit_transform(train["text"].astype(str).str[:2000])
+        _LIGHT["vec"], _LIGHT["svd"] = vec, TruncatedSVD(64, random_state=0).fit(X)
+        schema = LabelSchema.from_yaml("training/schema.yaml")
+        _LIGHT["prior"], _LIGHT["pos"] = TaskPriorBaseline(schema).fit(train), schema.head("tier").index("frontier")
+    f = _LIGHT["svd"].transform(_LIGHT["vec"].transform(frame["text"].astype(str).str[:2000])).astype(np.float32)
+    p = np.clip(_LIGHT["prior"].predict_proba(frame)["tier"][:, _LIGHT["pos"]], 1e-4, 1 - 1e-4)
+    return f, p, np.log(p / (1 - p)), {"feature_tensor": "tfidf_svd64", "dim": 64, "threshold": 0.5,
+                                       "scorer": "task_prior"}
+
+
 def _features(bundle: str, frame: pd.DataFrame, cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(features, calibrated p_frontier, info) of ``frame`` through ``bundle``; cached."""
+    if bundle == "light":
+        f, p, _, info = _light(frame, _LIGHT["full"])
+        return f, p, info
     from classifier.serving.bundle import sha256_file
     from classifier.training.adapt import BundleFeaturizer, base_tier_logit
 
@@ -78,6 +108,8 @@ def _features(bundle: str, frame: pd.DataFrame, cache: Path, tag: str) -> tuple[
 
 
 def _base_logit(bundle: str, frame: pd.DataFrame, cache: Path, tag: str) -> np.ndarray:
+    if bundle == "light":
+        return _light(frame, _LIGHT["full"])[2]
     _features(bundle, frame, cache, tag)
     from classifier.serving.bundle import sha256_file
 
@@ -273,7 +305,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", action="append", required=True, help="bundle to adapt (repeatable)")
+    parser.add_argument("--bundle", action="append", required=True,
+                        help="bundle to adapt (repeatable); 'light': TF-IDF features + task-prior scores, no network")
     parser.add_argument("--data", default="data/build/dataset.parquet")
     parser.add_argument("--prices", default="training/prices.yaml")
     parser.add_argument("--out", default="evaluation/adapt_curve.json")
@@ -285,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data)
     frame = pd.read_parquet(data / "dataset.parquet" if data.is_dir() else data)
+    _LIGHT["full"] = frame
     prices = Prices.from_yaml(args.prices)
     out = Path(args.out)
     result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
@@ -292,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     cache = Path(args.cache)
     for bundle in args.bundle:
-        res = result["bundles"].setdefault(Path(bundle).name, {})
+        res = result["bundles"].setdefault(Path(bundle).name, {})  # 'light' -> key "light"
         res["path"] = bundle
         for part in parts:
             t0 = time.perf_counter()

@@ -10,8 +10,9 @@
 
 **Decision logs**: the audit log (``tierwise serve --audit-log``: ``request_id``, ``prompt_sha256``,
 the decision, optionally the prompt) and ``tierwise route --output`` files (``id``, the decision).
-A decision's ``exploration`` entry (``classifier.serving.exploration``) gives the propensity of the
-tier it chose; without one the propensity is 1 (no exploration: no counterfactual to weigh).
+A decision's ``exploration`` entry (``classifier.serving.exploration``; in an audit log under
+``extra.exploration``, written by ``AuditLog.append(..., exploration=decision.exploration)``) gives
+the propensity of the tier it chose; without one the propensity is 1 (no exploration: no counterfactual to weigh).
 
 **Prompt store**: JSONL/CSV/Parquet with ``text`` and ``id`` (or ``request_id``) columns: the texts
 of the prompts a log names only by hash or id.
@@ -180,7 +181,10 @@ def _decisions(paths: Sequence[Path], rejects: list[RejectedRow]) -> tuple[dict[
     by_hash: dict[str, dict[str, Any]] = {}
     for path in paths:
         for lineno, obj in _read_jsonl(path, rejects):
-            decision = obj.get("decision") if isinstance(obj.get("decision"), dict) else obj
+            decision = dict(obj.get("decision") if isinstance(obj.get("decision"), dict) else obj)
+            extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
+            if "exploration" not in decision and isinstance(extra.get("exploration"), dict):
+                decision["exploration"] = extra["exploration"]  # audit logs keep it under extra
             rec = {"file": str(path), "line": lineno, "decision": decision,
                    "prompt": obj.get("prompt") if isinstance(obj.get("prompt"), str) else None,
                    "prompt_sha256": obj.get("prompt_sha256")}

@@ -298,8 +298,12 @@ class Policy:
             top, "",
             required=("owner", "version", "approval", "tiers", "thresholds"),
             optional=("description", "routing", "sensitivity", "task_overrides", "uncertainty",
-                      "safe_decision", "input"),
+                      "safe_decision", "input", "exploration"),
         )
+        if "exploration" in top:  # issue 15: validated here, applied by PolicyEngine._explore
+            from classifier.serving.exploration import Exploration
+
+            Exploration.from_dict(top["exploration"])
         owner = _string(top["owner"], "owner")
         version = _string(top["version"], "version")
         description = str(top.get("description") or "")
@@ -518,9 +522,10 @@ class Decision:
     blocked: bool = False
     # deterministic detector hits: [{"rule": "detector:<id>", "class", "start", "end"}], never the text
     detections: list[dict[str, Any]] = field(default_factory=list)
+    exploration: dict[str, Any] | None = None  # issue 15: see classifier.serving.exploration
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return {**({"exploration": dict(self.exploration)} if self.exploration is not None else {}),
             "tier": self.tier,
             "model": self.model,
             "blocked": self.blocked,
@@ -752,7 +757,20 @@ class PolicyEngine:
         if rows is None:  # anything unusual (bad shapes, not a distribution): the batch path answers
             return self.decide_batch(probs, flags=[list(flags)],
                                      detections=None if detections is None else [detections])[0]
-        return self._decide_row(rows, list(dict.fromkeys(flags)), _detection_dicts(detections))
+        return self._explore(self._decide_row(rows, list(dict.fromkeys(flags)), _detection_dicts(detections)))
+
+    def _explore(self, decision: Decision) -> Decision:
+        """Exploration (issue 15, ``classifier.serving.exploration``) of plain threshold decisions."""
+        raw = self.policy.raw.get("exploration")
+        if raw is None:
+            return decision
+        if getattr(self, "_exploration", None) is None:
+            from classifier.serving.exploration import Exploration
+
+            self._exploration = Exploration.from_dict(raw)
+        p = self.policy
+        return self._exploration.apply(decision, p.cheap_tier, p.strong_tier,
+                                       models={t.name: t.model for t in p.tiers}, eligible=decision.rule == RULE_TIER)
 
     def decide_batch(self, probs: Mapping[str, Any], *,
                      flags: Sequence[Sequence[str]] | None = None,
@@ -765,8 +783,8 @@ class PolicyEngine:
         if flags is not None and len(flags) == 1:
             rows = self._one_row(probs)
             if rows is not None:
-                return [self._decide_row(rows, list(dict.fromkeys(flags[0])),
-                                         _detection_dicts(detections[0] if detections else None))]
+                return [self._explore(self._decide_row(rows, list(dict.fromkeys(flags[0])),
+                                                       _detection_dicts(detections[0] if detections else None)))]
         try:
             arrays, valid, head_ok, problem, n = self._validate_batch(probs)
         except (TypeError, ValueError) as exc:
@@ -789,7 +807,7 @@ class PolicyEngine:
                 d.detections = row_det[i]
                 out.append(d)
                 continue
-            out.append(self._build(i, plan, probs_i, row_flags[i], row_det[i]))
+            out.append(self._explore(self._build(i, plan, probs_i, row_flags[i], row_det[i])))
         return out
 
     def tier_indices(self, probs: Mapping[str, Any], *,

@@ -9,13 +9,14 @@ and fits a new tier head on top of it, from the team's rows (``classifier.data.f
 * **prior**: the base model's tier logit (frontier minus cheap) and a per-cluster prior
   (``classifier.evaluation.clusters.ClusterPrior``: k-means on those features, Beta posterior of
   cheap success per cluster, cross-fitted on the training rows so it does not leak) enter as
-  features penalised ``prior_scale**2`` times less than the rest, so the head starts from them
-  and learns a within-cluster residual;
-* **head**: an L2 logistic regression on standardised features; the target is ``1 -
-  cheap_correct`` (soft: graded scores and shares of models that passed are used as they are,
-  by duplicating rows with weights ``p`` and ``1 - p``), rows weighted (inverse propensities
-  from exploration, ``base_weight`` for rows of the base data set); ``C`` by k-fold
-  cross-validation on weighted log loss.
+  features penalised ``prior_scale**2`` times less than the rest (``prior_scale`` chosen by
+  cross-validation among ``prior_scales``), so the head leans on them and learns a
+  within-cluster residual;
+* **head**: an L2 logistic regression (Newton's method, on the top ``n_components`` principal
+  components of the standardised features, folded back into one linear map); the target is ``1 -
+  cheap_correct`` (soft: graded scores and shares of models that passed are used as they are),
+  rows weighted (inverse propensities from exploration, ``base_weight`` for rows of the base
+  data set); ``C`` and ``prior_scale`` by k-fold cross-validation on weighted log loss.
 
 The rows are split (seeded) into a fit part, a calibration part (temperature of the new head via
 ``calibration.calibrate_heads``; the tier threshold via ``thresholds.fit_tier_threshold`` or the
@@ -177,7 +178,7 @@ class AdaptConfig:
 
     Cs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     folds: int = 4
-    prior_scale: float = 10.0
+    prior_scales: tuple[float, ...] = (1.0, 10.0)
     n_components: int = 64
     use_base_logit: bool = True
     use_cluster_prior: bool = True
@@ -193,8 +194,8 @@ class AdaptConfig:
             raise ConfigError(f"n_components must be >= 1, got {self.n_components}")
         if self.folds < 2:
             raise ConfigError(f"folds must be >= 2, got {self.folds}")
-        if not self.prior_scale > 0:
-            raise ConfigError(f"prior_scale must be > 0, got {self.prior_scale}")
+        if not self.prior_scales or any(not (x > 0) for x in self.prior_scales):
+            raise ConfigError(f"prior_scales must be numbers > 0, got {self.prior_scales}")
         if not (self.use_base_logit or self.use_cluster_prior or self.use_features):
             raise ConfigError("the head needs at least one input: base logit, cluster prior or features")
 
@@ -314,25 +315,30 @@ class AdaptedTierHead:
         else:
             self.proj_ = np.zeros((k, 0))
         n_prior = int(cfg.use_base_logit) + int(cfg.use_cluster_prior)
-        cols = [np.ones((n, 1)), Z[:, :k] @ self.proj_]
-        if n_prior:
-            cols.append(Z[:, k:] * cfg.prior_scale)  # prior columns: penalised prior_scale**2 x less
-        A = np.concatenate(cols, axis=1)
-        scores = {}
-        for C in sorted(cfg.Cs):
-            losses = []
-            for tr, te in folds:
-                beta = _newton_logreg(A[tr], y[tr], w[tr], C, max_iter=cfg.max_iter)
-                losses.append(_log_loss(1.0 / (1.0 + np.exp(-(A[te] @ beta))), y[te], w[te]))
-            scores[C] = float(np.mean(losses))
-        self.cv_ = {str(c): v for c, v in scores.items()}
-        self.C_ = min(scores, key=scores.get)
-        beta = _newton_logreg(A, y, w, self.C_, max_iter=cfg.max_iter)
+        base_cols = [np.ones((n, 1)), Z[:, :k] @ self.proj_]
+
+        def design(scale: float) -> np.ndarray:
+            # prior columns scaled up: penalised scale**2 times less than the features
+            return np.concatenate(base_cols + ([Z[:, k:] * scale] if n_prior else []), axis=1)
+
+        scales = sorted(set(cfg.prior_scales)) if n_prior else [1.0]
+        scores: dict[tuple[float, float], float] = {}
+        for scale in scales:
+            A = design(scale)
+            for C in sorted(cfg.Cs):
+                losses = []
+                for tr, te in folds:
+                    beta = _newton_logreg(A[tr], y[tr], w[tr], C, max_iter=cfg.max_iter)
+                    losses.append(_log_loss(1.0 / (1.0 + np.exp(-(A[te] @ beta))), y[te], w[te]))
+                scores[(scale, C)] = float(np.mean(losses))
+        self.cv_ = {f"prior_scale_{sc:g}_C_{c:g}": v for (sc, c), v in scores.items()}
+        self.prior_scale_, self.C_ = min(scores, key=scores.get)
+        beta = _newton_logreg(design(self.prior_scale_), y, w, self.C_, max_iter=cfg.max_iter)
         # fold standardisation and projection back into one linear map of the raw inputs
         coef_z = np.zeros(X.shape[1])
         coef_z[:k] = self.proj_ @ beta[1:1 + n_comp]
         if n_prior:
-            coef_z[k:] = beta[1 + n_comp:] * cfg.prior_scale
+            coef_z[k:] = beta[1 + n_comp:] * self.prior_scale_
         coef = coef_z / self.sd_
         b = float(beta[0] - np.sum(coef * self.mu_))
         self.w_ = coef[:k].astype(np.float64)
@@ -376,7 +382,8 @@ class AdaptedTierHead:
         return 1.0 / (1.0 + np.exp(-self.decision_function(features, base_logit)))
 
     def summary(self) -> dict[str, Any]:
-        return {"C": self.C_, "cv_log_loss": self.cv_, "base_logit_weight": self.a_, "cluster_prior_weight": self.g_,
+        return {"C": self.C_, "prior_scale": self.prior_scale_, "cv_log_loss": self.cv_,
+                "base_logit_weight": self.a_, "cluster_prior_weight": self.g_,
                 "intercept": self.b_, "n_features": self.n_features_, "feature_weight_norm": float(np.linalg.norm(self.w_)),
                 "config": asdict(self.config)}
 
@@ -528,7 +535,6 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
     ``weight`` (e.g. inverse propensity), ``tier``, ``task``, ``group`` and cost columns.
     The bundle is written only when the gate passes (or ``force``).
     """
-    import onnx
 
     from classifier.evaluation import calibration as cal
     from classifier.evaluation import thresholds as th
@@ -624,7 +630,10 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
         cc, cf = row_costs(rows, prices)
     has_both = "frontier_correct" in rows.columns and rows["frontier_correct"].notna().all()
     loss = quality_loss(rows["cheap_correct"], rows["frontier_correct"]) if has_both else None
-    sub = (lambda a, m: None if a is None else a[m])
+
+    def sub(a: np.ndarray | None, m: np.ndarray) -> np.ndarray | None:
+        return None if a is None else a[m]
+
     if budget == "quality-loss":
         if loss is None:
             raise DataError("--budget quality-loss needs frontier_correct on every row")
@@ -725,7 +734,8 @@ def _log_mlflow(out: Path, result: AdaptResult, experiment: str, registered_name
 
     with tracking.TrackedRun(experiment, run_name=f"adapt-{out.name}",
                              tags={"tierwise.command": "adapt", "tierwise.parent_bundle": parent["path"]}) as run:
-        run.log_params({"head": result.head, "rows": result.metrics["rows"], "parent": dict(parent)})
+        run.log_params({"head": {k: v for k, v in result.head.items() if k != "cv_log_loss"},
+                        "rows": result.metrics["rows"], "parent": dict(parent)})
         flat = {}
         for who in ("parent", "adapted"):
             for k, v in result.metrics[who].items():

@@ -1,0 +1,93 @@
+"""Exploration: a small, recorded share of traffic that tells a team what the other tier would do.
+
+A prompt sent to one tier says nothing about the other, so outcomes logged under a router only
+ever show the cheap tier on prompts the router already thought easy. With ``exploration`` in the
+policy YAML::
+
+    exploration: {share: 0.05, mode: send}     # or mode: shadow
+
+a decision made by the plain tier threshold (rule ``tier_threshold``: never one raised by a task
+override, an uncertainty band or a sensitivity gate, and never a blocked or safe decision) is, with
+probability ``share``:
+
+* ``send``: sent to the other tier of the (cheap, strong) pair instead;
+* ``shadow``: served as decided, and also shadow-called on the other tier (the caller runs the
+  shadow call and logs its outcome with ``"shadow": true``; it is never shown to the user).
+
+Every such decision carries ``exploration = {"mode", "share", "explored", "propensity",
+"propensities": {tier: P(that tier's outcome is observed)}, "shadow_tier"?}``, so
+``classifier.data.feedback`` can weigh each observed outcome by its inverse propensity. The
+random draw uses ``random.SystemRandom`` (not reproducible on purpose: nobody can steer which
+prompts are explored), or a seeded ``random.Random`` for tests and simulations.
+
+Left out: making the shadow call (the caller's job), and exploring prompts a sensitivity gate
+restricted (exploration must never widen where sensitive text may go).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from classifier.errors import PolicyError
+
+__all__ = ["MODES", "Exploration"]
+
+MODES = ("send", "shadow")
+MAX_SHARE = 0.5
+
+
+@dataclass
+class Exploration:
+    """``share`` of plain threshold decisions explored, ``mode`` send or shadow (module docstring)."""
+
+    share: float
+    mode: str = "send"
+    seed: int | None = None
+    _rng: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 <= self.share <= MAX_SHARE:
+            raise PolicyError(f"exploration.share: must be a number in [0, {MAX_SHARE}], got {self.share!r}")
+        if self.mode not in MODES:
+            raise PolicyError(f"exploration.mode: must be one of {list(MODES)}, got {self.mode!r}")
+        self.share = float(self.share)
+        self._rng = random.SystemRandom() if self.seed is None else random.Random(self.seed)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "exploration") -> Exploration:
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{path}: must be a mapping like {{share: 0.05, mode: send}}")
+        unknown = sorted(set(map(str, data)) - {"share", "mode"})
+        if unknown:
+            raise PolicyError(f"{path}: unknown key(s) {unknown}; allowed: ['mode', 'share']")
+        if "share" not in data:
+            raise PolicyError(f"{path}.share: is required")
+        return cls(share=data["share"], mode=str(data.get("mode", "send")))
+
+    def apply(self, decision: Any, cheap_tier: str, strong_tier: str, *, models: Mapping[str, str],
+              eligible: bool) -> Any:
+        """``decision`` (a ``policy.Decision``) with exploration applied and recorded; ``models``
+        maps tier names to model names."""
+        if self.share <= 0 or not eligible or decision.blocked or decision.tier not in (cheap_tier, strong_tier):
+            return decision
+        chosen = decision.tier
+        other = strong_tier if chosen == cheap_tier else cheap_tier
+        explored = self._rng.random() < self.share
+        info: dict[str, Any] = {"mode": self.mode, "share": self.share, "explored": explored}
+        if self.mode == "send":
+            served = other if explored else chosen
+            info["propensities"] = {chosen: 1.0 - self.share, other: self.share}
+            info["propensity"] = info["propensities"][served]
+            if explored:
+                return replace(decision, tier=served, model=models.get(served, decision.model),
+                               reason=f"{decision.reason}; exploration: sent to {served} (share {self.share:g})",
+                               exploration=info)
+            return replace(decision, exploration=info)
+        info["propensities"] = {chosen: 1.0, other: self.share}
+        info["propensity"] = 1.0
+        if explored:
+            info["shadow_tier"] = other
+        return replace(decision, exploration=info)
