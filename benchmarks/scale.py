@@ -78,7 +78,7 @@ def _run(argv: list[str], label: str) -> dict:
     driver_kb = next((int(line.split()[1]) for line in err.splitlines() if line.startswith("PEAK_RSS_KB")), 0)
     sys.stderr.write(f"{label}: {wall:.1f}s, driver peak RSS {driver_kb / 1e3:.0f} MB, tree peak {peak[0]:.0f} MB\n")
     return {"wall_s": wall, "driver_peak_rss_mb": driver_kb / 1e3, "tree_peak_rss_mb": peak[0],
-            "stdout_tail": out[-400:], "stderr_tail": "\n".join(l for l in err.splitlines() if "INFO" not in l)[-600:]}
+            "stdout_tail": out[-400:], "stderr_tail": "\n".join(ln for ln in err.splitlines() if "INFO" not in ln)[-600:]}
 
 
 def build_prompts(n: int, out: Path, data: Path) -> int:

@@ -25,7 +25,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("export",): ("classifier.training.export", "export", "export a trained model to a verified ONNX bundle"),
     ("distill",): ("classifier.training.distillation", "distill", "distil the encoder into a sub-millisecond student bundle"),
     ("cascade",): ("classifier.evaluation.cascade_cmd", "cascade", "fit a student bundle's escalation band to a teacher bundle"),
-    ("route",): ("classifier.serving.route_cmd", "route", "route one prompt or a JSONL file with a bundle"),
+    ("route",): ("classifier.route_cmd", "route", "route one prompt or a JSONL file with a bundle"),
     ("serve",): ("classifier.serving.app", "serve", "serve a bundle over HTTP"),
     ("report",): ("classifier.evaluation.report", "report", "write the policy owners' evaluation report"),
     ("drift",): ("classifier.evaluation.drift", "drift", "compare live routing against a reference and flag drift"),
@@ -38,7 +38,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("eval", "long-prompts"): ("classifier.evaluation.long_prompts", "long_prompts", "measure the model views on wrapped long prompts"),
     ("eval", "positions"): ("classifier.evaluation.long_prompts", "positions", "recall of planted credentials/pii by position in long requests"),
     ("adapt",): ("classifier.training.adapt", "adapt", "refit the tier head on your own outcomes into a new bundle version"),
-    ("feedback", "join"): ("classifier.data.feedback", "join", "join decision logs, prompts and outcomes into training rows"),
+    ("feedback", "join"): ("classifier.training.feedback", "join", "join decision logs, prompts and outcomes into training rows"),
     ("eval", "real-traffic"): ("classifier.evaluation.real_traffic", "real_traffic", "false sensitivity flags on held-out real user prompts"),
 }
 

@@ -151,7 +151,7 @@ def test_adapt_cli_rejects_same_out_and_bad_rows(tiny_bundle, tmp_path, capsys):
     rc = cli_main(["adapt", "--bundle", str(tiny_bundle), "--rows", str(path), "--out", str(tiny_bundle),
                    "--no-mlflow"])
     assert rc == 2 and "--out must differ" in capsys.readouterr().err
-    from classifier.data.feedback import load_training_rows
+    from classifier.training.feedback import load_training_rows
 
     loaded = load_training_rows(path, rejects_path=tmp_path / "rej.jsonl")
     assert len(loaded) == 49

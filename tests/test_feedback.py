@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.data.feedback import join_feedback
 from classifier.data.schema import LabelSchema
 from classifier.errors import PolicyError
 from classifier.serving.exploration import Exploration
 from classifier.serving.policy import Policy, PolicyEngine
+from classifier.training.feedback import join_feedback
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from conftest import LiveServer
 
 from classifier.data.schema import LabelSchema
 from classifier.errors import ConfigError, InputError, PolicyError
+from classifier.route_cmd import route_file
 from classifier.serving.app import create_app
 from classifier.serving.policy import Policy, PolicyEngine
 from classifier.serving.request import FLAG_NON_TEXT_SKIPPED, RequestError, parse_request
-from classifier.serving.route_cmd import route_file
 from classifier.serving.runtime import Router
 from classifier.serving.view import ModelView, sensitivity_windows
 

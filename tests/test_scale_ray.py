@@ -50,7 +50,7 @@ def prompts(tmp_path_factory) -> Path:
 
 
 def _local_route(bundle: Path, prompts: Path, out: Path) -> list[str]:
-    from classifier.serving.route_cmd import route_file
+    from classifier.route_cmd import route_file
     from classifier.serving.runtime import Router
 
     with Router.load(bundle, threads=1) as router, open(out, "w", encoding="utf-8") as fh:
@@ -61,8 +61,8 @@ def _local_route(bundle: Path, prompts: Path, out: Path) -> list[str]:
 def test_ray_route_matches_single_process_bit_for_bit(ray_cluster, tiny_bundle, prompts, tmp_path):
     import argparse
 
+    from classifier.route_cmd import add_route_arguments, run_route
     from classifier.serving.audit import verify
-    from classifier.serving.route_cmd import add_route_arguments, run_route
 
     local = _local_route(tiny_bundle, prompts, tmp_path / "local.jsonl")
     parser = argparse.ArgumentParser()
@@ -93,7 +93,7 @@ def test_ray_route_parquet_output_has_flat_columns(ray_cluster, tiny_bundle, pro
 
     import pandas as pd
 
-    from classifier.serving.route_cmd import add_route_arguments, run_route
+    from classifier.route_cmd import add_route_arguments, run_route
 
     parser = argparse.ArgumentParser()
     add_route_arguments(parser)

@@ -65,9 +65,9 @@ import numpy as np
 import pandas as pd
 
 from classifier.errors import ConfigError, DataError
+from classifier.evaluation import long_prompts_section
 from classifier.evaluation.report_common import finite as _f
 from classifier.evaluation.report_common import length_bucket, pct
-from classifier.evaluation import long_prompts_section
 from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)

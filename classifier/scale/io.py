@@ -175,3 +175,30 @@ def decode_record(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     if rec.get("flags") is None and "tier" in rec and "rule" in rec:
         rec["flags"] = []
     return rec, None
+
+
+def parse_route_line(raw: bytes, n: int, text_field: str, id_field: str) -> tuple[Any, Any, str | None]:
+    """(text or chat body, id, error) of one ``tierwise route --input`` line; error is None when
+    the line is usable. Shared by the in-process and the Ray paths, so both read lines alike."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, None, f"line {n}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if not line.strip():
+        return None, None, f"line {n}: empty line; expected a JSON object with a {text_field!r} field"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, None, f"line {n}: not valid JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(record, dict):
+        return None, None, f"line {n}: expected a JSON object, got {type(record).__name__}"
+    rid = record.get(id_field)
+    if text_field not in record and "messages" in record:
+        return record, rid, None  # a chat-completions body: the router parses it (and answers bad ones)
+    if text_field not in record:
+        return None, rid, (f"line {n}: no {text_field!r} or 'messages' field (fields: {sorted(record)[:10]}); "
+                           "set --text-field")
+    text = record[text_field]
+    if not isinstance(text, str):
+        return None, rid, f"line {n}: {text_field!r} must be a string, got {type(text).__name__}"
+    return text, rid, None

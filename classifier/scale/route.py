@@ -66,7 +66,7 @@ class RouteActor:
 
     def _parse(self, raw: bytes, n: int) -> tuple[Any, Any, str | None]:
         if self.mode == "route":
-            from classifier.serving.route_cmd import _parse
+            from classifier.scale.io import parse_route_line as _parse
 
             return _parse(raw, n, self.text_field, self.id_field)
         from classifier.evaluation.drift import _text_of
@@ -80,8 +80,8 @@ class RouteActor:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from classifier.evaluation.report import length_bucket
-        from classifier.serving.route_cmd import FLAG_INVALID_INPUT
+        from classifier.evaluation.report_common import length_bucket
+        from classifier.serving.runtime import FLAG_INVALID_INPUT
 
         paths = batch.column("path").to_pylist()
         lines = batch.column("line").to_pylist()

@@ -16,7 +16,7 @@ probability ``share``:
 
 Every such decision carries ``exploration = {"mode", "share", "explored", "propensity",
 "propensities": {tier: P(that tier's outcome is observed)}, "shadow_tier"?}``, so
-``classifier.data.feedback`` can weigh each observed outcome by its inverse propensity. The
+``classifier.training.feedback`` can weigh each observed outcome by its inverse propensity. The
 random draw uses ``random.SystemRandom`` (not reproducible on purpose: nobody can steer which
 prompts are explored), or a seeded ``random.Random`` for tests and simulations.
 

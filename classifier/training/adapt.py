@@ -2,7 +2,7 @@
 
 The shipped model's tier head learned, from public benchmarks, mostly *which task* a prompt comes
 from; on a team's own traffic that does not transfer. ``adapt`` keeps the bundle's network frozen
-and fits a new tier head on top of it, from the team's rows (``classifier.data.feedback``):
+and fits a new tier head on top of it, from the team's rows (``classifier.training.feedback``):
 
 * **features**: the tensor every head of the bundle's ONNX graph reads (the student's trunk
   output, the teacher's pooled embedding), found by walking the graph (``find_feature_tensor``);
@@ -785,8 +785,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    from classifier.data.feedback import load_training_rows
     from classifier.evaluation.prices import Prices
+    from classifier.training.feedback import load_training_rows
 
     rows = load_training_rows(args.rows)
     base = None

@@ -299,9 +299,8 @@ class Trainer:
         import torch
 
         from classifier.data.schema import LabelSchema
-        from classifier.training.dataset import read_dataset, select_split
-
         from classifier.training import distributed
+        from classifier.training.dataset import read_dataset, select_split
 
         cfg = self.config
         torch.set_num_threads(cfg.threads)
