@@ -93,7 +93,7 @@ def mlflow_store(monkeypatch, tmp_path) -> str:
 def test_adapt_bundle_end_to_end(tiny_bundle, tmp_path, mlflow_store):
     from classifier.serving.bundle import sha256_file, verify_bundle
     from classifier.serving.runtime import Router
-    from classifier.training import tracking
+    from classifier import tracking
 
     rows = _rows(900)
     out = tmp_path / "adapted"

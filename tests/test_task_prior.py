@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from classifier.training.baselines import BASELINES, ClusterPriorBaseline, TaskPriorBaseline
+from classifier.evaluation.baselines import BASELINES, ClusterPriorBaseline, TaskPriorBaseline
 
 from classifier.data.schema import LabelSchema
 

@@ -730,7 +730,7 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
 
 def _log_mlflow(out: Path, result: AdaptResult, experiment: str, registered_name: str,
                 parent: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    from classifier.training import tracking
+    from classifier import tracking
 
     with tracking.TrackedRun(experiment, run_name=f"adapt-{out.name}",
                              tags={"tierwise.command": "adapt", "tierwise.parent_bundle": parent["path"]}) as run:

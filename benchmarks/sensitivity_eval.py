@@ -1,0 +1,92 @@
+"""Sensitivity recall at precision >= 0.95 of a bundle, by the model alone and with the bundle's
+deterministic detectors, on the default data's test and ood splits (issue 14's done-when).
+
+Score of a prompt for a class: the model's calibrated probability (sliding windows, max-pooled,
+as the runtime reads it); with detectors, 1.0 when a detector of that class hit the prompt, else
+the model's probability: a detector hit is evidence the policy acts on whatever the model says.
+Recall at precision >= 0.95 is the highest recall over thresholds whose measured precision on
+the split is >= 0.95 (``classifier.evaluation.metrics.recall_at_precision``); the threshold is
+read off the split itself, so this is the separability the issue asks for, not a calibrated gate.
+
+    python -m benchmarks.sensitivity_eval --bundle bundles/student --bundle bundles/teacher-int8
+
+Writes ``evaluation/sensitivity_eval.json``. Leaves out: the calibrated gates' leak rates (the
+report has them) and real traffic (``tierwise eval real-traffic``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from classifier.evaluation.metrics import recall_at_precision  # noqa: E402
+
+
+def evaluate_bundle(path: Path, frame, splits: Sequence[str], batch: int = 64) -> dict:
+    from tqdm.auto import tqdm
+
+    from classifier.serving.runtime import Router
+
+    out: dict = {}
+    with Router.load(path, threads=2) as router:
+        head = router.policy.sensitivity_head
+        classes = list(router.schema.head(head).classes)
+        for split in splits:
+            rows = frame[frame["split"] == split]
+            texts = rows["text"].tolist()
+            probs = np.zeros((len(texts), len(classes)))
+            hits = [set() for _ in texts]
+            for s in tqdm(range(0, len(texts), batch), desc=f"{path.name} {split}", leave=False):
+                chunk = texts[s:s + batch]
+                probs[s:s + len(chunk)] = router.predict_proba(chunk)[head]
+                if router.detectors is not None:
+                    for j, found in enumerate(router.detectors.scan_many(chunk)):
+                        hits[s + j] = {h.cls for h in found}
+            res = {}
+            for c in ("pii", "credential"):
+                k = classes.index(c)
+                y = (rows["sensitivity"].to_numpy() == c).astype(int)
+                model = probs[:, k]
+                both = np.where([c in h for h in hits], 1.0, model)
+                r_m, _ = recall_at_precision(y, model, 0.95)
+                r_b, _ = recall_at_precision(y, both, 0.95)
+                det = np.array([c in h for h in hits])
+                res[c] = {"positives": int(y.sum()), "model": round(float(r_m), 4),
+                          "model+detectors": round(float(r_b), 4),
+                          "detector_recall": round(float(det[y == 1].mean()), 4) if y.sum() else None,
+                          "detector_false_flags": int(det[y == 0].sum())}
+            out[split] = res
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import pandas as pd
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, action="append", required=True)
+    parser.add_argument("--dataset", default=str(ROOT / "data" / "build" / "dataset.parquet"))
+    parser.add_argument("--splits", default="test,ood")
+    parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "sensitivity_eval.json")
+    args = parser.parse_args(argv)
+    frame = pd.read_parquet(args.dataset, columns=["text", "split", "sensitivity"])
+    result = {str(b): evaluate_bundle(b, frame, args.splits.split(",")) for b in args.bundle}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for b, res in result.items():
+        for split, cls in res.items():
+            for c, r in cls.items():
+                sys.stdout.write(f"{b} {split} {c}: model {r['model']}, model+detectors {r['model+detectors']} "
+                                 f"(detectors alone recall {r['detector_recall']}, false flags {r['detector_false_flags']})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
