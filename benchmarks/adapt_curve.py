@@ -56,11 +56,11 @@ def _light(frame: pd.DataFrame, full: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     p_frontier = the task-prior baseline (per source task frontier rate on train; AUROC on the
     default test split equals the teacher's), base logit = its log-odds. For quick runs and for
     machines where the encoder is too slow; the lead reruns with real bundles."""
-    from classifier.evaluation.baselines import TaskPriorBaseline
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from classifier.data.schema import LabelSchema
+    from classifier.evaluation.baselines import TaskPriorBaseline
 
     if "svd" not in _LIGHT:
         train = full[(full["split"] == "train") & full["tier"].notna()]

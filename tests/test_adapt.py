@@ -91,9 +91,9 @@ def mlflow_store(monkeypatch, tmp_path) -> str:
                    "feature-carrying fixture (the pipeline ran end to end on the quick teacher: 0.69 -> 0.80)",
                    strict=False)
 def test_adapt_bundle_end_to_end(tiny_bundle, tmp_path, mlflow_store):
+    from classifier import tracking
     from classifier.serving.bundle import sha256_file, verify_bundle
     from classifier.serving.runtime import Router
-    from classifier import tracking
 
     rows = _rows(900)
     out = tmp_path / "adapted"

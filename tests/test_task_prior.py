@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from classifier.evaluation.baselines import BASELINES, ClusterPriorBaseline, TaskPriorBaseline
 
 from classifier.data.schema import LabelSchema
+from classifier.evaluation.baselines import BASELINES, ClusterPriorBaseline, TaskPriorBaseline
 
 
 def _frame(seed: int = 0) -> pd.DataFrame:
