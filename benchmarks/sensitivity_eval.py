@@ -43,10 +43,15 @@ def evaluate_bundle(path: Path, frame, splits: Sequence[str], batch: int = 64) -
             rows = frame[frame["split"] == split]
             texts = rows["text"].tolist()
             probs = np.zeros((len(texts), len(classes)))
+            tier_p, task_pred = np.zeros(len(texts)), [None] * len(texts)
+            task_classes = list(router.schema.head("task").classes)
             hits = [set() for _ in texts]
             for s in tqdm(range(0, len(texts), batch), desc=f"{path.name} {split}", leave=False):
                 chunk = texts[s:s + batch]
-                probs[s:s + len(chunk)] = router.predict_proba(chunk)[head]
+                pp = router.predict_proba(chunk)
+                probs[s:s + len(chunk)] = pp[head]
+                tier_p[s:s + len(chunk)] = pp["tier"][:, list(router.schema.head("tier").classes).index("frontier")]
+                task_pred[s:s + len(chunk)] = [task_classes[i] for i in pp["task"].argmax(1)]
                 if router.detectors is not None:
                     for j, found in enumerate(router.detectors.scan_many(chunk)):
                         hits[s + j] = {h.cls for h in found}
@@ -63,6 +68,14 @@ def evaluate_bundle(path: Path, frame, splits: Sequence[str], batch: int = 64) -
                           "model+detectors": round(float(r_b), 4),
                           "detector_recall": round(float(det[y == 1].mean()), 4) if y.sum() else None,
                           "detector_false_flags": int(det[y == 0].sum())}
+            from sklearn.metrics import f1_score, roc_auc_score
+
+            t = rows["tier"].to_numpy()
+            m = np.array([x is not None for x in t])
+            res["tier_auroc"] = round(float(roc_auc_score(t[m] == "frontier", tier_p[m])), 4) if m.any() else None
+            k = rows["task"].notna().to_numpy()
+            res["task_macro_f1"] = round(float(f1_score(rows["task"].to_numpy()[k], np.array(task_pred)[k],
+                                                        average="macro")), 4) if k.any() else None
             out[split] = res
     return out
 
@@ -76,13 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits", default="test,ood")
     parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "sensitivity_eval.json")
     args = parser.parse_args(argv)
-    frame = pd.read_parquet(args.dataset, columns=["text", "split", "sensitivity"])
+    frame = pd.read_parquet(args.dataset, columns=["text", "split", "sensitivity", "tier", "task"])
     result = {str(b): evaluate_bundle(b, frame, args.splits.split(",")) for b in args.bundle}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for b, res in result.items():
         for split, cls in res.items():
-            for c, r in cls.items():
+            sys.stdout.write(f"{b} {split}: tier AUROC {cls['tier_auroc']}, task macro-F1 {cls['task_macro_f1']}\n")
+            for c in ("pii", "credential"):
+                r = cls[c]
                 sys.stdout.write(f"{b} {split} {c}: model {r['model']}, model+detectors {r['model+detectors']} "
                                  f"(detectors alone recall {r['detector_recall']}, false flags {r['detector_false_flags']})\n")
     return 0

@@ -144,7 +144,7 @@ def test_cli_smoke(tmp_path, capsys):
                "--prices", str(ROOT / "training" / "prices.yaml"), "--out", str(out), "--no-plot"])
     assert rc == 0
     report = json.loads(out.read_text())
-    assert set(report["results"]["test"]) == {"majority", "keyword", "tfidf_logreg"}
+    assert set(report["results"]["test"]) == {"majority", "keyword", "tfidf_logreg", "task_prior", "cluster_prior"}
     table = out.with_suffix(".md").read_text()
     assert "| tfidf_logreg |" in table and "APGR" in table
     assert "| tfidf_logreg |" in capsys.readouterr().out

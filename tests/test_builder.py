@@ -1,4 +1,5 @@
-"""The default data set builder: label rules, rejects, splits, outputs and the CLI.
+"""The default data set builder: label rules, rejects, splits, outputs and the CLI. The mini builds
+turn the traffic-shaped negatives off (tests/test_benign.py covers them).
 
 Two inputs: a tiny hand-made copy of the shared folder's layout (exact expectations on labels and
 rejects) and a small slice of the real shared data (skipped when it is absent).
@@ -237,7 +238,7 @@ def mini_shared(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mini_build(mini_shared, tmp_path_factory):
     out = tmp_path_factory.mktemp("mini_build")
-    config = BuildConfig(shared=mini_shared, out=out, seed=5, progress=False,
+    config = BuildConfig(shared=mini_shared, out=out, seed=5, progress=False, benign={"enabled": False},
                          ood_source_tasks=["llmrouter:trivia_qa"])
     result = build_dataset(config)
     rows = pq.read_table(result.dataset_path).to_pylist()
@@ -319,7 +320,7 @@ def test_mini_build_traffic(mini_build) -> None:
 
 def test_build_is_deterministic(mini_shared, mini_build, tmp_path) -> None:
     result, _, rows = mini_build
-    again = build_dataset(BuildConfig(shared=mini_shared, out=tmp_path, seed=5, progress=False,
+    again = build_dataset(BuildConfig(shared=mini_shared, out=tmp_path, seed=5, progress=False, benign={"enabled": False},
                                       ood_source_tasks=["llmrouter:trivia_qa"]))
     assert pq.read_table(again.dataset_path).to_pylist() == rows
 
@@ -453,7 +454,7 @@ def test_defanged_secrets_and_restyled_masks_read_as_placeholders() -> None:
 
 
 def test_build_with_defanged_and_restyled_negatives(mini_shared, tmp_path) -> None:
-    config = BuildConfig(shared=mini_shared, out=tmp_path / "b", seed=5, progress=False,
+    config = BuildConfig(shared=mini_shared, out=tmp_path / "b", seed=5, progress=False, benign={"enabled": False},
                          ood_source_tasks=["llmrouter:trivia_qa"],
                          sensitivity={"defanged_per_rule": 2, "masked_restyle_rate": 1.0,
                                       "composed_mixed_per_rule": 2})
@@ -510,7 +511,7 @@ def test_rare_pii_types_get_more_copies_and_ips_are_drawn_fresh() -> None:
 
 def test_refilled_pii_copies_are_training_only(mini_shared, mini_build, tmp_path) -> None:
     _, _, base_rows = mini_build
-    config = BuildConfig(shared=mini_shared, out=tmp_path / "b", seed=5, progress=False,
+    config = BuildConfig(shared=mini_shared, out=tmp_path / "b", seed=5, progress=False, benign={"enabled": False},
                          ood_source_tasks=["llmrouter:trivia_qa"],
                          sensitivity={"refills_per_record": 2, "first_name_rate": 1.0})
     rows = pq.read_table(build_dataset(config).dataset_path).to_pylist()

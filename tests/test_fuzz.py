@@ -245,10 +245,14 @@ def api_server(tiny_bundle: Path) -> Iterator[LiveServer]:
 
 def check_case(case, negative: bool) -> None:
     """One generated request: the schema's checks, no 5xx, and schema-violating data refused."""
-    from schemathesis.checks import negative_data_rejection
+    from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
-    # schemathesis' own rejection check knows 400/422 but not 413 (a batch over the limit)
-    response = case.call_and_validate(excluded_checks=[negative_data_rejection])
+    # schemathesis' own rejection check knows 400/422 but not 413 (a batch over the limit); the
+    # chat endpoint's schema is deliberately open (a gateway forwards the body it has) and the
+    # parser answers a body it cannot read with a 400 naming the field, so a schema-valid body
+    # may be refused there
+    excluded = [negative_data_rejection] + ([positive_data_acceptance] if case.path == "/v1/route/chat" else [])
+    response = case.call_and_validate(excluded_checks=excluded)
     assert response.status_code < 500, response.text
     if negative and response.status_code == 200:
         # by design, invalid UTF-8 inside a JSON string is not a malformed request: each prompt

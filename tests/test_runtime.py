@@ -378,7 +378,7 @@ def test_cli_route_file_with_bad_lines(tiny_bundle: Path, router: Router, tmp_pa
     for r in rows:
         if r["line"] in invalid:
             assert r["error"].startswith(f"line {r['line']}:") and r["tier"] == router.safe_decision("x").tier
-    assert "not valid JSON" in rows[1]["error"] and "'text' field" in rows[2]["error"]
+    assert "not valid JSON" in rows[1]["error"] and "'text' or 'messages' field" in rows[2]["error"]
     assert_same_decision({k: v for k, v in rows[0].items() if k not in ("line", "id")}, router.route(TEXTS[1]).to_dict())
     assert "8 line(s), 5 invalid" in capsys.readouterr().err
     result = verify(audit)

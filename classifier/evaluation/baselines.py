@@ -392,10 +392,12 @@ class TaskPriorBaseline:
         self.strength = strength
 
     def fit(self, frame: pd.DataFrame) -> TaskPriorBaseline:
-        if self.column not in frame.columns:
-            raise DataError(f"task_prior: the data has no {self.column!r} column")
         self.priors_ = {h.name: _priors(h, frame) for h in self.schema.heads}
         self.tables_: dict[str, dict[str, np.ndarray]] = {}
+        if self.column not in frame.columns:  # no task to look up: every row gets the global prior
+            logger.warning("task_prior: the data has no %r column; it scores the global prior (chance)", self.column)
+            self.tables_ = {h.name: {} for h in self.schema.heads}
+            return self
         for head in self.schema.heads:
             mask, y = _labelled(head, frame)
             keys = frame[self.column].astype(str).to_numpy()[mask]
