@@ -32,17 +32,23 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    """A few thousand real test-split prompts as JSONL, plus three bad lines."""
-    if not DATASET.is_file():
-        pytest.skip(f"{DATASET} not built (tierwise data build)")
-    import pandas as pd
+def prompts(tmp_path_factory, shared_data) -> Path:
+    """A few thousand real prompts as JSONL, plus three bad lines: the built test split when
+    ``data/build`` exists, else the shared arena-hard and RouterArena prompts (a fresh clone)."""
+    if DATASET.is_file():
+        import pandas as pd
 
-    frame = pd.read_parquet(DATASET, columns=["id", "text", "split"])
-    frame = frame[frame["split"] == "test"].head(N_PROMPTS)
+        frame = pd.read_parquet(DATASET, columns=["id", "text", "split"])
+        frame = frame[frame["split"] == "test"].head(N_PROMPTS)
+        rows = list(zip(frame["id"], frame["text"], strict=True))
+    else:
+        from classifier.data.normalize import text_id
+        from classifier.data.sources import RejectLog, read_traffic
+
+        rows = [(text_id(r["text"]), r["text"]) for r in read_traffic(shared_data, RejectLog())][:N_PROMPTS]
     path = tmp_path_factory.mktemp("ray") / "prompts.jsonl"
     with open(path, "w", encoding="utf-8") as fh:
-        for i, (rid, text) in enumerate(zip(frame["id"], frame["text"], strict=True)):
+        for i, (rid, text) in enumerate(rows):
             fh.write(json.dumps({"id": rid, "text": text}) + "\n")
             if i == 700:  # bad lines in the middle: the safe decision, never an abort
                 fh.write("not json\n\n" + json.dumps({"text": 3}) + "\n")
