@@ -143,6 +143,28 @@ def _string_list(value: Any, path: str) -> tuple[str, ...]:
     return tuple(_string(v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
+def _allowed(rule: Mapping[str, Any], p: str, action: str, tiers: Sequence[Any],
+             tier_ref: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(allowed_tiers, allowed_trust) of a rule at path ``p``: required by, and only by, action
+    ``restrict``, and satisfiable by at least one tier. Shared by the sensitivity and input rules."""
+    allowed_tiers: tuple[str, ...] = ()
+    allowed_trust: tuple[str, ...] = ()
+    if "allowed_tiers" in rule:
+        allowed_tiers = tuple(tier_ref(v, f"{p}.allowed_tiers[{j}]")
+                              for j, v in enumerate(_string_list(rule["allowed_tiers"], f"{p}.allowed_tiers")))
+    if "allowed_trust" in rule:
+        allowed_trust = tuple(_choice(v, f"{p}.allowed_trust[{j}]", TRUST_LEVELS)
+                              for j, v in enumerate(_string_list(rule["allowed_trust"], f"{p}.allowed_trust")))
+    if action == "restrict":
+        if not allowed_tiers and not allowed_trust:
+            raise _fail(p, "action 'restrict' needs 'allowed_tiers' and/or 'allowed_trust'")
+        if not any(t.name in allowed_tiers or t.trust in allowed_trust for t in tiers):
+            raise _fail(p, "no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
+    elif allowed_tiers or allowed_trust:
+        raise _fail(p, f"allowed_tiers/allowed_trust only apply to action 'restrict', not {action!r}")
+    return allowed_tiers, allowed_trust
+
+
 def _input_rules(raw: Any, tiers: Sequence[Any], tier_ref: Any) -> dict[str, InputRule]:
     """Section ``input`` (rules for what the model could not read), validated."""
     section = _mapping(raw or {}, "input")
@@ -153,21 +175,7 @@ def _input_rules(raw: Any, tiers: Sequence[Any], tier_ref: Any) -> dict[str, Inp
         rule = _mapping(raw_rule, p)
         _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust"))
         action = _choice(rule["action"], f"{p}.action", INPUT_ACTIONS)
-        allowed_tiers: tuple[str, ...] = ()
-        allowed_trust: tuple[str, ...] = ()
-        if "allowed_tiers" in rule:
-            allowed_tiers = tuple(tier_ref(v, f"{p}.allowed_tiers[{j}]")
-                                  for j, v in enumerate(_string_list(rule["allowed_tiers"], f"{p}.allowed_tiers")))
-        if "allowed_trust" in rule:
-            allowed_trust = tuple(_choice(v, f"{p}.allowed_trust[{j}]", TRUST_LEVELS)
-                                  for j, v in enumerate(_string_list(rule["allowed_trust"], f"{p}.allowed_trust")))
-        if action == "restrict":
-            if not allowed_tiers and not allowed_trust:
-                raise _fail(p, "action 'restrict' needs 'allowed_tiers' and/or 'allowed_trust'")
-            if not any(t.name in allowed_tiers or t.trust in allowed_trust for t in tiers):
-                raise _fail(p, "no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
-        elif allowed_tiers or allowed_trust:
-            raise _fail(p, f"allowed_tiers/allowed_trust only apply to action 'restrict', not {action!r}")
+        allowed_tiers, allowed_trust = _allowed(rule, p, action, tiers, tier_ref)
         out[str(name)] = InputRule(action, allowed_tiers, allowed_trust)
     return out
 
@@ -376,21 +384,7 @@ class Policy:
             _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust", "gate"))
             action = _choice(rule["action"], f"{p}.action", SENSITIVITY_ACTIONS)
             gate = _choice(rule.get("gate", "either"), f"{p}.gate", GATES)
-            allowed_tiers: tuple[str, ...] = ()
-            allowed_trust: tuple[str, ...] = ()
-            if "allowed_tiers" in rule:
-                allowed_tiers = tuple(tier_ref(v, f"{p}.allowed_tiers[{j}]")
-                                      for j, v in enumerate(_string_list(rule["allowed_tiers"], f"{p}.allowed_tiers")))
-            if "allowed_trust" in rule:
-                allowed_trust = tuple(_choice(v, f"{p}.allowed_trust[{j}]", TRUST_LEVELS)
-                                      for j, v in enumerate(_string_list(rule["allowed_trust"], f"{p}.allowed_trust")))
-            if action == "restrict":
-                if not allowed_tiers and not allowed_trust:
-                    raise _fail(p, "action 'restrict' needs 'allowed_tiers' and/or 'allowed_trust'")
-                if not any(t.name in allowed_tiers or t.trust in allowed_trust for t in tiers):
-                    raise _fail(p, "no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
-            elif allowed_tiers or allowed_trust:
-                raise _fail(p, f"allowed_tiers/allowed_trust only apply to action 'restrict', not {action!r}")
+            allowed_tiers, allowed_trust = _allowed(rule, p, action, tiers, tier_ref)
             sens_rules[str(cls_name)] = SensitivityRule(action, allowed_tiers, allowed_trust, gate)
 
         # task overrides ---------------------------------------------------------------------
