@@ -71,7 +71,7 @@ def evaluate_bundle(path: Path, frame, splits: Sequence[str], batch: int = 64) -
             from sklearn.metrics import f1_score, roc_auc_score
 
             t = rows["tier"].to_numpy()
-            m = np.array([x is not None for x in t])
+            m = rows["tier"].notna().to_numpy()  # parquet gives NaN, not None, for rows without a tier
             res["tier_auroc"] = round(float(roc_auc_score(t[m] == "frontier", tier_p[m])), 4) if m.any() else None
             k = rows["task"].notna().to_numpy()
             res["task_macro_f1"] = round(float(f1_score(rows["task"].to_numpy()[k], np.array(task_pred)[k],

@@ -61,7 +61,7 @@ def test_iban_mod97_and_country_length() -> None:
     assert D.iban_ok("DE89370400440532013000")
 
 
-def test_phone_email_ip_and_dob(det: Detectors) -> None:
+def test_phone_email_ip_and_dob(det: Detectors, shared_data: Path) -> None:
     assert rules_of(det.scan("call (415) 555-2671 today")) == {"phone"}
     assert rules_of(det.scan("call +44 20 7946 0958")) == {"phone"}
     assert det.scan("the range 123-456-7890 in the test") == []  # area code 123 is not NANP
@@ -71,8 +71,21 @@ def test_phone_email_ip_and_dob(det: Detectors) -> None:
     assert det.scan("bind 192.168.1.10 and 127.0.0.1, dns 8.8.8.8, version 1.2.3.4") == []
     assert rules_of(det.scan("peer 2a03:2880:f12f:83:face:b00c:0:25de")) == {"ipv6"}
     assert det.scan("use std::vector and ::1 and fe80::1") == []
-    assert rules_of(det.scan("Patient born on March 3, 1985 in Ohio")) == {"date-of-birth"}
-    assert det.scan("The company was founded on March 3, 1985") == []
+    # date-of-birth is opt-in (a date alone is a quasi-identifier the data set labels none)
+    assert det.scan("Patient born on March 3, 1985 in Ohio") == []
+    dob = Detectors(build_rules(shared_data / "gitleaks" / "gitleaks.toml", pii=D.ALL_PII_RULES))
+    assert rules_of(dob.scan("Patient born on March 3, 1985 in Ohio")) == {"date-of-birth"}
+    assert dob.scan("The company was founded on March 3, 1985") == []
+    # business and fictional numbers are nobody's personal data
+    assert det.scan("Phone: (888) 709-8324, or (555) 555-0100 in the film") == []
+    assert rules_of(det.scan("Phone: (212) 796-8351")) == {"phone"}
+
+
+def test_code_identifier_after_a_token_prefix_is_not_a_secret(det: Detectors) -> None:
+    # a gitleaks rule (grafana glc_) matches a C function name; the identifier shape rejects it
+    assert det.scan("static void GLC_CreateLightmapTexturesIndividual(void);") == []
+    token = "glc_" + "eyJvIjoiMTIzNDU2IiwibiI6InN0YWNrLTEyMzQ1Ni1obS1yZWFkIiwiayI6IjEyMzQ1Njc4OTAx"
+    assert {h.cls for h in det.scan(f"GRAFANA_TOKEN={token}")} == {"credential"}
 
 
 # -- canonical form, offsets, decoded views ---------------------------------------------------------

@@ -22,12 +22,16 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle directory")
     parser.add_argument("--gitleaks", type=Path, default=None,
                         help="gitleaks.toml to compile the rules from (default: $TIERWISE_SHARED_DATA/gitleaks/gitleaks.toml)")
+    parser.add_argument("--pii", default=None, metavar="A,B",
+                        help="personal-data rules to ship (default: every rule but date-of-birth, which is opt-in: "
+                             "a date alone is a quasi-identifier; add it with e.g. --pii email,phone,date-of-birth)")
 
 
 def run_install(args: argparse.Namespace) -> int:
     from classifier.serving import bundle as bundle_io
     from classifier.serving.detectors import (
         DETECTORS_FILE,
+        PII_RULES,
         Detectors,
         build_rules,
         default_gitleaks_path,
@@ -37,7 +41,8 @@ def run_install(args: argparse.Namespace) -> int:
     if not Path(args.bundle).is_dir():
         raise BundleError(f"{args.bundle}: not a bundle directory (unpack an archive first)")
     source = args.gitleaks or default_gitleaks_path()
-    data = rules_bytes(build_rules(source))
+    pii = PII_RULES if args.pii is None else tuple(x.strip() for x in args.pii.split(",") if x.strip())
+    data = rules_bytes(build_rules(source, pii=pii))
     detectors = Detectors.from_bytes(data)  # what the runtime will load: check it compiles before writing
     old = bundle_io.verify_bundle(args.bundle).files.get(DETECTORS_FILE)
     manifest = bundle_io.update_bundle_file(args.bundle, DETECTORS_FILE, data)
