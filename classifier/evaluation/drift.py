@@ -505,6 +505,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+
+def _slice_cell(k1: int, nr: int, k2: int, nc: int, config: Any, min_change: float) -> dict[str, Any]:
+    """One slice's share in reference and current windows, its two-proportion p-value, and whether
+    it drifted (both windows large enough, the change big enough and significant)."""
+    a = k1 / nr if nr else None
+    b = k2 / nc if nc else None
+    p = two_proportion_p(k1, nr, k2, nc)
+    drift = (nr >= config.min_slice_rows and nc >= config.min_slice_rows and a is not None
+             and b is not None and abs(b - a) >= min_change and p < config.significance)
+    return {"reference": a, "current": b, "p_value": p, "drift": drift}
+
 def compare(ref: Decisions | DriftSummary, cur: Decisions | DriftSummary, *, config: DriftConfig | None = None,
             policy: Any = None, schema: Any = None,
             tier_order: Sequence[str] = ()) -> DriftResult:  # noqa: C901 - one walk over the checks
@@ -610,28 +621,20 @@ def compare(ref: Decisions | DriftSummary, cur: Decisions | DriftSummary, *, con
             nr, nc = r_st["n"], c_st["n"]
             row: dict[str, Any] = {"slice": str(value), "n_reference": nr, "n_current": nc, "tiers": {}, "flags": {}}
             for t in tiers:
-                k1, k2 = r_st["tiers"].get(t, 0), c_st["tiers"].get(t, 0)
-                a = k1 / nr if nr else None
-                b = k2 / nc if nc else None
-                p = two_proportion_p(k1, nr, k2, nc)
-                drift = (nr >= config.min_slice_rows and nc >= config.min_slice_rows and a is not None
-                         and b is not None and abs(b - a) >= config.min_change and p < config.significance)
-                row["tiers"][t] = {"reference": a, "current": b, "p_value": p, "drift": drift}
-                if drift and t != cheap:
+                row["tiers"][t] = cell = _slice_cell(r_st["tiers"].get(t, 0), nr, c_st["tiers"].get(t, 0), nc,
+                                                     config, config.min_change)
+                a, b = cell["reference"], cell["current"]
+                if cell["drift"] and t != cheap:
                     who = f"{value} prompts (by predicted task)" if kind == "task" else f"prompts of {value}"
                     where = "blocked" if t == BLOCKED else f"reaching the {t} tier"
                     slice_findings.append({"kind": "slice", "slice_kind": kind, "slice": str(value), "tier": t,
                                      "reference": a, "current": b,
                                      "message": f"{who} {where} {_change_words(a, b)} from {_pct(a)} to {_pct(b)}"})
             for f in FLAG_NAMES:
-                k1, k2 = r_st["flags"].get(f, 0), c_st["flags"].get(f, 0)
-                a = k1 / nr if nr else None
-                b = k2 / nc if nc else None
-                p = two_proportion_p(k1, nr, k2, nc)
-                drift = (nr >= config.min_slice_rows and nc >= config.min_slice_rows and a is not None
-                         and b is not None and abs(b - a) >= config.min_flag_change and p < config.significance)
-                row["flags"][f] = {"reference": a, "current": b, "p_value": p, "drift": drift}
-                if drift and f != BLOCKED:
+                row["flags"][f] = cell = _slice_cell(r_st["flags"].get(f, 0), nr, c_st["flags"].get(f, 0), nc,
+                                                     config, config.min_flag_change)
+                a, b = cell["reference"], cell["current"]
+                if cell["drift"] and f != BLOCKED:
                     who = f"{value} prompts (by predicted task)" if kind == "task" else f"prompts of {value}"
                     slice_findings.append({"kind": "slice_flag", "slice_kind": kind, "slice": str(value), "flag": f,
                                            "reference": a, "current": b,
