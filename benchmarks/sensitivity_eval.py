@@ -64,8 +64,15 @@ def evaluate_bundle(path: Path, frame, splits: Sequence[str], batch: int = 64) -
                 r_m, _ = recall_at_precision(y, model, 0.95)
                 r_b, _ = recall_at_precision(y, both, 0.95)
                 det = np.array([c in h for h in hits])
+                # the same against benign rows only: a credential prompt that also holds personal
+                # data (the data set labels it credential) is not a false pii alarm for routing
+                other = (rows["sensitivity"].to_numpy() != c) & (rows["sensitivity"].to_numpy() != "none")
+                keep = ~other
+                r_bn, _ = recall_at_precision(y[keep], both[keep], 0.95)
                 res[c] = {"positives": int(y.sum()), "model": round(float(r_m), 4),
                           "model+detectors": round(float(r_b), 4),
+                          "model+detectors_vs_none": round(float(r_bn), 4),
+                          "detector_false_flags_on_none": int(det[rows["sensitivity"].to_numpy() == "none"].sum()),
                           "detector_recall": round(float(det[y == 1].mean()), 4) if y.sum() else None,
                           "detector_false_flags": int(det[y == 0].sum())}
             from sklearn.metrics import f1_score, roc_auc_score
@@ -99,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for c in ("pii", "credential"):
                 r = cls[c]
                 sys.stdout.write(f"{b} {split} {c}: model {r['model']}, model+detectors {r['model+detectors']} "
-                                 f"(detectors alone recall {r['detector_recall']}, false flags {r['detector_false_flags']})\n")
+                                 f"(vs none only {r['model+detectors_vs_none']}; detectors alone recall "
+                                 f"{r['detector_recall']}, false flags {r['detector_false_flags']}, "
+                                 f"on none rows {r['detector_false_flags_on_none']})\n")
     return 0
 
 
