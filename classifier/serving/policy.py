@@ -659,7 +659,8 @@ def _routes(allowed: Sequence[int] | None, n_tiers: int) -> list[int]:
 
 
 class _ROW:
-    """The cascade's operations on one prompt (Python scalars)."""
+    """The cascade's operations on one prompt: ``probs`` maps head -> list of floats, ``sets``
+    is one prompt's flags or detected classes."""
 
     @staticmethod
     def where(cond: Any, a: Any, b: Any) -> Any:
@@ -673,9 +674,27 @@ class _ROW:
     def take(route: _Route, index: Any) -> Any:
         return route.row[index]
 
+    @staticmethod
+    def col(probs: Any, head: str, j: int) -> Any:
+        return probs[head][j]
+
+    @staticmethod
+    def top(probs: Any, head: str) -> Any:
+        return max(probs[head])
+
+    @staticmethod
+    def argmax(probs: Any, head: str) -> Any:
+        row = probs[head]
+        return row.index(max(row))  # the first maximum, as np.argmax
+
+    @staticmethod
+    def has(sets: Any, item: str) -> Any:
+        return item in sets
+
 
 class _BATCH:
-    """The cascade's operations on many prompts (numpy arrays, one entry per prompt)."""
+    """The same operations on many prompts: ``probs`` maps head -> [n, C] array, ``sets`` is one
+    collection per prompt (or None: nothing flagged, no detector ran)."""
 
     where = staticmethod(np.where)
     not_ = staticmethod(np.logical_not)
@@ -683,6 +702,22 @@ class _BATCH:
     @staticmethod
     def take(route: _Route, index: Any) -> Any:
         return route.arr[index]
+
+    @staticmethod
+    def col(probs: Any, head: str, j: int) -> Any:
+        return probs[head][:, j]
+
+    @staticmethod
+    def top(probs: Any, head: str) -> Any:
+        return probs[head].max(axis=1)
+
+    @staticmethod
+    def argmax(probs: Any, head: str) -> Any:
+        return np.argmax(probs[head], axis=1)
+
+    @staticmethod
+    def has(sets: Any, item: str) -> Any:
+        return sets is not None and np.fromiter((item in s for s in sets), dtype=bool, count=len(sets))
 
 
 class PolicyEngine:
@@ -701,6 +736,9 @@ class PolicyEngine:
         positive = tier_head.positive_class or tier_head.classes[-1]
         self._tier_pos = tier_head.classes.index(positive)
         self._tier_positive = positive
+        self._t, self._band = p.tier_threshold, p.tier_band
+        self._tier_head, self._task_head, self._sens_head = p.tier_head, p.task_head, p.sensitivity_head
+        self._models = [t.model for t in p.tiers]
         self._heads = [(h.name, h.num_classes, tuple(h.classes)) for h in schema.heads]
         needed = {p.tier_head, *p.min_confidence}
         if p.sensitivity_rules:
@@ -713,8 +751,9 @@ class PolicyEngine:
         task_classes = schema.head(p.task_head).classes if p.task_overrides else ()
         self._overrides = [(name, task_classes.index(name), names.index(ov.min_tier), ov.min_probability)
                            for name, ov in p.task_overrides.items()]
-        self._floors = [(head, floor, p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision")
-                        for head, floor in p.min_confidence.items()]
+        # (the outcome keys each rule writes are built here once: they are on the per-request path)
+        self._floors = [(head, floor, p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision",
+                         ("top", head), ("low", head)) for head, floor in p.min_confidence.items()]
         self._band_safe = p.uncertainty_action == "safe_decision"
         self._unc_safe_to = names.index(p.safe_tier) if p.safe_action == "route" and p.safe_tier else -1
         self._escalate = _Route([-1] + [max(t, self._strong) for t in range(n_tiers)])
@@ -724,11 +763,12 @@ class PolicyEngine:
 
         by_action = {"block": lambda r: [-1] * (n_tiers + 1), "escalate": lambda r: list(self._escalate.row),
                      "restrict": lambda r: _routes(allowed(r), n_tiers)}
-        self._inputs = [(name, INPUT_RULES[name], rule.action, _Route(by_action[rule.action](rule)))
+        self._inputs = [(name, INPUT_RULES[name], rule.action, _Route(by_action[rule.action](rule)),
+                         ("input", name), ("input_changed", name))
                         for name, rule in p.input_rules.items() if rule.action != "allow"]
         sens_classes = schema.head(p.sensitivity_head).classes if p.sensitivity_rules else ()
         self._gates = [(name, sens_classes.index(name),
-                        p.sensitivity_thresholds[name] if rule.model_gates else None, rule.detectors_gate)
+                        p.sensitivity_thresholds[name] if rule.model_gates else None, rule.detectors_gate, ("sens", name))
                        for name, rule in p.sensitivity_rules.items() if rule.action != "allow"]
         # every combination of gates that fired (bit k: gate k) -> the tiers still allowed
         combos: list[list[int] | None] = []
@@ -796,7 +836,7 @@ class PolicyEngine:
 
     @property
     def thresholds(self) -> dict[str, Any]:
-        return _copy_plain(self._thresholds)
+        return {k: dict(v) if type(v) is dict else v for k, v in self._thresholds.items()}  # values: numbers
 
     # -- safe decision -----------------------------------------------------------------------
     def safe_decision(self, reason: str, flags: Sequence[str] = (),
@@ -895,73 +935,32 @@ class PolicyEngine:
             return None
         return rows
 
-    # -- what the cascade reads --------------------------------------------------------------
-    def _row_columns(self, rows: dict[str, list[float]], flags: Sequence[str],
-                     detections: Sequence[Mapping[str, Any]]) -> dict[Any, Any]:
-        """One valid row's inputs to ``_cascade``, as Python scalars."""
-        p = self.policy
-        c: dict[Any, Any] = {"p_pos": rows[p.tier_head][self._tier_pos]}
-        if self._overrides:
-            task = rows[p.task_head]  # type: ignore[index]
-            c["task_top"] = top = max(task)
-            c["task_arg"] = task.index(top)  # the first maximum, as np.argmax
-        for head, _, _ in self._floors:
-            c[("top", head)] = max(rows[head])
-        found = {h["class"] for h in detections}
-        for name, j, _, det_gate in self._gates:
-            c[("sens", j)] = rows[p.sensitivity_head][j]  # type: ignore[index]
-            c[("det", name)] = det_gate and name in found
-        for _, flag, _, _ in self._inputs:
-            c[("flag", flag)] = flag in flags
-        return c
-
-    def _batch_columns(self, arrays: dict[str, np.ndarray], flags: Sequence[Sequence[str]] | None,
-                       detections: Sequence[Sequence[Mapping[str, Any]]] | None) -> dict[Any, Any]:
-        """The inputs to ``_cascade`` for every row, as numpy arrays (rows not valid are answered
-        by the caller; a NaN tier probability counts as 1 here so that nothing breaks)."""
-        p = self.policy
-        n = next(iter(arrays.values())).shape[0]
-        c: dict[Any, Any] = {"p_pos": np.nan_to_num(arrays[p.tier_head][:, self._tier_pos], nan=1.0)}
-        if self._overrides:
-            task = arrays[p.task_head]  # type: ignore[index]
-            c["task_arg"] = arg = np.argmax(task, axis=1)
-            c["task_top"] = task[np.arange(n), arg]
-        for head, _, _ in self._floors:
-            c[("top", head)] = arrays[head].max(axis=1)
-        found = [{h["class"] for h in d} for d in detections] if detections is not None else None
-        for name, j, _, det_gate in self._gates:
-            c[("sens", j)] = arrays[p.sensitivity_head][:, j]  # type: ignore[index]
-            c[("det", name)] = det_gate and found is not None and np.array(
-                [name in found[i] if i < len(found) else False for i in range(n)], dtype=bool)
-        for _, flag, _, _ in self._inputs:
-            c[("flag", flag)] = flags is not None and np.array(
-                [flag in flags[i] if i < len(flags) else False for i in range(n)], dtype=bool)
-        return c
-
     # -- THE cascade -------------------------------------------------------------------------
-    def _cascade(self, x: type[_ROW] | type[_BATCH], c: dict[Any, Any]) -> dict[Any, Any]:
-        """The policy's rules, in order, on one row (``x=_ROW``: ``c`` holds Python scalars) or on
-        many (``x=_BATCH``: numpy arrays). Returns the routed tier index (``final``, -1: blocked)
-        and what each step did, for ``_compose`` to explain."""
-        p = self.policy
-        t = p.tier_threshold
-        p_pos = c["p_pos"]
+    def _cascade(self, x: type[_ROW] | type[_BATCH], probs: Mapping[str, Any], flags: Any, found: Any) -> dict[Any, Any]:
+        """The policy's rules, in order, on one prompt (``x=_ROW``: Python floats; ``flags`` and
+        ``found``, the classes detectors found, are sets) or on many (``x=_BATCH``: numpy arrays;
+        one set per prompt, or None). Returns the routed tier index (``final``, -1: blocked) and
+        what each step did, for ``_compose`` to explain."""
+        t = self._t
+        p_pos = x.col(probs, self._tier_head, self._tier_pos)
         o: dict[Any, Any] = {"p_pos": p_pos}
         # 1. tier threshold
         tier = o["base"] = x.where(p_pos >= t, self._strong, self._cheap)
         # 2. task overrides raise the tier to a minimum (``task``: which override, -1 none)
         task: Any = -1
+        if self._overrides:
+            arg, top = x.argmax(probs, self._task_head), x.top(probs, self._task_head)
         for k, (_, j, min_idx, min_prob) in enumerate(self._overrides):
-            hit = (c["task_arg"] == j) & (c["task_top"] >= min_prob) & (tier < min_idx)
+            hit = (arg == j) & (top >= min_prob) & (tier < min_idx)
             tier = x.where(hit, min_idx, tier)
             task = x.where(hit, k, task)
         o["task"] = task
         # 3. uncertainty: near the threshold, or a head under its floor: escalate, or the safe decision
-        band = o["band"] = abs(p_pos - t) < p.tier_band if p.tier_band > 0 else False
+        band = o["band"] = abs(p_pos - t) < self._band if self._band > 0 else False
         uncertain, safe = band, band if self._band_safe else False
-        for head, floor, to_safe in self._floors:
-            o[("top", head)] = c[("top", head)]
-            low = o[("low", head)] = c[("top", head)] < floor
+        for head, floor, to_safe, top_key, low_key in self._floors:
+            top = o[top_key] = x.top(probs, head)
+            low = o[low_key] = top < floor
             uncertain = uncertain | low
             safe = safe | low if to_safe else safe
         before = tier
@@ -969,15 +968,16 @@ class PolicyEngine:
         tier = x.where(safe, self._unc_safe_to, tier)
         o["uncertain"], o["unc_safe"], o["unc_changed"] = uncertain, safe, uncertain & (tier != before)
         # 4. input rules: what the model could not read (the runtime's flags)
-        for name, flag, _, route in self._inputs:
+        for _, flag, _, route, fired_key, changed_key in self._inputs:
             before = tier
-            fired = o[("input", name)] = c[("flag", flag)]
+            fired = o[fired_key] = x.has(flags, flag)
             tier = x.where(fired, x.take(route, tier + 1), tier)
-            o[("input_changed", name)] = tier != before
+            o[changed_key] = tier != before
         # 5. sensitivity gates, last: they override everything above
         combo: Any = 0
-        for k, (name, j, threshold, _) in enumerate(self._gates):
-            hit = o[("sens", name)] = (threshold is not None and c[("sens", j)] >= threshold) | c[("det", name)]
+        for k, (name, j, threshold, det_gate, key) in enumerate(self._gates):
+            hit = o[key] = (threshold is not None and x.col(probs, self._sens_head, j) >= threshold) | (
+                det_gate and x.has(found, name))
             combo = combo + hit * (1 << k)
         before = tier
         tier = x.take(self._sens_route, combo * (len(self._names) + 1) + tier + 1)
@@ -999,7 +999,7 @@ class PolicyEngine:
 
     def _decide_row(self, rows: dict[str, list[float]], flags: Sequence[str], detections: Any) -> Decision:
         flags, hits = list(dict.fromkeys(flags)), _detection_dicts(detections)
-        o = self._cascade(_ROW, self._row_columns(rows, flags, hits))
+        o = self._cascade(_ROW, rows, flags, {h["class"] for h in hits})
         probs_i = {name: dict(zip(classes, rows[name], strict=True)) for name, _, classes in self._heads if name in rows}
         return self._explore(self._compose(o, probs_i, flags, hits))
 
@@ -1032,7 +1032,7 @@ class PolicyEngine:
         row_flags = [list(dict.fromkeys(flags[i])) if flags is not None and i < len(flags) else [] for i in range(n)]
         row_det = [_detection_dicts(detections[i]) if detections is not None and i < len(detections) else []
                    for i in range(n)]
-        o = self._cascade(_BATCH, self._batch_columns(arrays, row_flags, row_det))
+        o = self._cascade(_BATCH, arrays, row_flags, [{h["class"] for h in d} for d in row_det])
         cols = {k: v.tolist() if isinstance(v, np.ndarray) else [v.item() if isinstance(v, np.generic) else v] * n
                 for k, v in o.items()}
         lists = {name: (a.tolist(), head_ok[name].tolist()) for name, a in arrays.items()}
@@ -1053,8 +1053,9 @@ class PolicyEngine:
                      flags: Sequence[Sequence[str]] | None = None) -> np.ndarray:
         """Routed tier index per row (into ``policy.tiers``), -1 where blocked. Vectorised.
         ``flags`` (the runtime's flags per row) feed the input rules; None: no flags."""
-        arrays, valid, _, _, _ = self._validate_batch(probs)
-        tiers = np.array(self._cascade(_BATCH, self._batch_columns(arrays, flags, None))["final"], dtype=np.int64)
+        arrays, valid, _, _, n = self._validate_batch(probs)
+        rows = None if flags is None else [flags[i] if i < len(flags) else () for i in range(n)]
+        tiers = np.array(self._cascade(_BATCH, arrays, rows, None)["final"], dtype=np.int64)
         tiers[~valid] = -1 if self.policy.safe_tier is None else self._names.index(self.policy.safe_tier)
         return tiers
 
@@ -1063,7 +1064,7 @@ class PolicyEngine:
                  detections: list[dict[str, Any]]) -> Decision:
         """The Decision (rule, reason, flags) from one row's outcome of ``_cascade``."""
         p = self.policy
-        t = p.tier_threshold
+        t = self._t
         p_pos, final = o["p_pos"], o["final"]
         cmp = ">=" if p_pos >= t else "<"
         reasons = [f"p({self._tier_positive})={p_pos:.3f} {cmp} threshold {t:g} -> {self._names[o['base']]}"]
@@ -1073,9 +1074,9 @@ class PolicyEngine:
             reasons.append(f"task {name!r} requires at least {p.task_overrides[name].min_tier}")
             rule = f"{RULE_TASK}:{name}"
         if o["uncertain"]:
-            why = [f"p({self._tier_positive})={p_pos:.3f} within {p.tier_band:g} of threshold {t:g}"] if o["band"] else []
+            why = [f"p({self._tier_positive})={p_pos:.3f} within {self._band:g} of threshold {t:g}"] if o["band"] else []
             why += [f"head {head!r} top probability {o[('top', head)]:.3f} below floor {floor:g}"
-                    for head, floor, _ in self._floors if o[("low", head)]]
+                    for head, floor, _, _, low_key in self._floors if o[low_key]]
             _add_flag(flags, FLAG_UNCERTAIN)
             if o["unc_safe"]:
                 reasons.append(f"uncertain ({'; '.join(why)}) -> safe decision")
@@ -1084,15 +1085,15 @@ class PolicyEngine:
                 reasons.append(f"uncertain ({'; '.join(why)}) -> escalate to at least {p.strong_tier}")
                 if o["unc_changed"]:
                     rule = f"{RULE_UNCERTAIN}:escalate"
-        for name, _, action, _ in self._inputs:
-            if o[("input", name)]:
-                changed = o[("input_changed", name)]
+        for name, _, action, _, fired_key, changed_key in self._inputs:
+            if o[fired_key]:
+                changed = o[changed_key]
                 what = {"unread": "text that will be sent was not read (truncated)",
                         "long_request": "longer than one model window (long_request)"}[name]
                 reasons.append(f"input {name}: {what} -> {action}" + ("" if changed else " (tier already allowed)"))
                 if changed:
                     rule = f"{RULE_INPUT}:{name}:{action}"
-        detected = [name for name, *_ in self._gates if o[("sens", name)]]
+        detected = [gate[0] for gate in self._gates if o[gate[4]]]
         if detected:
             shown, by_detector = self._evidence(detected, probs_i, detections)
             if o["sens_block"]:
@@ -1116,7 +1117,7 @@ class PolicyEngine:
             tier_name = model = None
         else:
             tier_name = self._names[final]
-            model = p.tiers[final].model
+            model = self._models[final]
         reasons.append("final: blocked" if blocked else f"final: {tier_name} ({model})")
         return Decision(
             tier=tier_name, model=model, rule=rule, reason="; ".join(reasons),
