@@ -159,7 +159,7 @@ def _list(item: Any, *, min_items: int, message: str) -> Any:
             raise ValueError(message)
         return value
 
-    return Annotated[item, BeforeValidator(check), Field(min_length=min_items)]
+    return Annotated[item, BeforeValidator(check), Field(json_schema_extra={"minItems": min_items})]
 
 
 def _mapping(value: Any) -> Any:
