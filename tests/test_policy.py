@@ -143,6 +143,13 @@ def test_cli_policy_check_and_schema(tmp_path, capsys):
     bad.write_text(EXAMPLE.read_text().replace("trust: external", "trust: public", 1))
     assert main(["policy", "check", str(bad)]) == 2
     assert "tiers.cheap.trust: must be one of" in capsys.readouterr().err
+    LabelSchema.default().to_yaml(tmp_path / "schema.yaml")  # a bundle's label schema: the heads it names exist
+    assert main(["policy", "check", str(EXAMPLE), "--schema-of", str(tmp_path)]) == 0
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(EXAMPLE.read_text().replace("tier_head: tier ", "tier_head: difficulty ", 1))
+    assert main(["policy", "check", str(odd)]) == 0  # a valid policy file...
+    assert main(["policy", "check", str(odd), "--schema-of", str(tmp_path)]) == 2  # ...that names no head of the schema
+    assert "routing.tier_head: head 'difficulty' is not in the label schema" in capsys.readouterr().err
     assert main(["policy", "schema", "--out", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["title"] == "tierwise routing policy"
 

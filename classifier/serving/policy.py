@@ -411,10 +411,27 @@ class Policy(_Section):
             raise PolicyError("safe_decision.tier: must be omitted when action is 'block'")
         return self
 
-    # -- the sections read flat, defaults resolved ----------------------------------------------
-    @property
-    def tier_names(self) -> list[str]:
-        return [t.name for t in self.tiers]
+    # -- the sections read flat, defaults resolved (what the engine, reports and tools read) ------
+    tier_names = property(lambda self: [t.name for t in self.tiers])
+    tier_head = property(lambda self: self.routing.tier_head)
+    task_head = property(lambda self: self.routing.task_head)
+    sensitivity_head = property(lambda self: self.routing.sensitivity_head)
+    cheap_tier = property(lambda self: self.routing.cheap_tier or self.tiers[0].name)
+    strong_tier = property(lambda self: self.routing.strong_tier or (
+        "frontier" if "frontier" in self.tier_names else self.tiers[1].name))
+    sensitivity_rules = property(lambda self: self.sensitivity)
+    input_rules = property(lambda self: {k: v for k in INPUT_RULES if (v := getattr(self.input, k)) is not None})
+    tier_threshold = property(lambda self: self.thresholds.tier)
+    sensitivity_thresholds = property(lambda self: self.thresholds.sensitivity)
+    threshold_provenance = property(lambda self: self.thresholds.provenance)
+    tier_band = property(lambda self: self.uncertainty.tier_band)
+    uncertainty_action = property(lambda self: self.uncertainty.action)
+    min_confidence = property(lambda self: {h: v.floor if isinstance(v, MinConfidence) else v
+                                            for h, v in self.uncertainty.min_confidence.items()})
+    min_confidence_actions = property(lambda self: {h: v.action for h, v in self.uncertainty.min_confidence.items()
+                                                    if isinstance(v, MinConfidence) and v.action is not None})
+    safe_action = property(lambda self: "route" if self.safe_decision is None else self.safe_decision.action)
+    safe_tier = property(lambda self: self.strong_tier if self.safe_decision is None else self.safe_decision.tier)
 
     def tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -424,72 +441,6 @@ class Policy(_Section):
 
     def tier_index(self, name: str) -> int:
         return self.tier_names.index(name)
-
-    @property
-    def tier_head(self) -> str:
-        return self.routing.tier_head
-
-    @property
-    def task_head(self) -> str | None:
-        return self.routing.task_head
-
-    @property
-    def sensitivity_head(self) -> str | None:
-        return self.routing.sensitivity_head
-
-    @property
-    def cheap_tier(self) -> str:
-        return self.routing.cheap_tier or self.tiers[0].name
-
-    @property
-    def strong_tier(self) -> str:
-        names = self.tier_names
-        return self.routing.strong_tier or ("frontier" if "frontier" in names else names[1])
-
-    @property
-    def sensitivity_rules(self) -> dict[str, SensitivityRule]:
-        return self.sensitivity
-
-    @property
-    def input_rules(self) -> dict[str, InputRule]:
-        return {k: v for k in INPUT_RULES if (v := getattr(self.input, k)) is not None}
-
-    @property
-    def tier_threshold(self) -> float:
-        return self.thresholds.tier
-
-    @property
-    def sensitivity_thresholds(self) -> dict[str, float]:
-        return self.thresholds.sensitivity
-
-    @property
-    def threshold_provenance(self) -> dict[str, Any]:
-        return self.thresholds.provenance
-
-    @property
-    def tier_band(self) -> float:
-        return self.uncertainty.tier_band
-
-    @property
-    def uncertainty_action(self) -> str:
-        return self.uncertainty.action
-
-    @property
-    def min_confidence(self) -> dict[str, float]:
-        return {h: v.floor if isinstance(v, MinConfidence) else v for h, v in self.uncertainty.min_confidence.items()}
-
-    @property
-    def min_confidence_actions(self) -> dict[str, str]:
-        return {h: v.action for h, v in self.uncertainty.min_confidence.items()
-                if isinstance(v, MinConfidence) and v.action is not None}
-
-    @property
-    def safe_action(self) -> str:
-        return "route" if self.safe_decision is None else self.safe_decision.action
-
-    @property
-    def safe_tier(self) -> str | None:
-        return self.strong_tier if self.safe_decision is None else self.safe_decision.tier
 
     # -- reading and writing -----------------------------------------------------------------
     @classmethod
@@ -662,34 +613,13 @@ class _ROW:
     """The cascade's operations on one prompt: ``probs`` maps head -> list of floats, ``sets``
     is one prompt's flags or detected classes."""
 
-    @staticmethod
-    def where(cond: Any, a: Any, b: Any) -> Any:
-        return a if cond else b
-
-    @staticmethod
-    def not_(cond: Any) -> Any:
-        return not cond
-
-    @staticmethod
-    def take(route: _Route, index: Any) -> Any:
-        return route.row[index]
-
-    @staticmethod
-    def col(probs: Any, head: str, j: int) -> Any:
-        return probs[head][j]
-
-    @staticmethod
-    def top(probs: Any, head: str) -> Any:
-        return max(probs[head])
-
-    @staticmethod
-    def argmax(probs: Any, head: str) -> Any:
-        row = probs[head]
-        return row.index(max(row))  # the first maximum, as np.argmax
-
-    @staticmethod
-    def has(sets: Any, item: str) -> Any:
-        return item in sets
+    where = staticmethod(lambda cond, a, b: a if cond else b)
+    not_ = staticmethod(lambda cond: not cond)
+    take = staticmethod(lambda route, index: route.row[index])
+    col = staticmethod(lambda probs, head, j: probs[head][j])
+    top = staticmethod(lambda probs, head: max(probs[head]))
+    argmax = staticmethod(lambda probs, head: probs[head].index(max(probs[head])))  # the first maximum, as np.argmax
+    has = staticmethod(lambda sets, item: item in sets)
 
 
 class _BATCH:
@@ -698,26 +628,12 @@ class _BATCH:
 
     where = staticmethod(np.where)
     not_ = staticmethod(np.logical_not)
-
-    @staticmethod
-    def take(route: _Route, index: Any) -> Any:
-        return route.arr[index]
-
-    @staticmethod
-    def col(probs: Any, head: str, j: int) -> Any:
-        return probs[head][:, j]
-
-    @staticmethod
-    def top(probs: Any, head: str) -> Any:
-        return probs[head].max(axis=1)
-
-    @staticmethod
-    def argmax(probs: Any, head: str) -> Any:
-        return np.argmax(probs[head], axis=1)
-
-    @staticmethod
-    def has(sets: Any, item: str) -> Any:
-        return sets is not None and np.fromiter((item in s for s in sets), dtype=bool, count=len(sets))
+    take = staticmethod(lambda route, index: route.arr[index])
+    col = staticmethod(lambda probs, head, j: probs[head][:, j])
+    top = staticmethod(lambda probs, head: probs[head].max(axis=1))
+    argmax = staticmethod(lambda probs, head: np.argmax(probs[head], axis=1))
+    has = staticmethod(lambda sets, item: sets is not None and np.fromiter(
+        (item in s for s in sets), dtype=bool, count=len(sets)))
 
 
 class PolicyEngine:
