@@ -166,6 +166,13 @@ def _mapping(value: Any) -> Any:
     return {} if value is None else value  # an empty YAML section (``sensitivity:``) is an empty mapping
 
 
+def _input_keys(value: Any) -> Any:
+    unknown = sorted(str(k) for k in value if k not in INPUT_RULES) if isinstance(value, Mapping) else []
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(INPUT_RULES)}")
+    return _mapping(value)
+
+
 Prob = _number(0, 1)
 Trust = _one_of(*TRUST_LEVELS)
 Names = _list(tuple[Text, ...], min_items=1, message="must be a non-empty list of names")
@@ -282,11 +289,6 @@ class InputRule(_Restriction):
     action: _one_of(*INPUT_ACTIONS)  # type: ignore[valid-type]
 
 
-class InputRules(_Section):
-    unread: InputRule | None = None
-    long_request: InputRule | None = None
-
-
 class TaskOverride(_Section):
     """Raise the tier to at least ``min_tier`` when the task head predicts this class (argmax,
     and its probability >= ``min_probability``)."""
@@ -360,7 +362,9 @@ class Policy(_Section):
     sensitivity: Annotated[dict[str, SensitivityRule], BeforeValidator(_mapping)] = Field(default_factory=dict)
     task_overrides: Annotated[dict[str, TaskOverride], BeforeValidator(_mapping)] = Field(default_factory=dict)
     uncertainty: Uncertainty = Field(default_factory=Uncertainty)
-    input: InputRules = Field(default_factory=InputRules)
+    # rule name -> rule, applied in the document's order
+    input: Annotated[dict[Literal["unread", "long_request"], InputRule],
+                     BeforeValidator(_input_keys)] = Field(default_factory=dict)
     safe_decision: SafeDecision | None = None  # default: route to routing.strong_tier
     exploration: ExplorationSettings | None = None
 
@@ -420,7 +424,7 @@ class Policy(_Section):
     strong_tier = property(lambda self: self.routing.strong_tier or (
         "frontier" if "frontier" in self.tier_names else self.tiers[1].name))
     sensitivity_rules = property(lambda self: self.sensitivity)
-    input_rules = property(lambda self: {k: v for k in INPUT_RULES if (v := getattr(self.input, k)) is not None})
+    input_rules = property(lambda self: self.input)
     tier_threshold = property(lambda self: self.thresholds.tier)
     sensitivity_thresholds = property(lambda self: self.thresholds.sensitivity)
     threshold_provenance = property(lambda self: self.thresholds.provenance)
