@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -618,12 +619,12 @@ class _ROW:
     is one prompt's flags or detected classes."""
 
     where = staticmethod(lambda cond, a, b: a if cond else b)
-    not_ = staticmethod(lambda cond: not cond)
+    not_ = staticmethod(operator.not_)
     take = staticmethod(lambda route, index: route.row[index])
     col = staticmethod(lambda probs, head, j: probs[head][j])
     top = staticmethod(lambda probs, head: max(probs[head]))
     argmax = staticmethod(lambda probs, head: probs[head].index(max(probs[head])))  # the first maximum, as np.argmax
-    has = staticmethod(lambda sets, item: item in sets)
+    has = staticmethod(operator.contains)  # item in sets
 
 
 class _BATCH:
