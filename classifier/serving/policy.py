@@ -222,8 +222,8 @@ class Approval(_Section):
 class Price(_Section):
     """USD per million tokens."""
 
-    input_per_million: _number(0)  # type: ignore[valid-type]
-    output_per_million: _number(0)  # type: ignore[valid-type]
+    input_per_million: _number(0)
+    output_per_million: _number(0)
     currency: str | None = None
 
 
@@ -233,7 +233,7 @@ class Tier(_Section):
     name: Text
     model: Text
     price: Price
-    trust: Trust  # type: ignore[valid-type]
+    trust: Trust
     description: Note = ""
 
     @property
@@ -259,8 +259,8 @@ class _Restriction(_Section):
     """``allowed_tiers`` / ``allowed_trust``: with action ``restrict`` (only), the tiers a request
     may go to (the union of both)."""
 
-    allowed_tiers: Names = ()  # type: ignore[valid-type]
-    allowed_trust: _list(tuple[Trust, ...], min_items=1, message="must be a non-empty list of names") = ()  # type: ignore[valid-type]
+    allowed_tiers: Names = ()
+    allowed_trust: _list(tuple[Trust, ...], min_items=1, message="must be a non-empty list of names") = ()
 
 
 class SensitivityRule(_Restriction):
@@ -268,8 +268,8 @@ class SensitivityRule(_Restriction):
     ``restrict`` allows only ``allowed_tiers`` / ``allowed_trust``, ``allow`` constrains nothing.
     ``gate`` says which evidence triggers the class: either, model or detectors."""
 
-    action: _one_of(*SENSITIVITY_ACTIONS)  # type: ignore[valid-type]
-    gate: _one_of(*GATES) = "either"  # type: ignore[valid-type]
+    action: _one_of(*SENSITIVITY_ACTIONS)
+    gate: _one_of(*GATES) = "either"
 
     @property
     def model_gates(self) -> bool:
@@ -287,7 +287,7 @@ class InputRule(_Restriction):
     window). ``block``: refuse. ``restrict``: only ``allowed_tiers`` / ``allowed_trust``.
     ``escalate``: at least ``routing.strong_tier``. ``allow``: no constraint."""
 
-    action: _one_of(*INPUT_ACTIONS)  # type: ignore[valid-type]
+    action: _one_of(*INPUT_ACTIONS)
 
 
 class TaskOverride(_Section):
@@ -295,23 +295,22 @@ class TaskOverride(_Section):
     and its probability >= ``min_probability``)."""
 
     min_tier: Text
-    min_probability: Prob = 0.0  # type: ignore[valid-type]
+    min_probability: Prob = 0.0
 
 
 class Thresholds(_Section):
     """Fitted by ``tierwise calibrate``; ``provenance`` says how."""
 
-    tier: Prob  # type: ignore[valid-type]
-    sensitivity: Annotated[dict[str, _number(0, 1, lo_open=True)],  # type: ignore[valid-type]
-                           BeforeValidator(_mapping)] = Field(default_factory=dict)
+    tier: Prob
+    sensitivity: Annotated[dict[str, _number(0, 1, lo_open=True)], BeforeValidator(_mapping)] = Field(default_factory=dict)
     provenance: Annotated[dict[str, Any], BeforeValidator(_mapping)] = Field(default_factory=dict)
 
 
 class MinConfidence(_Section):
     """A head's floor with its own action (``{floor: 0.5, action: safe_decision}``)."""
 
-    floor: Prob  # type: ignore[valid-type]
-    action: _one_of(*UNCERTAINTY_ACTIONS, optional=True) = None  # type: ignore[valid-type]
+    floor: Prob
+    action: _one_of(*UNCERTAINTY_ACTIONS, optional=True) = None
 
 
 # a floor is a bare number or a MinConfidence mapping; the tags never reach an error's path
@@ -323,23 +322,23 @@ Floor = Annotated[
 
 
 class Uncertainty(_Section):
-    tier_band: _number(0, 0.5) = 0.0  # type: ignore[valid-type]
+    tier_band: _number(0, 0.5) = 0.0
     min_confidence: Annotated[dict[str, Floor], BeforeValidator(_mapping)] = Field(default_factory=dict)
-    action: _one_of(*UNCERTAINTY_ACTIONS) = "escalate"  # type: ignore[valid-type]
+    action: _one_of(*UNCERTAINTY_ACTIONS) = "escalate"
 
 
 class SafeDecision(_Section):
     """The explicit decision for input that cannot be classified: route to ``tier``, or block."""
 
-    action: _one_of(*SAFE_ACTIONS)  # type: ignore[valid-type]
+    action: _one_of(*SAFE_ACTIONS)
     tier: OptText = None
 
 
 class ExplorationSettings(_Section):
     """Issue 15 (``classifier.serving.exploration``): the share of plain threshold decisions explored."""
 
-    share: _number(0, MAX_SHARE)  # type: ignore[valid-type]
-    mode: _one_of(*MODES) = "send"  # type: ignore[valid-type]
+    share: _number(0, MAX_SHARE)
+    mode: _one_of(*MODES) = "send"
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,8 +354,7 @@ class Policy(_Section):
     owner: Text
     version: Text
     approval: Approval
-    tiers: _list(list[Tier], min_items=2,  # type: ignore[valid-type]
-                 message="must be a list of at least two tiers, ordered cheap -> strong")
+    tiers: _list(list[Tier], min_items=2, message="must be a list of at least two tiers, ordered cheap -> strong")
     thresholds: Thresholds
     description: Note = ""
     routing: Routing = Field(default_factory=Routing)
