@@ -99,7 +99,7 @@ def _features(bundle: str, frame: pd.DataFrame, cache: Path, tag: str) -> tuple[
         d = base_tier_logit(logits[tier.name], pos)
         info = {"feature_tensor": feat.feature_name, "dim": int(f.shape[1]), "rows": len(frame), "seconds": secs,
                 "rows_per_s": len(frame) / secs if secs > 0 else None,
-                "threshold": feat.router.policy.raw.get("thresholds", {}).get("tier")}
+                "threshold": feat.router.policy.tier_threshold}
     finally:
         feat.close()
     cache.mkdir(parents=True, exist_ok=True)

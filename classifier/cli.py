@@ -39,6 +39,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("eval", "positions"): ("classifier.evaluation.long_prompts", "positions", "recall of planted credentials/pii by position in long requests"),
     ("adapt",): ("classifier.training.adapt", "adapt", "refit the tier head on your own outcomes into a new bundle version"),
     ("feedback", "join"): ("classifier.training.feedback", "join", "join decision logs, prompts and outcomes into training rows"),
+    ("policy", "check"): ("classifier.serving.policy_cmd", "check", "validate a routing policy file (and against a bundle's label schema)"),
+    ("policy", "schema"): ("classifier.serving.policy_cmd", "schema", "write the JSON Schema of a routing policy file (for editors)"),
     ("eval", "real-traffic"): ("classifier.evaluation.real_traffic", "real_traffic", "false sensitivity flags on held-out real user prompts"),
 }
 

@@ -74,6 +74,86 @@ def test_yaml_round_trip_and_with_thresholds(tmp_path, raw):
     assert policy.tier_threshold == 0.5  # the original is unchanged
 
 
+def test_a_field_edited_on_the_typed_model_is_saved_and_read_back(tmp_path, raw):
+    policy = Policy.from_yaml(EXAMPLE)
+    policy.thresholds.tier = 0.42
+    policy.uncertainty.tier_band = 0.1
+    policy.tiers[1].price.input_per_million = 12.5
+    policy.sensitivity["pii"].allowed_trust = ("self_hosted", "internal")
+    path = tmp_path / "edited.yaml"
+    policy.to_yaml(path)
+    saved = yaml.safe_load(path.read_text())
+    assert saved["thresholds"]["tier"] == 0.42 and saved["uncertainty"]["tier_band"] == 0.1
+    assert saved["tiers"][1]["price"]["input_per_million"] == 12.5
+    assert saved["sensitivity"]["pii"]["allowed_trust"] == ["self_hosted", "internal"]
+    again = Policy.from_yaml(path)
+    assert (again.tier_threshold, again.tier_band, again.tier("frontier").input_per_million) == (0.42, 0.1, 12.5)
+    assert again == policy
+    # an edit of a section the document left out is saved too; keys never written stay out
+    bare = {k: v for k, v in raw.items() if k not in ("uncertainty", "input", "routing")}
+    lean = Policy.from_dict(bare)
+    lean.uncertainty.action = "safe_decision"
+    assert lean.to_dict()["uncertainty"] == {"action": "safe_decision"} and "routing" not in lean.to_dict()
+    # unedited, the model writes the document it read (the content digest of a signed policy holds)
+    assert Policy.from_dict(raw).to_dict() == raw
+
+
+def test_edits_are_validated_with_the_field_named(raw):
+    policy = Policy.from_dict(raw)
+    with pytest.raises(PolicyError, match=r"^tier: must be a number >= 0 and <= 1, got 1.5$"):
+        policy.thresholds.tier = 1.5
+    assert policy.thresholds.tier == 0.5
+    policy.routing.cheap_tier = "nano"  # a cross-field rule: caught when the policy is saved
+    with pytest.raises(PolicyError, match=r"routing\.cheap_tier: unknown tier 'nano'"):
+        policy.to_yaml()
+
+
+def test_committed_json_schema_is_the_generated_one():
+    from classifier.serving.policy_cmd import schema_text
+
+    committed = ROOT / "classifier" / "serving" / "policy.schema.json"
+    assert committed.read_text(encoding="utf-8") == schema_text(), (
+        "policy.schema.json is stale: run `tierwise policy schema --out classifier/serving/policy.schema.json`")
+    assert (ROOT / "serving" / "policy.schema.json").resolve() == committed.resolve()
+    assert EXAMPLE.read_text(encoding="utf-8").startswith("# yaml-language-server: $schema=policy.schema.json\n")
+
+
+def test_json_schema_accepts_the_example_and_names_what_the_model_refuses(raw):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "serving" / "policy.schema.json").read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors(raw)) == []
+    cross_field = ("unknown tier", "must come after", "must be omitted")  # the model's job, not the schema's
+    for path, value, message in MALFORMED:
+        data = copy.deepcopy(raw)
+        _set(path, value)(data)
+        if message is None:
+            assert list(validator.iter_errors(data)) == [], path
+        elif value is not ... and ("must be" in message or "unknown key" in message) and not any(
+                c in message for c in cross_field):
+            assert list(validator.iter_errors(data)), f"the schema accepts {path}={value!r}"
+
+
+def test_cli_policy_check_and_schema(tmp_path, capsys):
+    from classifier.cli import main
+
+    assert main(["policy", "check", str(EXAMPLE)]) == 0
+    assert "valid policy version 2024.06-1" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("trust: external", "trust: public", 1))
+    assert main(["policy", "check", str(bad)]) == 2
+    assert "tiers.cheap.trust: must be one of" in capsys.readouterr().err
+    LabelSchema.default().to_yaml(tmp_path / "schema.yaml")  # a bundle's label schema: the heads it names exist
+    assert main(["policy", "check", str(EXAMPLE), "--schema-of", str(tmp_path)]) == 0
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(EXAMPLE.read_text().replace("tier_head: tier ", "tier_head: difficulty ", 1))
+    assert main(["policy", "check", str(odd)]) == 0  # a valid policy file...
+    assert main(["policy", "check", str(odd), "--schema-of", str(tmp_path)]) == 2  # ...that names no head of the schema
+    assert "routing.tier_head: head 'difficulty' is not in the label schema" in capsys.readouterr().err
+    assert main(["policy", "schema", "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["title"] == "tierwise routing policy"
+
+
 def test_missing_and_invalid_yaml_files(tmp_path):
     with pytest.raises(PolicyError, match="does not exist"):
         Policy.from_yaml(tmp_path / "nope.yaml")

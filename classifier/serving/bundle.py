@@ -42,7 +42,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -411,7 +411,7 @@ def write_bundle(
 
     Give the files either in ``files`` (name -> bytes/text/path) or by role: ``onnx_bytes``,
     ``tokenizer_path``, ``schema`` (a ``LabelSchema`` or YAML text), ``policy_path`` (default: the
-    repository's ``serving/policy.example.yaml``) and ``calibration`` (default: temperatures 1.0).
+    example policy shipped in ``classifier/serving``) and ``calibration`` (default: temperatures 1.0).
     ``max_length`` sets ``input_limits`` (unless ``input_limits`` is in ``meta``); ``extra`` and
     ``meta`` become manifest entries (``training_run_id``, ``quantization``, ``parity``, ...).
     """
@@ -432,10 +432,7 @@ def write_bundle(
     if policy_path is not None:
         out[POLICY_FILE] = Path(policy_path)
     elif POLICY_FILE not in out:
-        default = Path(__file__).resolve().parents[2] / "serving" / "policy.example.yaml"
-        if not default.is_file():
-            raise BundleError("write_bundle: no policy given and serving/policy.example.yaml was not found")
-        out[POLICY_FILE] = default
+        out[POLICY_FILE] = resources.files("classifier.serving").joinpath("policy.example.yaml").read_bytes()
     if calibration is not None:
         out[CALIBRATION_FILE] = calibration
     elif CALIBRATION_FILE not in out and head_names is not None:

@@ -56,17 +56,6 @@ class Exploration:
         self.share = float(self.share)
         self._rng = random.SystemRandom() if self.seed is None else random.Random(self.seed)
 
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "exploration") -> Exploration:
-        if not isinstance(data, Mapping):
-            raise PolicyError(f"{path}: must be a mapping like {{share: 0.05, mode: send}}")
-        unknown = sorted(set(map(str, data)) - {"share", "mode"})
-        if unknown:
-            raise PolicyError(f"{path}: unknown key(s) {unknown}; allowed: ['mode', 'share']")
-        if "share" not in data:
-            raise PolicyError(f"{path}.share: is required")
-        return cls(share=data["share"], mode=str(data.get("mode", "send")))
-
     def apply(self, decision: Any, cheap_tier: str, strong_tier: str, *, models: Mapping[str, str],
               eligible: bool) -> Any:
         """``decision`` (a ``policy.Decision``) with exploration applied and recorded; ``models``

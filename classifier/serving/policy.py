@@ -1,10 +1,14 @@
 """The routing policy: turn calibrated head probabilities into one auditable routing decision.
 
 A *policy* is a small, owner-approved YAML document (``serving/policy.example.yaml`` shows every
-field with comments). ``Policy.from_yaml`` / ``Policy.from_dict`` validate it completely and raise
-``PolicyError`` naming the field path at fault (``tiers[1].price.input_per_million: must be a
-number >= 0``). ``PolicyEngine(policy, schema)`` checks the policy against the label schema (heads
-and classes it names must exist) and then decides:
+field with comments; ``serving/policy.schema.json``, generated from the model here by
+``policy_json_schema`` / ``tierwise policy schema``, gives editors validation as you type). It is
+a typed pydantic model: ``Policy.from_yaml`` / ``Policy.from_dict`` validate it completely and
+raise ``PolicyError`` naming the field path at fault (``tiers.frontier.price.input_per_million:
+must be a number >= 0``). Fields can be edited on the model (``policy.thresholds.tier = 0.4``) and
+``to_yaml`` writes what the model holds: the keys the document had plus those edited, values as
+written (the model is the only copy). ``PolicyEngine(policy, schema)`` checks the policy against
+the label schema (heads and classes it names must exist) and then decides:
 
 1. **tier threshold**: ``p(positive class of the tier head) >= thresholds.tier`` goes to
    ``routing.strong_tier``, the rest to ``routing.cheap_tier``;
@@ -22,31 +26,50 @@ and classes it names must exist) and then decides:
    only). Each class's ``gate`` says which evidence counts: ``either`` (default), ``model`` or
    ``detectors``; the decision carries the detector hits (rule and offsets, never the text).
 
-``PolicyEngine.safe_decision(reason, flags)`` is the explicit decision for input that cannot be
-classified (and for faults): it never raises. ``decide_batch`` is the vectorised form of
-``decide``; ``tier_indices`` returns only the routed tier per row (for evaluation and costing).
-``decide`` (and ``decide_batch`` of one row, which is what a router calls per request) runs the
-same cascade on plain Python floats: numpy's per-call overhead is most of the cost of one row.
-Both paths share the code that writes the reason, and a test holds them to the same answers.
+The cascade is written once (``PolicyEngine._cascade``) and run on one prompt's plain Python
+floats (``decide``, and ``decide_batch`` of one row: what a router calls per request, where
+numpy's per-call overhead would be most of the cost) or on numpy arrays of many prompts
+(``decide_batch``, ``tier_indices``): it uses only comparisons, ``&``/``|`` and the three
+operations of ``_ROW`` / ``_BATCH``. Every restriction (sensitivity, input rules, escalation) is
+a lookup in a table built once from the policy (``_routes``), so "the lowest allowed tier at
+least as strong, else the strongest allowed" is defined in one place. ``safe_decision(reason,
+flags)`` is the explicit decision for input that cannot be classified (and for faults): it never
+raises.
 
 What this module leaves out: computing probabilities (``runtime.py``), fitting thresholds
 (``classifier.evaluation.thresholds``) and logging decisions (``audit.py``). It imports numpy,
-pyyaml and the stdlib only.
+pydantic, pyyaml and the stdlib only.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 
 from classifier.errors import PolicyError
+from classifier.serving.exploration import MAX_SHARE, MODES, Exploration
 from classifier.yaml_io import read_yaml
 
 TRUST_LEVELS = ("external", "internal", "self_hosted")
@@ -75,145 +98,178 @@ RULE_INPUT = "input"
 # Probabilities of a head must sum to 1 within this tolerance to count as a distribution.
 _SUM_TOL = 1e-3
 
+# the example policy and its JSON Schema, shipped in this package (``serving/`` links to them)
+EXAMPLE_FILE = "policy.example.yaml"
+SCHEMA_FILE = "policy.schema.json"
+
+
+def packaged(name: str = EXAMPLE_FILE) -> Path:
+    """Path of a file shipped with this package (``EXAMPLE_FILE`` or ``SCHEMA_FILE``)."""
+    return Path(str(resources.files("classifier.serving").joinpath(name)))
+
 
 # ------------------------------------------------------------------------------------------
-# Validation helpers: each names the full field path in its error.
+# Field types: each says what it accepts in the words its error uses (the JSON Schema says the same)
 # ------------------------------------------------------------------------------------------
-def _fail(path: str, message: str) -> PolicyError:
-    return PolicyError(f"{path}: {message}")
-
-
-def _mapping(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(path, f"must be a mapping, got {type(value).__name__}")
-    return dict(value)
-
-
-def _check_keys(data: Mapping[str, Any], path: str, required: Iterable[str], optional: Iterable[str]) -> None:
-    required = list(required)
-    allowed = set(required) | set(optional)
-    for key in required:
-        if key not in data:
-            raise _fail(f"{path}.{key}" if path else key, "is required")
-    unknown = sorted(str(k) for k in data if k not in allowed)
-    if unknown:
-        where = path or "policy"
-        raise _fail(where, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def _string(value: Any, path: str) -> str:
+def _text(value: Any) -> str:
     # YAML reads versions like 1.2 and dates as numbers/dates: accept scalars, store as text.
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
-        raise _fail(path, "must be a non-empty string")
-    text = str(value).strip()
-    if not text:
-        raise _fail(path, "must be a non-empty string")
-    return text
+    if isinstance(value, (bool, list, dict)) or value is None or not str(value).strip():
+        raise ValueError("must be a non-empty string")
+    return str(value).strip()
 
 
-def _number(value: Any, path: str, *, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False) -> float:
-    bounds = []
-    if lo is not None:
-        bounds.append(f"{'>' if lo_open else '>='} {lo:g}")
+Text = Annotated[str, PlainValidator(_text), WithJsonSchema({"type": ["string", "number"], "minLength": 1})]
+OptText = Annotated[str | None, PlainValidator(lambda v: None if v is None else _text(v)),
+                    WithJsonSchema({"type": ["string", "number", "null"], "minLength": 1})]
+Note = Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))]
+
+
+def _number(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Any:
+    """A finite number in [lo, hi] (``lo_open``: > lo), kept as written (an int stays an int, so a
+    policy saved unedited reads as it was written)."""
+    want = f"must be a number {'>' if lo_open else '>='} {lo:g}" + ("" if hi is None else f" and <= {hi:g}")
+
+    def check(value: Any) -> float:
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+              and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi))
+        if not ok:
+            raise ValueError(f"{want}, got {value!r}")
+        return value
+
+    schema: dict[str, Any] = {"type": "number", "exclusiveMinimum" if lo_open else "minimum": lo}
     if hi is not None:
-        bounds.append(f"{'<' if hi_open else '<='} {hi:g}")
-    want = "must be a number" + (" " + " and ".join(bounds) if bounds else "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(path, f"{want}, got {value!r}")
-    x = float(value)
-    if not math.isfinite(x):
-        raise _fail(path, f"{want}, got {value!r}")
-    if lo is not None and (x <= lo if lo_open else x < lo):
-        raise _fail(path, f"{want}, got {value!r}")
-    if hi is not None and (x >= hi if hi_open else x > hi):
-        raise _fail(path, f"{want}, got {value!r}")
-    return x
+        schema["maximum"] = hi
+    return Annotated[float, PlainValidator(check), WithJsonSchema(schema)]
 
 
-def _choice(value: Any, path: str, options: Sequence[str]) -> str:
-    if value not in options:
-        raise _fail(path, f"must be one of {list(options)}, got {value!r}")
-    return str(value)
+def _one_of(*options: str, optional: bool = False) -> Any:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if value not in options:
+            raise ValueError(f"must be one of {list(options)}, got {value!r}")
+        return value
+
+    schema = {"enum": [*options, None] if optional else list(options)}
+    return Annotated[Literal[options], PlainValidator(check), WithJsonSchema(schema)]
 
 
-def _string_list(value: Any, path: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise _fail(path, "must be a non-empty list of names")
-    return tuple(_string(v, f"{path}[{i}]") for i, v in enumerate(value))
+def _list(item: Any, *, min_items: int, message: str) -> Any:
+    def check(value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) < min_items:
+            raise ValueError(message)
+        return value
+
+    return Annotated[item, BeforeValidator(check), Field(json_schema_extra={"minItems": min_items})]
 
 
-def _allowed(rule: Mapping[str, Any], p: str, action: str, tiers: Sequence[Any],
-             tier_ref: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(allowed_tiers, allowed_trust) of a rule at path ``p``: required by, and only by, action
-    ``restrict``, and satisfiable by at least one tier. Shared by the sensitivity and input rules."""
-    allowed_tiers: tuple[str, ...] = ()
-    allowed_trust: tuple[str, ...] = ()
-    if "allowed_tiers" in rule:
-        allowed_tiers = tuple(tier_ref(v, f"{p}.allowed_tiers[{j}]")
-                              for j, v in enumerate(_string_list(rule["allowed_tiers"], f"{p}.allowed_tiers")))
-    if "allowed_trust" in rule:
-        allowed_trust = tuple(_choice(v, f"{p}.allowed_trust[{j}]", TRUST_LEVELS)
-                              for j, v in enumerate(_string_list(rule["allowed_trust"], f"{p}.allowed_trust")))
-    if action == "restrict":
-        if not allowed_tiers and not allowed_trust:
-            raise _fail(p, "action 'restrict' needs 'allowed_tiers' and/or 'allowed_trust'")
-        if not any(t.name in allowed_tiers or t.trust in allowed_trust for t in tiers):
-            raise _fail(p, "no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
-    elif allowed_tiers or allowed_trust:
-        raise _fail(p, f"allowed_tiers/allowed_trust only apply to action 'restrict', not {action!r}")
-    return allowed_tiers, allowed_trust
+def _mapping(value: Any) -> Any:
+    return {} if value is None else value  # an empty YAML section (``sensitivity:``) is an empty mapping
 
 
-def _input_rules(raw: Any, tiers: Sequence[Any], tier_ref: Any) -> dict[str, InputRule]:
-    """Section ``input`` (rules for what the model could not read), validated."""
-    section = _mapping(raw or {}, "input")
-    _check_keys(section, "input", required=(), optional=tuple(INPUT_RULES))
-    out: dict[str, InputRule] = {}
-    for name, raw_rule in section.items():
-        p = f"input.{name}"
-        rule = _mapping(raw_rule, p)
-        _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust"))
-        action = _choice(rule["action"], f"{p}.action", INPUT_ACTIONS)
-        allowed_tiers, allowed_trust = _allowed(rule, p, action, tiers, tier_ref)
-        out[str(name)] = InputRule(action, allowed_tiers, allowed_trust)
-    return out
+def _input_keys(value: Any) -> Any:
+    unknown = sorted(str(k) for k in value if k not in INPUT_RULES) if isinstance(value, Mapping) else []
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(INPUT_RULES)}")
+    return _mapping(value)
 
 
-# ------------------------------------------------------------------------------------------
-# Policy data
-# ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Approval:
-    approved_by: str
-    approved_at: str
-    ticket: str
+Prob = _number(0, 1)
+Trust = _one_of(*TRUST_LEVELS)
+Names = _list(tuple[Text, ...], min_items=1, message="must be a non-empty list of names")
 
 
-@dataclass(frozen=True)
-class Tier:
-    """One destination. ``input_per_million`` / ``output_per_million`` are USD per M tokens."""
+class _Section(BaseModel):
+    """A section of the policy: unknown keys are errors, assignments are validated, and it is
+    written back with the keys it was read with plus those that differ from their default."""
 
-    name: str
-    model: str
-    input_per_million: float
-    output_per_million: float
-    trust: str
-    description: str = ""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        fields = cls.model_fields
+        if data is None and not any(f.is_required() for f in fields.values()):
+            return {}
+        if isinstance(data, Mapping):
+            unknown = sorted(str(k) for k in data if k not in fields)
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        data = handler(self)
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items() if k in self.model_fields_set
+                or getattr(self, k) != fields[k].get_default(call_default_factory=True)}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise _policy_error(exc, None) from None
 
 
-@dataclass(frozen=True)
-class SensitivityRule:
-    """What happens when a sensitivity class is detected.
+class Approval(_Section):
+    """The sign-off that makes the policy auditable."""
 
-    ``block``: refuse the request. ``restrict``: route only to ``allowed_tiers`` or tiers whose
-    trust level is in ``allowed_trust`` (union of both). ``allow``: no constraint.
-    """
+    approved_by: Text
+    approved_at: Text
+    ticket: Text
 
-    action: str
-    allowed_tiers: tuple[str, ...] = ()
-    allowed_trust: tuple[str, ...] = ()
-    gate: str = "either"  # either | model | detectors: which evidence triggers the class
+
+class Price(_Section):
+    """USD per million tokens."""
+
+    input_per_million: _number(0)
+    output_per_million: _number(0)
+    currency: str | None = None
+
+
+class Tier(_Section):
+    """One destination, ordered cheap -> strong in ``Policy.tiers``."""
+
+    name: Text
+    model: Text
+    price: Price
+    trust: Trust
+    description: Note = ""
+
+    @property
+    def input_per_million(self) -> float:
+        return self.price.input_per_million
+
+    @property
+    def output_per_million(self) -> float:
+        return self.price.output_per_million
+
+
+class Routing(_Section):
+    """Which heads the rules read and which tiers the tier threshold chooses between."""
+
+    tier_head: Text = "tier"
+    cheap_tier: OptText = None  # default: the first tier
+    strong_tier: OptText = None  # default: 'frontier' if a tier has that name, else the second tier
+    task_head: OptText = "task"
+    sensitivity_head: OptText = "sensitivity"
+
+
+class _Restriction(_Section):
+    """``allowed_tiers`` / ``allowed_trust``: with action ``restrict`` (only), the tiers a request
+    may go to (the union of both)."""
+
+    allowed_tiers: Names = ()
+    allowed_trust: _list(tuple[Trust, ...], min_items=1, message="must be a non-empty list of names") = ()
+
+
+class SensitivityRule(_Restriction):
+    """What happens when a sensitivity class is detected: ``block`` refuses the request,
+    ``restrict`` allows only ``allowed_tiers`` / ``allowed_trust``, ``allow`` constrains nothing.
+    ``gate`` says which evidence triggers the class: either, model or detectors."""
+
+    action: _one_of(*SENSITIVITY_ACTIONS)
+    gate: _one_of(*GATES) = "either"
 
     @property
     def model_gates(self) -> bool:
@@ -224,62 +280,161 @@ class SensitivityRule:
         return self.gate != "model"
 
 
-@dataclass(frozen=True)
-class TaskOverride:
-    """Raise the tier to at least ``min_tier`` when the task head predicts this class
-    (argmax, and its probability >= ``min_probability``)."""
+class InputRule(_Restriction):
+    """What happens to a request the runtime flags for how much of it the model read (section
+    ``input``): ``unread`` reacts to ``truncated`` (text that will be sent was read by neither a
+    model window nor a detector), ``long_request`` to ``long_request`` (longer than one model
+    window). ``block``: refuse. ``restrict``: only ``allowed_tiers`` / ``allowed_trust``.
+    ``escalate``: at least ``routing.strong_tier``. ``allow``: no constraint."""
 
-    min_tier: str
-    min_probability: float = 0.0
-
-
-@dataclass(frozen=True)
-class InputRule:
-    """What happens to a request the runtime flags for how much of it the model read (policy
-    section ``input``): ``unread`` reacts to ``truncated`` (text that will be sent was read by
-    neither a model window nor a detector), ``long_request`` to ``long_request`` (longer than one
-    model window). ``block``: refuse. ``restrict``: only ``allowed_tiers`` / ``allowed_trust``
-    (the cheapest allowed tier at least as strong as the one chosen). ``escalate``: at least
-    ``routing.strong_tier``. ``allow``: no constraint."""
-
-    action: str
-    allowed_tiers: tuple[str, ...] = ()
-    allowed_trust: tuple[str, ...] = ()
+    action: _one_of(*INPUT_ACTIONS)
 
 
-@dataclass(frozen=True)
-class Policy:
-    """A validated routing policy. Build it with ``from_dict`` / ``from_yaml``."""
+class TaskOverride(_Section):
+    """Raise the tier to at least ``min_tier`` when the task head predicts this class (argmax,
+    and its probability >= ``min_probability``)."""
 
-    owner: str
-    version: str
+    min_tier: Text
+    min_probability: Prob = 0.0
+
+
+class Thresholds(_Section):
+    """Fitted by ``tierwise calibrate``; ``provenance`` says how."""
+
+    tier: Prob
+    sensitivity: Annotated[dict[str, _number(0, 1, lo_open=True)], BeforeValidator(_mapping)] = Field(default_factory=dict)
+    provenance: Annotated[dict[str, Any], BeforeValidator(_mapping)] = Field(default_factory=dict)
+
+
+class MinConfidence(_Section):
+    """A head's floor with its own action (``{floor: 0.5, action: safe_decision}``)."""
+
+    floor: Prob
+    action: _one_of(*UNCERTAINTY_ACTIONS, optional=True) = None
+
+
+# a floor is a bare number or a MinConfidence mapping; the tags never reach an error's path
+_TAGS = ("<number>", "<mapping>")
+Floor = Annotated[
+    Annotated[Prob, Tag(_TAGS[0])] | Annotated[MinConfidence, Tag(_TAGS[1])],
+    Discriminator(lambda v: _TAGS[1] if isinstance(v, (Mapping, MinConfidence)) else _TAGS[0]),
+]
+
+
+class Uncertainty(_Section):
+    tier_band: _number(0, 0.5) = 0.0
+    min_confidence: Annotated[dict[str, Floor], BeforeValidator(_mapping)] = Field(default_factory=dict)
+    action: _one_of(*UNCERTAINTY_ACTIONS) = "escalate"
+
+
+class SafeDecision(_Section):
+    """The explicit decision for input that cannot be classified: route to ``tier``, or block."""
+
+    action: _one_of(*SAFE_ACTIONS)
+    tier: OptText = None
+
+
+class ExplorationSettings(_Section):
+    """Issue 15 (``classifier.serving.exploration``): the share of plain threshold decisions explored."""
+
+    share: _number(0, MAX_SHARE)
+    mode: _one_of(*MODES) = "send"
+
+
+# ------------------------------------------------------------------------------------------
+# The policy
+# ------------------------------------------------------------------------------------------
+class Policy(_Section):
+    """A validated routing policy (a tierwise routing policy file). Build it with ``from_dict`` /
+    ``from_yaml``; the flat properties (``tier_threshold``, ``cheap_tier``...) read the sections
+    with their defaults resolved."""
+
+    model_config = ConfigDict(title="tierwise routing policy")
+
+    owner: Text
+    version: Text
     approval: Approval
-    tiers: tuple[Tier, ...]
-    # routing: which heads and tiers the rules act on
-    tier_head: str
-    cheap_tier: str
-    strong_tier: str
-    task_head: str | None
-    sensitivity_head: str | None
-    sensitivity_rules: dict[str, SensitivityRule]
-    task_overrides: dict[str, TaskOverride]
-    tier_threshold: float
-    sensitivity_thresholds: dict[str, float]
-    threshold_provenance: dict[str, Any]
-    tier_band: float
-    min_confidence: dict[str, float]
-    min_confidence_actions: dict[str, str]
-    uncertainty_action: str
-    safe_action: str
-    safe_tier: str | None
-    description: str = ""
-    input_rules: dict[str, InputRule] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    tiers: _list(list[Tier], min_items=2, message="must be a list of at least two tiers, ordered cheap -> strong")
+    thresholds: Thresholds
+    description: Note = ""
+    routing: Routing = Field(default_factory=Routing)
+    sensitivity: Annotated[dict[str, SensitivityRule], BeforeValidator(_mapping)] = Field(default_factory=dict)
+    task_overrides: Annotated[dict[str, TaskOverride], BeforeValidator(_mapping)] = Field(default_factory=dict)
+    uncertainty: Uncertainty = Field(default_factory=Uncertainty)
+    # rule name -> rule, applied in the document's order
+    input: Annotated[dict[Literal["unread", "long_request"], InputRule],
+                     BeforeValidator(_input_keys)] = Field(default_factory=dict)
+    safe_decision: SafeDecision | None = None  # default: route to routing.strong_tier
+    exploration: ExplorationSettings | None = None
 
-    # -- lookups -----------------------------------------------------------------------------
-    @property
-    def tier_names(self) -> list[str]:
-        return [t.name for t in self.tiers]
+    @model_validator(mode="after")
+    def _check(self) -> Policy:  # noqa: C901 - one linear walk over the cross-field rules
+        """What one field cannot say alone: tier names, their order, and which keys go together."""
+        names: list[str] = []
+        for t in self.tiers:
+            if t.name in names:
+                raise PolicyError(f"tiers.{t.name}.name: duplicate tier name {t.name!r}")
+            names.append(t.name)
+
+        def tier_ref(name: str | None, path: str) -> None:
+            if name is not None and name not in names:
+                raise PolicyError(f"{path}: unknown tier {name!r}; the policy's tiers are {names}")
+
+        r = self.routing
+        tier_ref(r.cheap_tier, "routing.cheap_tier")
+        tier_ref(r.strong_tier, "routing.strong_tier")
+        if names.index(self.strong_tier) <= names.index(self.cheap_tier):
+            raise PolicyError(f"routing.strong_tier: {self.strong_tier!r} must come after cheap_tier "
+                              f"{self.cheap_tier!r} in 'tiers' (tiers are ordered cheap -> strong)")
+        rules = [(f"sensitivity.{k}", v) for k, v in self.sensitivity.items()]
+        rules += [(f"input.{k}", v) for k, v in self.input_rules.items()]
+        for path, rule in rules:
+            for j, name in enumerate(rule.allowed_tiers):
+                tier_ref(name, f"{path}.allowed_tiers[{j}]")
+            if rule.action == "restrict":
+                if not rule.allowed_tiers and not rule.allowed_trust:
+                    raise PolicyError(f"{path}: action 'restrict' needs 'allowed_tiers' and/or 'allowed_trust'")
+                if not any(t.name in rule.allowed_tiers or t.trust in rule.allowed_trust for t in self.tiers):
+                    raise PolicyError(f"{path}: no tier satisfies allowed_tiers/allowed_trust: the rule could never route")
+            elif rule.allowed_tiers or rule.allowed_trust:
+                raise PolicyError(f"{path}: allowed_tiers/allowed_trust only apply to action 'restrict', "
+                                  f"not {rule.action!r}")
+        for name, ov in self.task_overrides.items():
+            tier_ref(ov.min_tier, f"task_overrides.{name}.min_tier")
+        for name, rule in self.sensitivity.items():
+            if rule.action != "allow" and rule.model_gates and name not in self.thresholds.sensitivity:
+                raise PolicyError(f"thresholds.sensitivity.{name}: is required: sensitivity class {name!r} "
+                                  f"has a {rule.action!r} rule")
+        safe = self.safe_decision
+        if safe is not None and safe.action == "route":
+            if safe.tier is None:
+                raise PolicyError("safe_decision.tier: is required when action is 'route'")
+            tier_ref(safe.tier, "safe_decision.tier")
+        elif safe is not None and safe.tier is not None:
+            raise PolicyError("safe_decision.tier: must be omitted when action is 'block'")
+        return self
+
+    # -- the sections read flat, defaults resolved (what the engine, reports and tools read) ------
+    tier_names = property(lambda self: [t.name for t in self.tiers])
+    tier_head = property(lambda self: self.routing.tier_head)
+    task_head = property(lambda self: self.routing.task_head)
+    sensitivity_head = property(lambda self: self.routing.sensitivity_head)
+    cheap_tier = property(lambda self: self.routing.cheap_tier or self.tiers[0].name)
+    strong_tier = property(lambda self: self.routing.strong_tier or (
+        "frontier" if "frontier" in self.tier_names else self.tiers[1].name))
+    sensitivity_rules = property(lambda self: self.sensitivity)
+    input_rules = property(lambda self: self.input)
+    tier_threshold = property(lambda self: self.thresholds.tier)
+    sensitivity_thresholds = property(lambda self: self.thresholds.sensitivity)
+    threshold_provenance = property(lambda self: self.thresholds.provenance)
+    tier_band = property(lambda self: self.uncertainty.tier_band)
+    uncertainty_action = property(lambda self: self.uncertainty.action)
+    min_confidence = property(lambda self: {h: v.floor if isinstance(v, MinConfidence) else v
+                                            for h, v in self.uncertainty.min_confidence.items()})
+    min_confidence_actions = property(lambda self: {h: v.action for h, v in self.uncertainty.min_confidence.items()
+                                                    if isinstance(v, MinConfidence) and v.action is not None})
+    safe_action = property(lambda self: "route" if self.safe_decision is None else self.safe_decision.action)
+    safe_tier = property(lambda self: self.strong_tier if self.safe_decision is None else self.safe_decision.tier)
 
     def tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -290,7 +445,7 @@ class Policy:
     def tier_index(self, name: str) -> int:
         return self.tier_names.index(name)
 
-    # -- construction ------------------------------------------------------------------------
+    # -- reading and writing -----------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> Policy:
         data = read_yaml(path, PolicyError, "policy file")
@@ -300,171 +455,21 @@ class Policy:
             raise PolicyError(f"{path}: {exc}") from None
 
     @classmethod
-    def from_dict(cls, data: Any) -> Policy:  # noqa: C901 - one linear walk over the schema
-        top = _mapping(data, "policy")
-        _check_keys(
-            top, "",
-            required=("owner", "version", "approval", "tiers", "thresholds"),
-            optional=("description", "routing", "sensitivity", "task_overrides", "uncertainty",
-                      "safe_decision", "input", "exploration"),
-        )
-        if "exploration" in top:  # issue 15: validated here, applied by PolicyEngine._explore
-            from classifier.serving.exploration import Exploration
+    def from_dict(cls, data: Any) -> Policy:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _policy_error(exc, data) from None
 
-            Exploration.from_dict(top["exploration"])
-        owner = _string(top["owner"], "owner")
-        version = _string(top["version"], "version")
-        description = str(top.get("description") or "")
-
-        ap = _mapping(top["approval"], "approval")
-        _check_keys(ap, "approval", required=("approved_by", "approved_at", "ticket"), optional=())
-        approval = Approval(
-            approved_by=_string(ap["approved_by"], "approval.approved_by"),
-            approved_at=_string(ap["approved_at"], "approval.approved_at"),
-            ticket=_string(ap["ticket"], "approval.ticket"),
-        )
-
-        # tiers ------------------------------------------------------------------------------
-        raw_tiers = top["tiers"]
-        if not isinstance(raw_tiers, list) or len(raw_tiers) < 2:
-            raise _fail("tiers", "must be a list of at least two tiers, ordered cheap -> strong")
-        tiers: list[Tier] = []
-        for i, rt in enumerate(raw_tiers):
-            p = f"tiers[{i}]"
-            rt = _mapping(rt, p)
-            name_for_path = rt.get("name") if isinstance(rt.get("name"), str) else None
-            if name_for_path:
-                p = f"tiers.{name_for_path}"
-            _check_keys(rt, p, required=("name", "model", "price", "trust"), optional=("description",))
-            name = _string(rt["name"], f"{p}.name")
-            if name in {t.name for t in tiers}:
-                raise _fail(f"{p}.name", f"duplicate tier name {name!r}")
-            price = _mapping(rt["price"], f"{p}.price")
-            _check_keys(price, f"{p}.price", required=("input_per_million", "output_per_million"),
-                        optional=("currency",))
-            tiers.append(Tier(
-                name=name,
-                model=_string(rt["model"], f"{p}.model"),
-                input_per_million=_number(price["input_per_million"], f"{p}.price.input_per_million", lo=0),
-                output_per_million=_number(price["output_per_million"], f"{p}.price.output_per_million", lo=0),
-                trust=_choice(rt["trust"], f"{p}.trust", TRUST_LEVELS),
-                description=str(rt.get("description") or ""),
-            ))
-        names = [t.name for t in tiers]
-
-        def tier_ref(value: Any, path: str) -> str:
-            name = _string(value, path)
-            if name not in names:
-                raise _fail(path, f"unknown tier {name!r}; the policy's tiers are {names}")
-            return name
-
-        # routing ----------------------------------------------------------------------------
-        routing = _mapping(top.get("routing") or {}, "routing")
-        _check_keys(routing, "routing", required=(),
-                    optional=("tier_head", "cheap_tier", "strong_tier", "task_head", "sensitivity_head"))
-        tier_head = _string(routing.get("tier_head", "tier"), "routing.tier_head")
-        cheap_tier = tier_ref(routing.get("cheap_tier", names[0]), "routing.cheap_tier")
-        default_strong = "frontier" if "frontier" in names else names[1]
-        strong_tier = tier_ref(routing.get("strong_tier", default_strong), "routing.strong_tier")
-        if names.index(strong_tier) <= names.index(cheap_tier):
-            raise _fail("routing.strong_tier",
-                        f"{strong_tier!r} must come after cheap_tier {cheap_tier!r} in 'tiers' "
-                        "(tiers are ordered cheap -> strong)")
-        task_head = routing.get("task_head", "task")
-        task_head = None if task_head is None else _string(task_head, "routing.task_head")
-        sens_head = routing.get("sensitivity_head", "sensitivity")
-        sens_head = None if sens_head is None else _string(sens_head, "routing.sensitivity_head")
-
-        # sensitivity ------------------------------------------------------------------------
-        sens = _mapping(top.get("sensitivity") or {}, "sensitivity")
-        sens_rules: dict[str, SensitivityRule] = {}
-        for cls_name, raw_rule in sens.items():
-            p = f"sensitivity.{cls_name}"
-            rule = _mapping(raw_rule, p)
-            _check_keys(rule, p, required=("action",), optional=("allowed_tiers", "allowed_trust", "gate"))
-            action = _choice(rule["action"], f"{p}.action", SENSITIVITY_ACTIONS)
-            gate = _choice(rule.get("gate", "either"), f"{p}.gate", GATES)
-            allowed_tiers, allowed_trust = _allowed(rule, p, action, tiers, tier_ref)
-            sens_rules[str(cls_name)] = SensitivityRule(action, allowed_tiers, allowed_trust, gate)
-
-        # task overrides ---------------------------------------------------------------------
-        task_ov = _mapping(top.get("task_overrides") or {}, "task_overrides")
-        overrides: dict[str, TaskOverride] = {}
-        for task_name, raw_ov in task_ov.items():
-            p = f"task_overrides.{task_name}"
-            ov = _mapping(raw_ov, p)
-            _check_keys(ov, p, required=("min_tier",), optional=("min_probability",))
-            overrides[str(task_name)] = TaskOverride(
-                min_tier=tier_ref(ov["min_tier"], f"{p}.min_tier"),
-                min_probability=_number(ov.get("min_probability", 0.0), f"{p}.min_probability", lo=0, hi=1),
-            )
-
-        # thresholds -------------------------------------------------------------------------
-        th = _mapping(top["thresholds"], "thresholds")
-        _check_keys(th, "thresholds", required=("tier",), optional=("sensitivity", "provenance"))
-        tier_threshold = _number(th["tier"], "thresholds.tier", lo=0, hi=1)
-        sens_th_raw = _mapping(th.get("sensitivity") or {}, "thresholds.sensitivity")
-        sens_thresholds = {
-            str(k): _number(v, f"thresholds.sensitivity.{k}", lo=0, hi=1, lo_open=True)
-            for k, v in sens_th_raw.items()
-        }
-        for cls_name, rule in sens_rules.items():
-            if rule.action != "allow" and rule.model_gates and cls_name not in sens_thresholds:
-                raise _fail(f"thresholds.sensitivity.{cls_name}",
-                            f"is required: sensitivity class {cls_name!r} has a {rule.action!r} rule")
-        provenance = _mapping(th.get("provenance") or {}, "thresholds.provenance")
-
-        # uncertainty ------------------------------------------------------------------------
-        unc = _mapping(top.get("uncertainty") or {}, "uncertainty")
-        _check_keys(unc, "uncertainty", required=(), optional=("tier_band", "min_confidence", "action"))
-        tier_band = _number(unc.get("tier_band", 0.0), "uncertainty.tier_band", lo=0, hi=0.5)
-        unc_action = _choice(unc.get("action", "escalate"), "uncertainty.action", UNCERTAINTY_ACTIONS)
-        min_conf: dict[str, float] = {}
-        min_conf_actions: dict[str, str] = {}
-        for head, raw_floor in _mapping(unc.get("min_confidence") or {}, "uncertainty.min_confidence").items():
-            p = f"uncertainty.min_confidence.{head}"
-            if isinstance(raw_floor, Mapping):
-                floor_map = dict(raw_floor)
-                _check_keys(floor_map, p, required=("floor",), optional=("action",))
-                min_conf[str(head)] = _number(floor_map["floor"], f"{p}.floor", lo=0, hi=1)
-                if "action" in floor_map:
-                    min_conf_actions[str(head)] = _choice(floor_map["action"], f"{p}.action", UNCERTAINTY_ACTIONS)
-            else:
-                min_conf[str(head)] = _number(raw_floor, p, lo=0, hi=1)
-
-        # safe decision ----------------------------------------------------------------------
-        safe = _mapping(top.get("safe_decision") or {"action": "route", "tier": strong_tier}, "safe_decision")
-        _check_keys(safe, "safe_decision", required=("action",), optional=("tier",))
-        safe_action = _choice(safe["action"], "safe_decision.action", SAFE_ACTIONS)
-        safe_tier: str | None = None
-        if safe_action == "route":
-            if "tier" not in safe:
-                raise _fail("safe_decision.tier", "is required when action is 'route'")
-            safe_tier = tier_ref(safe["tier"], "safe_decision.tier")
-        elif "tier" in safe:
-            raise _fail("safe_decision.tier", "must be omitted when action is 'block'")
-
-        input_rules = _input_rules(top.get("input"), tiers, tier_ref)
-
-        return cls(
-            owner=owner, version=version, approval=approval, tiers=tuple(tiers),
-            tier_head=tier_head, cheap_tier=cheap_tier, strong_tier=strong_tier,
-            task_head=task_head, sensitivity_head=sens_head,
-            sensitivity_rules=sens_rules, task_overrides=overrides,
-            tier_threshold=tier_threshold, sensitivity_thresholds=sens_thresholds,
-            threshold_provenance=provenance,
-            tier_band=tier_band, min_confidence=min_conf, min_confidence_actions=min_conf_actions,
-            uncertainty_action=unc_action, safe_action=safe_action, safe_tier=safe_tier,
-            description=description, input_rules=input_rules, raw=copy.deepcopy(dict(top)),
-        )
-
-    # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The policy as plain data (the validated input, with thresholds as currently set)."""
-        return copy.deepcopy(self.raw)
+        """The policy as plain data: the keys it was read with plus those edited, values as held."""
+        return self.model_dump(mode="json")
 
     def to_yaml(self, path: str | Path | None = None, *, header: str = "") -> str:
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        """The policy as YAML (re-validated first: an edit that breaks a cross-field rule raises
+        ``PolicyError`` here, not when the file is next read); written to ``path`` if given."""
+        data = Policy.from_dict(self.to_dict()).to_dict()
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
         if header:
             text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
         if path is not None:
@@ -481,21 +486,56 @@ class Policy:
     ) -> Policy:
         """A copy with new thresholds (and provenance merged in); re-validated."""
         data = self.to_dict()
-        th = dict(data.get("thresholds") or {})
+        th = data["thresholds"]
         if tier is not None:
             th["tier"] = float(tier)
         if sensitivity:
-            merged = dict(th.get("sensitivity") or {})
-            merged.update({k: float(v) for k, v in sensitivity.items()})
-            th["sensitivity"] = merged
+            th["sensitivity"] = {**th.get("sensitivity", {}), **{k: float(v) for k, v in sensitivity.items()}}
         if provenance:
-            prov = dict(th.get("provenance") or {})
-            prov.update(copy.deepcopy(dict(provenance)))
-            th["provenance"] = prov
-        data["thresholds"] = th
+            th["provenance"] = {**th.get("provenance", {}), **copy.deepcopy(dict(provenance))}
         if version is not None:
             data["version"] = version
         return Policy.from_dict(data)
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a policy file (what ``serving/policy.schema.json`` holds)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Policy.model_json_schema()}
+
+
+def _policy_error(exc: ValidationError, data: Any) -> PolicyError:
+    """One ``PolicyError`` for a pydantic error: each problem as ``path: message``, the path in the
+    document's terms (``tiers.<name>`` for a named tier, ``[i]`` for a list item, ``policy`` for
+    the top level)."""
+    problems: list[str] = []
+    for err in exc.errors(include_url=False):
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, PolicyError):  # a cross-field rule: its message names its own path
+            problems.append(str(cause))
+            continue
+        path, node = "", data
+        for part in err["loc"]:
+            if part in _TAGS:
+                continue
+            if isinstance(part, int):
+                item = node[part] if isinstance(node, Sequence) and 0 <= part < len(node) else None
+                name = item.get("name") if isinstance(item, Mapping) else None
+                path += f".{name}" if isinstance(name, str) and name else f"[{part}]"
+                node = item
+            else:
+                path += f".{part}" if path else str(part)
+                node = node.get(part) if isinstance(node, Mapping) else None
+        kind = err["type"]
+        if kind == "missing":
+            message = "is required"
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            message = f"must be a mapping, got {type(err['input']).__name__}"
+        elif cause is not None:
+            message = str(cause)
+        else:
+            message = err["msg"]
+        problems.append(f"{path or 'policy'}: {message}")
+    return PolicyError("; ".join(dict.fromkeys(problems)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -555,71 +595,114 @@ def _copy_plain(value: Any) -> Any:
     return value
 
 
+class _Route:
+    """A restriction as a table: entry ``tier + 1`` is where it sends a request routed to ``tier``
+    (entry 0: blocked stays blocked), as a tuple (one row) and an array (a batch)."""
+
+    def __init__(self, values: Sequence[int]) -> None:
+        self.row = tuple(values)
+        self.arr = np.asarray(values, dtype=np.int64)
+
+
+def _routes(allowed: Sequence[int] | None, n_tiers: int) -> list[int]:
+    """THE restriction rule: a request may go only to the ``allowed`` tier indices (None: any):
+    the lowest allowed tier at least as strong as the one chosen, else the strongest allowed;
+    nothing allowed blocks (-1). Index ``tier + 1``."""
+    ok = sorted(range(n_tiers) if allowed is None else allowed)
+    return [-1] + [-1 if not ok else next((k for k in ok if k >= t), ok[-1]) for t in range(n_tiers)]
+
+
+class _ROW:
+    """The cascade's operations on one prompt: ``probs`` maps head -> list of floats, ``sets``
+    is one prompt's flags or detected classes."""
+
+    where = staticmethod(lambda cond, a, b: a if cond else b)
+    not_ = staticmethod(operator.not_)
+    take = staticmethod(lambda route, index: route.row[index])
+    col = staticmethod(lambda probs, head, j: probs[head][j])
+    top = staticmethod(lambda probs, head: max(probs[head]))
+    argmax = staticmethod(lambda probs, head: probs[head].index(max(probs[head])))  # the first maximum, as np.argmax
+    has = staticmethod(operator.contains)  # item in sets
+
+
+class _BATCH:
+    """The same operations on many prompts: ``probs`` maps head -> [n, C] array, ``sets`` is one
+    collection per prompt (or None: nothing flagged, no detector ran)."""
+
+    where = staticmethod(np.where)
+    not_ = staticmethod(np.logical_not)
+    take = staticmethod(lambda route, index: route.arr[index])
+    col = staticmethod(lambda probs, head, j: probs[head][:, j])
+    top = staticmethod(lambda probs, head: probs[head].max(axis=1))
+    argmax = staticmethod(lambda probs, head: np.argmax(probs[head], axis=1))
+    has = staticmethod(lambda sets, item: sets is not None and np.fromiter(
+        (item in s for s in sets), dtype=bool, count=len(sets)))
+
+
 class PolicyEngine:
-    """Applies a ``Policy`` to head probabilities. Validated against the label schema once."""
+    """Applies a ``Policy`` to head probabilities. Validated against the label schema once; the
+    engine works on its own copy of the policy (edit a ``Policy``, then build a new engine)."""
 
     def __init__(self, policy: Policy, schema: Any) -> None:
-        self.policy = policy
+        self.policy = p = policy.model_copy(deep=True)
         self.schema = schema
         self._check_against_schema()
-        p = policy
-        self._names = p.tier_names
-        self._cheap = self._names.index(p.cheap_tier)
-        self._strong = self._names.index(p.strong_tier)
+        names = self._names = p.tier_names
+        n_tiers = len(names)
+        self._cheap = names.index(p.cheap_tier)
+        self._strong = names.index(p.strong_tier)
         tier_head = schema.head(p.tier_head)
         positive = tier_head.positive_class or tier_head.classes[-1]
         self._tier_pos = tier_head.classes.index(positive)
         self._tier_positive = positive
-        # tier order indices each sensitivity rule may use (restrict) or None (block)
-        self._allowed: dict[str, list[int] | None] = {}
-        for cls_name, rule in p.sensitivity_rules.items():
-            if rule.action == "block":
-                self._allowed[cls_name] = None
-            elif rule.action == "restrict":
-                self._allowed[cls_name] = [
-                    i for i, t in enumerate(p.tiers)
-                    if t.name in rule.allowed_tiers or t.trust in rule.allowed_trust
-                ]
-        self._thresholds = self._threshold_summary()
-        self._prepare_row_path()
-
-    def _prepare_row_path(self) -> None:
-        """Precompute what the single-row path (``_decide_row``) reads, as plain Python values."""
-        p, s = self.policy, self.schema
-        self._heads = [(h.name, h.num_classes, tuple(h.classes)) for h in s.heads]
-        needed = {p.tier_head}
+        self._t, self._band = p.tier_threshold, p.tier_band
+        self._tier_head, self._task_head, self._sens_head = p.tier_head, p.task_head, p.sensitivity_head
+        self._models = [t.model for t in p.tiers]
+        self._heads = [(h.name, h.num_classes, tuple(h.classes)) for h in schema.heads]
+        needed = {p.tier_head, *p.min_confidence}
         if p.sensitivity_rules:
             needed.add(p.sensitivity_head)  # type: ignore[arg-type]
         if p.task_overrides:
             needed.add(p.task_head)  # type: ignore[arg-type]
-        needed |= set(p.min_confidence)
         self._needed = frozenset(needed)
-        self._row_overrides: list[tuple[str, int, int, float]] = []
-        if p.task_overrides:
-            classes = s.head(p.task_head).classes
-            self._row_overrides = [(name, classes.index(name), self._names.index(ov.min_tier), ov.min_probability)
-                                   for name, ov in p.task_overrides.items()]
-        self._row_min_conf = [
-            (head, floor, p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision")
-            for head, floor in p.min_confidence.items()
-        ]
-        self._row_sens: list[tuple[str, int, float | None, frozenset[int] | None, bool]] = []
-        if p.sensitivity_rules:
-            classes = s.head(p.sensitivity_head).classes
-            for name, rule in p.sensitivity_rules.items():
-                if rule.action == "allow":
-                    continue
-                allowed = self._allowed[name]
-                threshold = p.sensitivity_thresholds[name] if rule.model_gates else None
-                self._row_sens.append((name, classes.index(name), threshold,
-                                       None if allowed is None else frozenset(allowed), rule.detectors_gate))
-        self._safe_idx = -1 if p.safe_tier is None else self._names.index(p.safe_tier)
-        # input rules (section ``input``): (name, flag it reacts to, action, allowed tier indices)
-        self._input_rules = [
-            (name, INPUT_RULES[name], rule.action,
-             [i for i, t in enumerate(p.tiers) if t.name in rule.allowed_tiers or t.trust in rule.allowed_trust])
-            for name, rule in p.input_rules.items() if rule.action != "allow"
-        ]
+
+        # the rules as plain values, in cascade order (all ``_cascade`` reads besides the tables)
+        task_classes = schema.head(p.task_head).classes if p.task_overrides else ()
+        self._overrides = [(name, task_classes.index(name), names.index(ov.min_tier), ov.min_probability)
+                           for name, ov in p.task_overrides.items()]
+        # (the outcome keys each rule writes are built here once: they are on the per-request path)
+        self._floors = [(head, floor, p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision",
+                         ("top", head), ("low", head)) for head, floor in p.min_confidence.items()]
+        self._band_safe = p.uncertainty_action == "safe_decision"
+        self._unc_safe_to = names.index(p.safe_tier) if p.safe_action == "route" and p.safe_tier else -1
+        self._escalate = _Route([-1] + [max(t, self._strong) for t in range(n_tiers)])
+
+        def allowed(rule: _Restriction) -> list[int]:
+            return [i for i, t in enumerate(p.tiers) if t.name in rule.allowed_tiers or t.trust in rule.allowed_trust]
+
+        by_action = {"block": lambda r: [-1] * (n_tiers + 1), "escalate": lambda r: list(self._escalate.row),
+                     "restrict": lambda r: _routes(allowed(r), n_tiers)}
+        self._inputs = [(name, INPUT_RULES[name], rule.action, _Route(by_action[rule.action](rule)),
+                         ("input", name), ("input_changed", name))
+                        for name, rule in p.input_rules.items() if rule.action != "allow"]
+        sens_classes = schema.head(p.sensitivity_head).classes if p.sensitivity_rules else ()
+        self._gates = [(name, sens_classes.index(name),
+                        p.sensitivity_thresholds[name] if rule.model_gates else None, rule.detectors_gate, ("sens", name))
+                       for name, rule in p.sensitivity_rules.items() if rule.action != "allow"]
+        # every combination of gates that fired (bit k: gate k) -> the tiers still allowed
+        combos: list[list[int] | None] = []
+        for combo in range(1 << len(self._gates)):
+            ok: set[int] | None = None
+            for k, (name, *_) in enumerate(self._gates):
+                if combo >> k & 1:
+                    rule = p.sensitivity_rules[name]
+                    mine = set() if rule.action == "block" else set(allowed(rule))
+                    ok = mine if ok is None else ok & mine
+            combos.append(None if ok is None else sorted(ok))
+        self._sens_route = _Route([x for ok in combos for x in _routes(ok, n_tiers)])
+        self._sens_blocked = _Route([ok is not None and not ok for ok in combos])
+        self._thresholds = self._threshold_summary()
+        self._exploration = None if p.exploration is None else Exploration(p.exploration.share, p.exploration.mode)
 
     # -- checks ------------------------------------------------------------------------------
     def _check_against_schema(self) -> None:
@@ -672,7 +755,7 @@ class PolicyEngine:
 
     @property
     def thresholds(self) -> dict[str, Any]:
-        return _copy_plain(self._thresholds)
+        return {k: dict(v) if type(v) is dict else v for k, v in self._thresholds.items()}  # values: numbers
 
     # -- safe decision -----------------------------------------------------------------------
     def safe_decision(self, reason: str, flags: Sequence[str] = (),
@@ -721,18 +804,12 @@ class PolicyEngine:
             arrays[h.name] = a
         if n is None:
             raise ValueError("no probabilities for any schema head")
+        missing = sorted(x for x in self._needed if x not in arrays)
+        if missing:
+            raise ValueError(f"probabilities missing for head(s) {missing} the policy needs")
         valid = np.ones(n, dtype=bool)
         head_ok: dict[str, np.ndarray] = {}
         problem = [""] * n
-        needed = {self.policy.tier_head}
-        if self.policy.sensitivity_rules:
-            needed.add(self.policy.sensitivity_head)  # type: ignore[arg-type]
-        if self.policy.task_overrides:
-            needed.add(self.policy.task_head)  # type: ignore[arg-type]
-        needed |= set(self.policy.min_confidence)
-        missing = sorted(x for x in needed if x not in arrays)
-        if missing:
-            raise ValueError(f"probabilities missing for head(s) {missing} the policy needs")
         for name, a in arrays.items():
             finite = np.isfinite(a).all(axis=1)
             ok = finite & (a >= -1e-9).all(axis=1) & (np.abs(a.sum(axis=1) - 1.0) <= _SUM_TOL)
@@ -742,209 +819,6 @@ class PolicyEngine:
             head_ok[name] = ok
         return arrays, valid, head_ok, problem, n
 
-    # -- decisions ---------------------------------------------------------------------------
-    def decide(self, probs: Mapping[str, Any], *, flags: Sequence[str] = (),
-               detections: Sequence[Any] | None = None) -> Decision:
-        """Decide for one prompt: ``probs`` maps head -> probabilities of shape (C,) (or (1, C)).
-        ``detections``: the prompt's detector hits (``Hit`` objects or their ``to_dict()``)."""
-        rows = self._one_row(probs)
-        if rows is None:  # anything unusual (bad shapes, not a distribution): the batch path answers
-            return self.decide_batch(probs, flags=[list(flags)],
-                                     detections=None if detections is None else [detections])[0]
-        return self._explore(self._decide_row(rows, list(dict.fromkeys(flags)), _detection_dicts(detections)))
-
-    def _explore(self, decision: Decision) -> Decision:
-        """Exploration (issue 15, ``classifier.serving.exploration``) of plain threshold decisions."""
-        raw = self.policy.raw.get("exploration")
-        if raw is None:
-            return decision
-        if getattr(self, "_exploration", None) is None:
-            from classifier.serving.exploration import Exploration
-
-            self._exploration = Exploration.from_dict(raw)
-        p = self.policy
-        return self._exploration.apply(decision, p.cheap_tier, p.strong_tier,
-                                       models={t.name: t.model for t in p.tiers}, eligible=decision.rule == RULE_TIER)
-
-    def decide_batch(self, probs: Mapping[str, Any], *,
-                     flags: Sequence[Sequence[str]] | None = None,
-                     detections: Sequence[Sequence[Any]] | None = None) -> list[Decision]:
-        """Decide for n prompts at once: ``probs`` maps head -> [n, C]; ``flags`` one list per row;
-        ``detections`` one list of detector hits per row (None: no detectors ran).
-
-        Never raises on bad probabilities: malformed input yields safe decisions.
-        """
-        if flags is not None and len(flags) == 1:
-            rows = self._one_row(probs)
-            if rows is not None:
-                return [self._explore(self._decide_row(rows, list(dict.fromkeys(flags[0])),
-                                                       _detection_dicts(detections[0] if detections else None)))]
-        try:
-            arrays, valid, head_ok, problem, n = self._validate_batch(probs)
-        except (TypeError, ValueError) as exc:
-            count = len(flags) if flags is not None else 1
-            return [self.safe_decision(f"cannot read probabilities: {exc}", list(flags[i]) if flags else [])
-                    for i in range(max(count, 1))]
-        row_flags = [list(dict.fromkeys(flags[i])) if flags is not None and i < len(flags) else [] for i in range(n)]
-        row_det = [_detection_dicts(detections[i]) if detections is not None and i < len(detections) else []
-                   for i in range(n)]
-        plan = self._plan(arrays, row_flags, row_det)
-        out: list[Decision] = []
-        for i in range(n):
-            # a head whose row is not a distribution is left out (NaN is neither JSON nor evidence)
-            probs_i = {
-                name: {c: float(a[i, j]) for j, c in enumerate(self.schema.head(name).classes)}
-                for name, a in arrays.items() if head_ok[name][i]
-            }
-            if not valid[i]:
-                d = self.safe_decision(problem[i], row_flags[i] + [FLAG_FALLBACK], probs_i)
-                d.detections = row_det[i]
-                out.append(d)
-                continue
-            out.append(self._explore(self._build(i, plan, probs_i, row_flags[i], row_det[i])))
-        return out
-
-    def tier_indices(self, probs: Mapping[str, Any], *,
-                     flags: Sequence[Sequence[str]] | None = None) -> np.ndarray:
-        """Routed tier index per row (into ``policy.tiers``), -1 where blocked. Vectorised.
-        ``flags`` (the runtime's flags per row) feed the input rules; None: no flags."""
-        arrays, valid, _, _, _ = self._validate_batch(probs)
-        plan = self._plan(arrays, flags)
-        tiers = plan["final"].copy()
-        safe_idx = -1 if self.policy.safe_tier is None else self._names.index(self.policy.safe_tier)
-        tiers[~valid] = safe_idx
-        return tiers
-
-    def _plan(self, arrays: dict[str, np.ndarray],  # noqa: C901
-              row_flags: Sequence[Sequence[str]] | None = None,
-              detections: Sequence[Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Any]:
-        """The whole rule cascade on arrays (``row_flags``: the runtime's flags per row, read by
-        the input rules; ``detections``: detector hits per row, read by the gates). Each step
-        records where it changed the outcome."""
-        p = self.policy
-        n = next(iter(arrays.values())).shape[0]
-        p_pos = np.nan_to_num(arrays[p.tier_head][:, self._tier_pos], nan=1.0)
-        t = p.tier_threshold
-        above = p_pos >= t
-        base = np.where(above, self._strong, self._cheap).astype(np.int64)
-        tier = base.copy()
-
-        # task overrides: raise to a minimum tier
-        task_rule = np.full(n, "", dtype=object)
-        if p.task_overrides and p.task_head in arrays:
-            task_p = arrays[p.task_head]
-            classes = self.schema.head(p.task_head).classes
-            arg = np.argmax(task_p, axis=1)
-            top = task_p[np.arange(n), arg]
-            for cls_name, ov in p.task_overrides.items():
-                j = classes.index(cls_name)
-                min_idx = self._names.index(ov.min_tier)
-                hit = (arg == j) & (top >= ov.min_probability) & (tier < min_idx)
-                tier[hit] = min_idx
-                task_rule[hit] = cls_name
-
-        # uncertainty
-        unc_reason = np.full(n, "", dtype=object)
-        unc_safe = np.zeros(n, dtype=bool)
-        band = (np.abs(p_pos - t) < p.tier_band) if p.tier_band > 0 else np.zeros(n, dtype=bool)
-        for i in np.flatnonzero(band):
-            unc_reason[i] = f"p({self._tier_positive})={p_pos[i]:.3f} within {p.tier_band:g} of threshold {t:g}"
-        if p.uncertainty_action == "safe_decision":
-            unc_safe |= band
-        for head, floor in p.min_confidence.items():
-            if head not in arrays:
-                continue
-            top = arrays[head].max(axis=1)
-            low = top < floor
-            for i in np.flatnonzero(low):
-                msg = f"head {head!r} top probability {top[i]:.3f} below floor {floor:g}"
-                unc_reason[i] = f"{unc_reason[i]}; {msg}" if unc_reason[i] else msg
-            if p.min_confidence_actions.get(head, p.uncertainty_action) == "safe_decision":
-                unc_safe |= low
-        uncertain = unc_reason != ""
-        before_unc = tier.copy()
-        esc = uncertain & ~unc_safe & (tier < self._strong)
-        tier[esc] = self._strong
-        safe_idx = -1 if p.safe_tier is None else self._names.index(p.safe_tier)
-        tier[unc_safe] = safe_idx if p.safe_action == "route" else -1
-        unc_changed = uncertain & (tier != before_unc)
-
-        # input rules: what the model could not read (rows the runtime flagged only)
-        input_applied: list[list[tuple[str, str, bool]]] = [[] for _ in range(n)]
-        if self._input_rules and row_flags is not None:
-            for i, fl in enumerate(row_flags[:n]):
-                if fl:
-                    new, input_applied[i] = self._input_step(int(tier[i]), fl)
-                    tier[i] = new
-
-        # sensitivity gates (override everything above)
-        sens_detected: list[list[str]] = [[] for _ in range(n)]
-        sens_block = np.zeros(n, dtype=bool)
-        before_sens = tier.copy()
-        if p.sensitivity_rules and p.sensitivity_head in arrays:
-            sp = arrays[p.sensitivity_head]
-            classes = self.schema.head(p.sensitivity_head).classes
-            allowed_mask = np.ones((n, len(self._names)), dtype=bool)
-            det_classes = [frozenset(h["class"] for h in d) for d in detections] if detections else None
-            for cls_name, rule in p.sensitivity_rules.items():
-                if rule.action == "allow":
-                    continue
-                hit = np.zeros(n, dtype=bool)
-                if rule.model_gates:
-                    hit |= sp[:, classes.index(cls_name)] >= p.sensitivity_thresholds[cls_name]
-                if rule.detectors_gate and det_classes is not None:
-                    hit |= np.fromiter((cls_name in d for d in det_classes), dtype=bool, count=n)
-                for i in np.flatnonzero(hit):
-                    sens_detected[i].append(cls_name)
-                allowed = self._allowed[cls_name]
-                if allowed is None:
-                    sens_block |= hit
-                else:
-                    row_mask = np.zeros(len(self._names), dtype=bool)
-                    row_mask[allowed] = True
-                    allowed_mask[hit] &= row_mask
-            # several restrict rules whose allowed tiers do not overlap: nothing may serve -> block
-            sens_block |= ~allowed_mask.any(axis=1)
-            restricted = ~sens_block & ~allowed_mask.all(axis=1)
-            for i in np.flatnonzero(restricted):
-                ok = np.flatnonzero(allowed_mask[i])
-                cur = tier[i]
-                if cur < 0 or allowed_mask[i, cur]:
-                    continue  # already blocked (safe decision), or the tier is allowed
-                # the lowest allowed tier at least as strong as the one chosen, else the strongest
-                stronger = ok[ok >= cur]
-                tier[i] = int(stronger[0]) if stronger.size else int(ok[-1])
-            tier[sens_block] = -1
-        sens_changed = (tier != before_sens) | sens_block
-
-        return {
-            "p_pos": p_pos, "base": base, "task_rule": task_rule, "unc_reason": unc_reason,
-            "uncertain": uncertain, "unc_safe": unc_safe, "unc_changed": unc_changed,
-            "sens_detected": sens_detected, "sens_block": sens_block, "sens_changed": sens_changed,
-            "input_applied": input_applied, "final": tier,
-        }
-
-    def _input_step(self, tier: int, flags: Sequence[str]) -> tuple[int, list[tuple[str, str, bool]]]:
-        """The input rules on one row: the new tier index (-1: blocked) and, per rule that fired,
-        (name, action, whether it changed the tier). Shared by ``_plan`` and ``_decide_row``."""
-        applied: list[tuple[str, str, bool]] = []
-        for name, flag, action, allowed in self._input_rules:
-            if flag not in flags:
-                continue
-            before = tier
-            if action == "block":
-                tier = -1
-            elif tier < 0:
-                pass  # already blocked (safe decision)
-            elif action == "escalate":
-                tier = max(tier, self._strong)
-            elif tier not in allowed:
-                stronger = [k for k in allowed if k >= tier]
-                tier = stronger[0] if stronger else allowed[-1]
-            applied.append((name, action, tier != before))
-        return tier, applied
-
-    # -- one row, plain floats ---------------------------------------------------------------
     def _one_row(self, probs: Any) -> dict[str, list[float]] | None:
         """Head -> one row of floats when ``probs`` is one well-formed row whose every head is a
         distribution and every head the policy needs is there; None sends it to the batch path
@@ -980,126 +854,168 @@ class PolicyEngine:
             return None
         return rows
 
-    def _decide_row(self, rows: dict[str, list[float]], flags: list[str],
-                    detections: list[dict[str, Any]] | None = None) -> Decision:
-        """``_plan`` + ``_build`` for one valid row, on Python floats (same rules, same order)."""
-        p = self.policy
-        t = p.tier_threshold
-        p_pos = rows[p.tier_head][self._tier_pos]
-        base = self._strong if p_pos >= t else self._cheap
-        tier = base
-        task_rule = ""
-        if self._row_overrides and p.task_head in rows:
-            task_p = rows[p.task_head]
-            top = max(task_p)
-            arg = task_p.index(top)  # first maximum, as np.argmax
-            for name, j, min_idx, min_prob in self._row_overrides:
-                if arg == j and top >= min_prob and tier < min_idx:
-                    tier = min_idx
-                    task_rule = name
+    # -- THE cascade -------------------------------------------------------------------------
+    def _cascade(self, x: type[_ROW] | type[_BATCH], probs: Mapping[str, Any], flags: Any, found: Any) -> dict[Any, Any]:
+        """The policy's rules, in order, on one prompt (``x=_ROW``: Python floats; ``flags`` and
+        ``found``, the classes detectors found, are sets) or on many (``x=_BATCH``: numpy arrays;
+        one set per prompt, or None). Returns the routed tier index (``final``, -1: blocked) and
+        what each step did, for ``_compose`` to explain."""
+        t = self._t
+        p_pos = x.col(probs, self._tier_head, self._tier_pos)
+        o: dict[Any, Any] = {"p_pos": p_pos}
+        # 1. tier threshold
+        tier = o["base"] = x.where(p_pos >= t, self._strong, self._cheap)
+        # 2. task overrides raise the tier to a minimum (``task``: which override, -1 none)
+        task: Any = -1
+        if self._overrides:
+            arg, top = x.argmax(probs, self._task_head), x.top(probs, self._task_head)
+        for k, (_, j, min_idx, min_prob) in enumerate(self._overrides):
+            hit = (arg == j) & (top >= min_prob) & (tier < min_idx)
+            tier = x.where(hit, min_idx, tier)
+            task = x.where(hit, k, task)
+        o["task"] = task
+        # 3. uncertainty: near the threshold, or a head under its floor: escalate, or the safe decision
+        band = o["band"] = abs(p_pos - t) < self._band if self._band > 0 else False
+        uncertain, safe = band, band if self._band_safe else False
+        for head, floor, to_safe, top_key, low_key in self._floors:
+            top = o[top_key] = x.top(probs, head)
+            low = o[low_key] = top < floor
+            uncertain = uncertain | low
+            safe = safe | low if to_safe else safe
+        before = tier
+        tier = x.where(uncertain & x.not_(safe), x.take(self._escalate, tier + 1), tier)
+        tier = x.where(safe, self._unc_safe_to, tier)
+        o["uncertain"], o["unc_safe"], o["unc_changed"] = uncertain, safe, uncertain & (tier != before)
+        # 4. input rules: what the model could not read (the runtime's flags)
+        for _, flag, _, route, fired_key, changed_key in self._inputs:
+            before = tier
+            fired = o[fired_key] = x.has(flags, flag)
+            tier = x.where(fired, x.take(route, tier + 1), tier)
+            o[changed_key] = tier != before
+        # 5. sensitivity gates, last: they override everything above
+        combo: Any = 0
+        for k, (name, j, threshold, det_gate, key) in enumerate(self._gates):
+            hit = o[key] = (threshold is not None and x.col(probs, self._sens_head, j) >= threshold) | (
+                det_gate and x.has(found, name))
+            combo = combo + hit * (1 << k)
+        before = tier
+        tier = x.take(self._sens_route, combo * (len(self._names) + 1) + tier + 1)
+        blocked = o["sens_block"] = x.take(self._sens_blocked, combo)
+        o["sens_changed"] = (tier != before) | blocked
+        o["final"] = tier
+        return o
 
-        unc_reason = ""
-        unc_safe = False
-        if p.tier_band > 0 and abs(p_pos - t) < p.tier_band:
-            unc_reason = f"p({self._tier_positive})={p_pos:.3f} within {p.tier_band:g} of threshold {t:g}"
-            if p.uncertainty_action == "safe_decision":
-                unc_safe = True
-        for head, floor, safe in self._row_min_conf:
-            if head not in rows:
+    # -- decisions ---------------------------------------------------------------------------
+    def decide(self, probs: Mapping[str, Any], *, flags: Sequence[str] = (),
+               detections: Sequence[Any] | None = None) -> Decision:
+        """Decide for one prompt: ``probs`` maps head -> probabilities of shape (C,) (or (1, C)).
+        ``detections``: the prompt's detector hits (``Hit`` objects or their ``to_dict()``)."""
+        rows = self._one_row(probs)
+        if rows is None:  # anything unusual (bad shapes, not a distribution): the batch path answers
+            return self.decide_batch(probs, flags=[list(flags)],
+                                     detections=None if detections is None else [detections])[0]
+        return self._decide_row(rows, flags, detections)
+
+    def _decide_row(self, rows: dict[str, list[float]], flags: Sequence[str], detections: Any) -> Decision:
+        flags, hits = list(dict.fromkeys(flags)), _detection_dicts(detections)
+        o = self._cascade(_ROW, rows, flags, {h["class"] for h in hits})
+        probs_i = {name: dict(zip(classes, rows[name], strict=True)) for name, _, classes in self._heads if name in rows}
+        return self._explore(self._compose(o, probs_i, flags, hits))
+
+    def _explore(self, decision: Decision) -> Decision:
+        """Exploration (issue 15, ``classifier.serving.exploration``) of plain threshold decisions."""
+        if self._exploration is None:
+            return decision
+        p = self.policy
+        return self._exploration.apply(decision, p.cheap_tier, p.strong_tier,
+                                       models={t.name: t.model for t in p.tiers}, eligible=decision.rule == RULE_TIER)
+
+    def decide_batch(self, probs: Mapping[str, Any], *,
+                     flags: Sequence[Sequence[str]] | None = None,
+                     detections: Sequence[Sequence[Any]] | None = None) -> list[Decision]:
+        """Decide for n prompts at once: ``probs`` maps head -> [n, C]; ``flags`` one list per row;
+        ``detections`` one list of detector hits per row (None: no detectors ran).
+
+        Never raises on bad probabilities: malformed input yields safe decisions.
+        """
+        if flags is not None and len(flags) == 1:
+            rows = self._one_row(probs)
+            if rows is not None:
+                return [self._decide_row(rows, flags[0], detections[0] if detections else None)]
+        try:
+            arrays, valid, head_ok, problem, n = self._validate_batch(probs)
+        except (TypeError, ValueError) as exc:
+            count = len(flags) if flags is not None else 1
+            return [self.safe_decision(f"cannot read probabilities: {exc}", list(flags[i]) if flags else [])
+                    for i in range(max(count, 1))]
+        row_flags = [list(dict.fromkeys(flags[i])) if flags is not None and i < len(flags) else [] for i in range(n)]
+        row_det = [_detection_dicts(detections[i]) if detections is not None and i < len(detections) else []
+                   for i in range(n)]
+        o = self._cascade(_BATCH, arrays, row_flags, [{h["class"] for h in d} for d in row_det])
+        cols = {k: v.tolist() if isinstance(v, np.ndarray) else [v.item() if isinstance(v, np.generic) else v] * n
+                for k, v in o.items()}
+        lists = {name: (a.tolist(), head_ok[name].tolist()) for name, a in arrays.items()}
+        classes = {name: c for name, _, c in self._heads}
+        out: list[Decision] = []
+        for i, values in enumerate(zip(*cols.values(), strict=True)):
+            # a head whose row is not a distribution is left out (NaN is neither JSON nor evidence)
+            probs_i = {name: dict(zip(classes[name], rows[i], strict=True)) for name, (rows, ok) in lists.items() if ok[i]}
+            if not valid[i]:
+                d = self.safe_decision(problem[i], row_flags[i] + [FLAG_FALLBACK], probs_i)
+                d.detections = row_det[i]
+                out.append(d)
                 continue
-            top = max(rows[head])
-            if top < floor:
-                msg = f"head {head!r} top probability {top:.3f} below floor {floor:g}"
-                unc_reason = f"{unc_reason}; {msg}" if unc_reason else msg
-                if safe:
-                    unc_safe = True
-        uncertain = unc_reason != ""
-        before_unc = tier
-        if uncertain and not unc_safe and tier < self._strong:
-            tier = self._strong
-        if unc_safe:
-            tier = self._safe_idx if p.safe_action == "route" else -1
-        unc_changed = uncertain and tier != before_unc
+            out.append(self._explore(self._compose(dict(zip(cols, values, strict=True)), probs_i, row_flags[i], row_det[i])))
+        return out
 
-        input_applied: list[tuple[str, str, bool]] = []
-        if self._input_rules and flags:
-            tier, input_applied = self._input_step(tier, flags)
+    def tier_indices(self, probs: Mapping[str, Any], *,
+                     flags: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+        """Routed tier index per row (into ``policy.tiers``), -1 where blocked. Vectorised.
+        ``flags`` (the runtime's flags per row) feed the input rules; None: no flags."""
+        arrays, valid, _, _, n = self._validate_batch(probs)
+        rows = None if flags is None else [flags[i] if i < len(flags) else () for i in range(n)]
+        tiers = np.array(self._cascade(_BATCH, arrays, rows, None)["final"], dtype=np.int64)
+        tiers[~valid] = -1 if self.policy.safe_tier is None else self._names.index(self.policy.safe_tier)
+        return tiers
 
-        detected: list[str] = []
-        sens_block = False
-        before_sens = tier
-        if self._row_sens and p.sensitivity_head in rows:
-            sp = rows[p.sensitivity_head]
-            det_classes = {h["class"] for h in detections} if detections else ()
-            allowed_now: set[int] | None = None  # None: every tier allowed
-            for name, j, threshold, allowed, det_gate in self._row_sens:
-                if not ((threshold is not None and sp[j] >= threshold) or (det_gate and name in det_classes)):
-                    continue
-                detected.append(name)
-                if allowed is None:
-                    sens_block = True
-                else:
-                    allowed_now = set(allowed) if allowed_now is None else allowed_now & allowed
-            if allowed_now is not None and not allowed_now:
-                sens_block = True  # restrictions that do not overlap: nothing may serve
-            if not sens_block and allowed_now is not None and len(allowed_now) < len(self._names):
-                if tier >= 0 and tier not in allowed_now:
-                    ok = sorted(allowed_now)
-                    stronger = [k for k in ok if k >= tier]
-                    tier = stronger[0] if stronger else ok[-1]
-            if sens_block:
-                tier = -1
-        sens_changed = tier != before_sens or sens_block
-
-        probs_i = {name: dict(zip(classes, rows[name], strict=True)) for name, _, classes in self._heads
-                   if name in rows}
-        return self._compose(p_pos, base, task_rule, uncertain, unc_safe, unc_reason, unc_changed,
-                             detected, sens_block, sens_changed, tier, probs_i, flags, detections or [],
-                             input_applied)
-
-    def _build(self, i: int, plan: dict[str, Any], probs_i: dict[str, dict[str, float]],
-               flags: list[str], detections: list[dict[str, Any]] | None = None) -> Decision:
-        return self._compose(
-            plan["p_pos"][i], int(plan["base"][i]), plan["task_rule"][i], bool(plan["uncertain"][i]),
-            bool(plan["unc_safe"][i]), plan["unc_reason"][i], bool(plan["unc_changed"][i]),
-            plan["sens_detected"][i], bool(plan["sens_block"][i]), bool(plan["sens_changed"][i]),
-            int(plan["final"][i]), probs_i, flags, detections or [], plan["input_applied"][i],
-        )
-
-    def _compose(self, p_pos: float, base_idx: int, task_rule: str, uncertain: bool, unc_safe: bool,
-                 unc_reason: str, unc_changed: bool, detected: list[str], sens_block: bool,
-                 sens_changed: bool, final: int, probs_i: dict[str, dict[str, float]],
-                 flags: list[str], detections: list[dict[str, Any]] | None = None,
-                 input_applied: Sequence[tuple[str, str, bool]] = ()) -> Decision:
-        """The Decision (rule, reason, flags) from one row's outcome of the cascade."""
+    # -- explaining one row's outcome ----------------------------------------------------------
+    def _compose(self, o: Mapping[Any, Any], probs_i: dict[str, dict[str, float]], flags: list[str],
+                 detections: list[dict[str, Any]]) -> Decision:
+        """The Decision (rule, reason, flags) from one row's outcome of ``_cascade``."""
         p = self.policy
-        t = p.tier_threshold
-        base = self._names[base_idx]
+        t = self._t
+        p_pos, final = o["p_pos"], o["final"]
         cmp = ">=" if p_pos >= t else "<"
-        reasons = [f"p({self._tier_positive})={p_pos:.3f} {cmp} threshold {t:g} -> {base}"]
+        reasons = [f"p({self._tier_positive})={p_pos:.3f} {cmp} threshold {t:g} -> {self._names[o['base']]}"]
         rule = RULE_TIER
-        if task_rule:
-            ov = p.task_overrides[task_rule]
-            reasons.append(f"task {task_rule!r} requires at least {ov.min_tier}")
-            rule = f"{RULE_TASK}:{task_rule}"
-        if uncertain:
+        if o["task"] >= 0:
+            name = self._overrides[o["task"]][0]
+            reasons.append(f"task {name!r} requires at least {p.task_overrides[name].min_tier}")
+            rule = f"{RULE_TASK}:{name}"
+        if o["uncertain"]:
+            why = [f"p({self._tier_positive})={p_pos:.3f} within {self._band:g} of threshold {t:g}"] if o["band"] else []
+            why += [f"head {head!r} top probability {o[('top', head)]:.3f} below floor {floor:g}"
+                    for head, floor, _, _, low_key in self._floors if o[low_key]]
             _add_flag(flags, FLAG_UNCERTAIN)
-            if unc_safe:
-                reasons.append(f"uncertain ({unc_reason}) -> safe decision")
+            if o["unc_safe"]:
+                reasons.append(f"uncertain ({'; '.join(why)}) -> safe decision")
                 rule = f"{RULE_UNCERTAIN}:{RULE_SAFE}"
             else:
-                reasons.append(f"uncertain ({unc_reason}) -> escalate to at least {p.strong_tier}")
-                if unc_changed:
+                reasons.append(f"uncertain ({'; '.join(why)}) -> escalate to at least {p.strong_tier}")
+                if o["unc_changed"]:
                     rule = f"{RULE_UNCERTAIN}:escalate"
-        for name, action, changed in input_applied:
-            what = {"unread": "text that will be sent was not read (truncated)",
-                    "long_request": "longer than one model window (long_request)"}[name]
-            reasons.append(f"input {name}: {what} -> {action}" + ("" if changed else " (tier already allowed)"))
-            if changed:
-                rule = f"{RULE_INPUT}:{name}:{action}"
+        for name, _, action, _, fired_key, changed_key in self._inputs:
+            if o[fired_key]:
+                changed = o[changed_key]
+                what = {"unread": "text that will be sent was not read (truncated)",
+                        "long_request": "longer than one model window (long_request)"}[name]
+                reasons.append(f"input {name}: {what} -> {action}" + ("" if changed else " (tier already allowed)"))
+                if changed:
+                    rule = f"{RULE_INPUT}:{name}:{action}"
+        detected = [gate[0] for gate in self._gates if o[gate[4]]]
         if detected:
-            shown, by_detector = self._evidence(detected, probs_i, detections or [])
-            if sens_block:
+            shown, by_detector = self._evidence(detected, probs_i, detections)
+            if o["sens_block"]:
                 blocking = [c for c in detected if p.sensitivity_rules[c].action == "block"]
                 if blocking:
                     reasons.append(f"sensitivity {shown}: blocked by rule for {', '.join(blocking)}")
@@ -1107,7 +1023,7 @@ class PolicyEngine:
                 else:
                     reasons.append(f"sensitivity {shown}: no tier satisfies every restriction -> blocked")
                     rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:block"
-            elif sens_changed:
+            elif o["sens_changed"]:
                 reasons.append(f"sensitivity {shown}: restricted -> {self._names[final]}")
                 rule = f"{RULE_SENSITIVITY}:{'+'.join(detected)}:restrict"
                 if len(detected) == 1:
@@ -1120,12 +1036,12 @@ class PolicyEngine:
             tier_name = model = None
         else:
             tier_name = self._names[final]
-            model = p.tiers[final].model
+            model = self._models[final]
         reasons.append("final: blocked" if blocked else f"final: {tier_name} ({model})")
         return Decision(
             tier=tier_name, model=model, rule=rule, reason="; ".join(reasons),
             probabilities=probs_i, thresholds=self.thresholds, policy_version=p.version,
-            flags=flags, blocked=blocked, detections=list(detections or []),
+            flags=flags, blocked=blocked, detections=list(detections),
         )
 
     def _evidence(self, detected: list[str], probs_i: dict[str, dict[str, float]],

@@ -37,6 +37,7 @@ import numpy as np
 from classifier.errors import ConfigError, ExportValidationError
 from classifier.serving import bundle as bundle_io
 from classifier.serving.detectors import DETECTORS_FILE, default_rules_bytes
+from classifier.serving.policy import packaged as packaged_policy
 
 logger = logging.getLogger(__name__)
 
@@ -404,7 +405,7 @@ def _resolve_policy(policy: Path | None) -> Path:
         if not policy.is_file():
             raise ConfigError(f"policy file {policy} does not exist")
         return policy
-    candidates = [DEFAULT_POLICY, Path(__file__).resolve().parents[2] / DEFAULT_POLICY]
+    candidates = [DEFAULT_POLICY, packaged_policy()]  # the example shipped in classifier/serving
     for c in candidates:
         if c.is_file():
             return c
