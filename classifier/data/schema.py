@@ -1,6 +1,7 @@
 """The label schema: which heads the classifier has and the ordered classes of each.
 
-A schema is plain data, loaded from YAML (``training/schema.yaml`` is the shipped default) so that
+A schema is plain data, loaded from YAML (``classifier/data/schema.yaml``, package data read through
+``importlib.resources``, is the shipped default: ``DEFAULT_SCHEMA_PATH``) so that
 users can train on their own routing logs with their own heads and classes. It does not know how
 labels are derived from sources (that is the builder's job) nor how they are routed (the policy's).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from classifier.errors import SchemaError
 from classifier.yaml_io import read_yaml
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# the shipped default schema (tier, task, sensitivity); pip unpacks wheels, so it is a real file
+DEFAULT_SCHEMA_PATH = Path(str(files("classifier.data").joinpath("schema.yaml")))
 
 
 @dataclass(frozen=True)
@@ -165,33 +169,6 @@ class LabelSchema:
 
     @classmethod
     def default(cls) -> LabelSchema:
-        """The shipped default: tier, task and sensitivity heads."""
-        return cls.from_dict(DEFAULT_SCHEMA, source="default schema")
+        """The shipped default (``DEFAULT_SCHEMA_PATH``): tier, task and sensitivity heads."""
+        return cls.from_yaml(DEFAULT_SCHEMA_PATH)
 
-
-DEFAULT_SCHEMA: dict[str, Any] = {
-    "name": "tierwise-default",
-    "version": "1",
-    "heads": [
-        {
-            "name": "tier",
-            "classes": ["cheap", "frontier"],
-            "positive_class": "frontier",
-            "description": "Cheapest model tier that answers the prompt correctly. Prompts no tier "
-            "solved ('unsolved') are labelled frontier by the builder: the cheap model failed, so "
-            "the stronger tier is the safe choice.",
-        },
-        {
-            "name": "task",
-            "classes": ["chat_writing", "code", "math_reasoning", "knowledge"],
-            "description": "Task class, from source task names and MT-bench / arena-hard categories.",
-        },
-        {
-            "name": "sensitivity",
-            "classes": ["none", "pii", "credential"],
-            "negative_class": "none",
-            "description": "Whether the prompt carries personal data or a credential. A prompt "
-            "with both is labelled credential.",
-        },
-    ],
-}

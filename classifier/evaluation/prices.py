@@ -1,4 +1,6 @@
-"""Per-model token prices (``training/prices.yaml``) and the cost of routing each row to a tier.
+"""Per-model token prices and the cost of routing each row to a tier. The shipped table is
+``classifier/evaluation/prices.yaml`` (``DEFAULT_PRICES_PATH``: package data, read through
+``importlib.resources``).
 
 What is here: ``Prices`` (loaded and validated from YAML or a dict), ``Prices.check_models`` (every
 model a data set names must have a price) and ``row_costs``: for each row, the USD cost of sending
@@ -16,21 +18,26 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from classifier.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 from classifier.yaml_io import read_yaml
 
 logger = logging.getLogger(__name__)
 
 TIERS = ("cheap", "frontier")
+# the shipped price table; pip unpacks wheels, so it is a real file
+DEFAULT_PRICES_PATH = Path(str(files("classifier.evaluation").joinpath("prices.yaml")))
 _MODEL_KEYS = {"input_per_million", "output_per_million", "tier", "members", "description"}
 
-__all__ = ["ModelPrice", "Prices", "row_costs"]
+__all__ = ["DEFAULT_PRICES_PATH", "ModelPrice", "Prices", "row_costs"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ class Prices:
 
 
 def _tokens(frame: pd.DataFrame, column: str) -> np.ndarray:
+    import pandas as pd
+
     if column not in frame.columns:
         raise DataError(f"the data has no {column!r} column; costs need input_tokens and output_tokens")
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
