@@ -230,5 +230,5 @@ def test_price_file_errors(tmp_path):
     bad.write_text("models: [unclosed")
     with pytest.raises(ConfigError, match="YAML"):
         Prices.from_yaml(bad)
-    with pytest.raises(ConfigError, match="'models'"):
+    with pytest.raises(ConfigError, match="models is missing"):
         Prices.from_dict({"currency": "USD"})
