@@ -292,13 +292,7 @@ def write_manifest(directory: str | Path, **meta: Any) -> Manifest:
     if missing:
         raise BundleError(f"{directory}: cannot write a manifest, required file(s) missing: {missing}")
     meta = dict(meta)
-    limits = meta.pop("input_limits", None)
-    if isinstance(limits, Mapping):
-        limits = InputLimits.from_dict(limits)
-    elif limits is None:
-        limits = InputLimits()
-    elif not isinstance(limits, InputLimits):
-        raise BundleError(f"input_limits must be a mapping or InputLimits, got {limits!r}")
+    limits = meta.pop("input_limits", None)  # a mapping or InputLimits, checked with the manifest
     data: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -308,7 +302,7 @@ def write_manifest(directory: str | Path, **meta: Any) -> Manifest:
         "training_run_id": meta.pop("training_run_id", None),
         "mlflow_model_version": meta.pop("mlflow_model_version", None),
         "library_versions": meta.pop("library_versions", {}) or {},
-        "input_limits": limits.to_dict(),
+        "input_limits": InputLimits() if limits is None else limits,
         "quantization": meta.pop("quantization", None),
         "created_at": meta.pop("created_at", None) or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
