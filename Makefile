@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m classifier.demo
+	$(BIN)/python -m scripts.demo
 
 # The full preset: the numbers in the README (about 35 minutes on 2 cores).
 full: $(STAMP)
-	$(BIN)/python -m classifier.demo --full
+	$(BIN)/python -m scripts.demo --full
 
 # Everything (about 2 minutes on 2 idle cores; the browser test needs Chromium).
 test: $(STAMP)
@@ -54,7 +54,7 @@ bench-scale: $(STAMP)
 
 # ruff, then the import layers of docs/design.md (the contracts are in pyproject.toml)
 lint: $(STAMP)
-	$(BIN)/ruff check classifier tests benchmarks
+	$(BIN)/ruff check classifier tests benchmarks scripts
 	$(BIN)/lint-imports
 
 # Fuzzing, about FUZZ_SECONDS per tool: the hypothesis properties of the runtime and policy
@@ -79,7 +79,7 @@ fuzz: $(STAMP)
 LOAD_SECONDS ?= 180
 LOAD_BUNDLE ?=
 load: $(STAMP)
-	LOAD_SECONDS=$(LOAD_SECONDS) $(BIN)/python -m classifier.loadtest $(LOAD_BUNDLE)
+	LOAD_SECONDS=$(LOAD_SECONDS) $(BIN)/python -m benchmarks.loadtest $(LOAD_BUNDLE)
 
 clean:
 	rm -rf data/build mlruns bundles models

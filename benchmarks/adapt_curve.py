@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 from classifier.json_io import to_jsonable
 
 logger = logging.getLogger("benchmarks.adapt_curve")
@@ -67,7 +68,7 @@ def _light(frame: pd.DataFrame, full: pd.DataFrame) -> tuple[np.ndarray, np.ndar
         vec = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=50_000, ngram_range=(1, 2))
         X = vec.fit_transform(train["text"].astype(str).str[:2000])
         _LIGHT["vec"], _LIGHT["svd"] = vec, TruncatedSVD(64, random_state=0).fit(X)
-        schema = LabelSchema.from_yaml("training/schema.yaml")
+        schema = LabelSchema.default()
         _LIGHT["prior"], _LIGHT["pos"] = TaskPriorBaseline(schema).fit(train), schema.head("tier").index("frontier")
     f = _LIGHT["svd"].transform(_LIGHT["vec"].transform(frame["text"].astype(str).str[:2000])).astype(np.float32)
     p = np.clip(_LIGHT["prior"].predict_proba(frame)["tier"][:, _LIGHT["pos"]], 1e-4, 1 - 1e-4)
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", action="append", required=True,
                         help="bundle to adapt (repeatable); 'light': TF-IDF features + task-prior scores, no network")
     parser.add_argument("--data", default="data/build/dataset.parquet")
-    parser.add_argument("--prices", default="training/prices.yaml")
+    parser.add_argument("--prices", default=str(DEFAULT_PRICES_PATH))
     parser.add_argument("--out", default="evaluation/adapt_curve.json")
     parser.add_argument("--parts", default="curve,budget,explore,timing")
     parser.add_argument("--cache", default="/tmp/tierwise-adapt-cache")

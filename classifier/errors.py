@@ -51,3 +51,33 @@ class PayloadTooLargeError(InputError):
 
 class AuditError(TierwiseError):
     """An audit log is unreadable or its hash chain is broken."""
+
+
+def from_validation(exc: ValueError, error: type[TierwiseError], source: str) -> TierwiseError:
+    """One ``error`` for a pydantic ``ValidationError`` of a typed config (prices, label schema,
+    bundle manifest): ``source: <problem>; <problem>``, each problem as ``<field path> <what is
+    wrong>``, e.g. ``models.gpt-4.tier must be one of 'cheap' or 'frontier', got 'gold'`` or
+    ``heads[1] has unknown keys ['colour']``. A validator's own ``ValueError`` message is used as
+    is (it is written to follow the field path)."""
+    def dotted(loc: tuple) -> str:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+    problems: list[str] = []
+    unknown: dict[str, list[str]] = {}
+    for err in exc.errors(include_url=False):  # type: ignore[attr-defined]
+        loc, ctx = err["loc"], err.get("ctx") or {}
+        path = dotted(loc)
+        if err["type"] == "extra_forbidden":
+            unknown.setdefault(dotted(loc[:-1]) or "the top level", []).append(str(loc[-1]))
+            continue
+        if err["type"] == "missing":
+            what = "is missing"
+        elif isinstance(ctx.get("error"), (ValueError, TierwiseError)):
+            what = str(ctx["error"])
+        elif err["type"] == "literal_error":
+            what = f"must be one of {ctx.get('expected')}, got {err['input']!r}"
+        else:
+            what = f"is invalid: {err['msg']} (got {err['input']!r})"
+        problems.append(f"{path or 'the top level'} {what}")
+    problems += [f"{parent} has unknown keys {sorted(keys)}" for parent, keys in unknown.items()]
+    return error(f"{source}: {'; '.join(problems)}")

@@ -25,6 +25,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -34,7 +35,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_ARTIFACT_NAME = "model"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on one param value
 _KEY_BAD = re.compile(r"[^\w\-./ ]")
@@ -114,8 +114,10 @@ def metric_key(key: str) -> str:
     return _KEY_BAD.sub("_", key)
 
 
-def git_commit(cwd: Path = REPO_ROOT) -> str | None:
-    """``HEAD``'s commit of the source checkout (``+dirty`` if it has uncommitted changes), or None."""
+def git_commit(cwd: Path | None = None) -> str | None:
+    """``HEAD``'s commit of the checkout the package is imported from (``cwd``: a folder in it;
+    ``+dirty`` if it has uncommitted changes), or None (e.g. an installed wheel outside git)."""
+    cwd = cwd if cwd is not None else Path(str(files("classifier")))
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True

@@ -41,7 +41,7 @@ def _bundle(argv: list[str]) -> tuple[Path, list[str]]:
     # modules before they are instrumented (and keep torch in memory)
     out = Path(tempfile.mkdtemp(prefix="tierwise-fuzz-")) / "tiny"
     sys.stderr.write(f"building a tiny bundle in {out}\n")
-    code = "import sys; from classifier.loadtest import build_tiny_bundle; build_tiny_bundle(sys.argv[1])"
+    code = "import sys; from benchmarks.loadtest import build_tiny_bundle; build_tiny_bundle(sys.argv[1])"
     subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, check=True)
     return out, rest
 

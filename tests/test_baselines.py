@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from classifier.cli import main
-from classifier.data.schema import LabelSchema
+from classifier.data.schema import DEFAULT_SCHEMA_PATH, LabelSchema
 from classifier.evaluation.baselines import (
     KeywordBaseline,
     MajorityBaseline,
@@ -18,11 +18,11 @@ from classifier.evaluation.baselines import (
     evaluate_baselines,
     keyword_frontier_score,
 )
-from classifier.evaluation.prices import Prices
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH, Prices
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = LabelSchema.default()
-PRICES = Prices.from_yaml(ROOT / "training" / "prices.yaml")
+PRICES = Prices.from_yaml(DEFAULT_PRICES_PATH)
 
 NAMES = ["anna", "boris", "chen", "dara", "emil", "fatima"]
 TOPICS = ["rivers", "autumn", "friendship", "the sea", "a city at night", "old trains"]
@@ -140,8 +140,8 @@ def test_cli_smoke(tmp_path, capsys):
     data.mkdir()
     synthetic_frame(160, seed=1).to_parquet(data / "dataset.parquet")
     out = tmp_path / "eval" / "baselines.json"
-    rc = main(["baseline", "--data", str(data), "--schema", str(ROOT / "training" / "schema.yaml"),
-               "--prices", str(ROOT / "training" / "prices.yaml"), "--out", str(out), "--no-plot"])
+    rc = main(["baseline", "--data", str(data), "--schema", str(DEFAULT_SCHEMA_PATH),
+               "--prices", str(DEFAULT_PRICES_PATH), "--out", str(out), "--no-plot"])
     assert rc == 0
     report = json.loads(out.read_text())
     assert set(report["results"]["test"]) == {"majority", "keyword", "tfidf_logreg", "task_prior", "cluster_prior"}
@@ -151,13 +151,13 @@ def test_cli_smoke(tmp_path, capsys):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    assert main(["baseline", "--data", str(tmp_path / "nope"), "--schema", str(ROOT / "training" / "schema.yaml")]) == 2
+    assert main(["baseline", "--data", str(tmp_path / "nope"), "--schema", str(DEFAULT_SCHEMA_PATH)]) == 2
     assert "does not exist" in capsys.readouterr().err
     data = tmp_path / "d.parquet"
     frame = synthetic_frame(40)
     frame["frontier_model"] = frame["frontier_model"].where(frame["frontier_model"].isna(), "gpt-9")
     frame.to_parquet(data)
     assert main(["baseline", "--data", str(data), "--out", str(tmp_path / "b.json"), "--no-plot",
-                 "--prices", str(ROOT / "training" / "prices.yaml")]) == 2
+                 "--prices", str(DEFAULT_PRICES_PATH)]) == 2
     err = capsys.readouterr().err
     assert "gpt-9" in err and "prices.yaml" in err

@@ -16,7 +16,7 @@ from classifier.data.benign import (
     other_language_prompts,
     planted,
 )
-from classifier.data.builder import REAL_TRAFFIC_COLUMNS, BuildConfig, build_dataset
+from classifier.data.builder import DEFAULT_CONFIG, REAL_TRAFFIC_COLUMNS, BuildConfig, build_dataset
 from classifier.data.normalize import dedup_key
 from classifier.data.splits import find_leaks
 from classifier.errors import ConfigError
@@ -28,7 +28,7 @@ NEW_SOURCES = {"real_prompt", "code_negative", "generated_negative", "tool_schem
 @pytest.fixture(scope="module")
 def slice_build(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("benign_slice")
-    config = BuildConfig.from_yaml(ROOT / "training" / "data.yaml", shared=shared_data, out=out,
+    config = BuildConfig.from_yaml(DEFAULT_CONFIG, shared=shared_data, out=out,
                                    limit_per_source=40, progress=False)
     result = build_dataset(config)
     return result, pq.read_table(result.dataset_path).to_pylist(), out

@@ -21,7 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from classifier.data import sources as src
-from classifier.data.builder import COLUMNS, TRAFFIC_COLUMNS, BuildConfig, build_dataset
+from classifier.data.builder import (
+    COLUMNS,
+    DEFAULT_CONFIG,
+    TRAFFIC_COLUMNS,
+    BuildConfig,
+    build_dataset,
+)
 from classifier.data.normalize import normalize_prompt, parse_choices, render_choices
 from classifier.data.sensitivity import TEMPLATES, looks_like_placeholder
 from classifier.data.sources import PresidioRecord
@@ -330,7 +336,7 @@ def test_build_is_deterministic(mini_shared, mini_build, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def real_slice(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("real_slice")
-    config = BuildConfig.from_yaml(ROOT / "training" / "data.yaml", shared=shared_data, out=out,
+    config = BuildConfig.from_yaml(DEFAULT_CONFIG, shared=shared_data, out=out,
                                    limit_per_source=40, progress=False)
     result = build_dataset(config)
     return result, pq.read_table(result.dataset_path)

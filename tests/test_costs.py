@@ -23,7 +23,7 @@ from classifier.evaluation.costs import (
     summarize_router,
     threshold_sweep,
 )
-from classifier.evaluation.prices import Prices, row_costs
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH, Prices, row_costs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def test_outcomes_validation():
 
 # -- prices ----------------------------------------------------------------------------------------
 def test_shipped_prices_load():
-    prices = Prices.from_yaml(ROOT / "training" / "prices.yaml")
+    prices = Prices.from_yaml(DEFAULT_PRICES_PATH)
     gpt4 = prices.get("gpt-4-1106-preview")
     assert gpt4.tier == "frontier" and gpt4.cost(1_000_000, 0) == pytest.approx(gpt4.input_per_million)
 
@@ -230,5 +230,5 @@ def test_price_file_errors(tmp_path):
     bad.write_text("models: [unclosed")
     with pytest.raises(ConfigError, match="YAML"):
         Prices.from_yaml(bad)
-    with pytest.raises(ConfigError, match="'models'"):
+    with pytest.raises(ConfigError, match="models is missing"):
         Prices.from_dict({"currency": "USD"})

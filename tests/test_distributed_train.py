@@ -17,6 +17,8 @@ pytest.importorskip("torch")
 
 from test_trainer import make_frame  # noqa: E402 - tests/ is on sys.path under pytest
 
+from classifier.data.schema import DEFAULT_SCHEMA_PATH  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.slow
 def _config(tmp: Path, data: Path, encoder: Path, name: str) -> Path:
     import yaml
 
-    cfg = {"name": name, "data": str(data), "schema": str(ROOT / "training" / "schema.yaml"),
+    cfg = {"name": name, "data": str(data), "schema": str(DEFAULT_SCHEMA_PATH),
            "encoder": str(encoder), "output_dir": str(tmp / "models" / name), "max_length": 32, "batch_size": 16,
            "eval_batch_size": 64, "epochs": 2, "lr": 1e-3, "warmup_ratio": 0.1, "patience": 0, "seed": 7,
            "threads": 1, "track": False, "progress": False, "eval_splits": [],

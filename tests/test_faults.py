@@ -26,8 +26,8 @@ import onnxruntime as ort
 import pytest
 from test_hardening import LiveServer, assert_classified, assert_safe
 
+from benchmarks.loadtest import ServeProcess
 from classifier.errors import ConfigError
-from classifier.loadtest import ServeProcess
 from classifier.serving.app import create_app
 from classifier.serving.runtime import Router
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import LiveServer
 
-from classifier.loadtest import ServeProcess
+from benchmarks.loadtest import ServeProcess
 from classifier.serving.app import MAX_HEAD_BYTES, create_app, guarded_h11_protocol
 from classifier.serving.runtime import Router
 

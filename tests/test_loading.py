@@ -12,12 +12,12 @@ import pytest
 
 from classifier.cli import main
 from classifier.data.loading import LoadConfig, LoadResult, load_labelled, parse_column_map
-from classifier.data.schema import LabelSchema
+from classifier.data.schema import DEFAULT_SCHEMA_PATH, LabelSchema
 from classifier.data.validation import REJECT_KINDS
 from classifier.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_YAML = ROOT / "training" / "schema.yaml"
+SCHEMA_YAML = DEFAULT_SCHEMA_PATH
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 
 from classifier.evaluation import long_prompts, wrappers
 from classifier.evaluation.long_prompts_section import render_html, render_markdown, section
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 from classifier.serving.request import parse_request
 from classifier.serving.runtime import Router
 
@@ -118,10 +119,9 @@ def test_evaluate_and_report_section_with_the_tiny_bundle(built, tiny_bundle: Pa
     frame, sets = built
     paths = wrappers.write_wrapped({k: v[:10] for k, v in sets.items()}, tmp_path / "eval")
     assert sorted(p.name for p in paths.values()) == sorted(f"wrapped_{k}.jsonl" for k in wrappers.KINDS)
-    root = Path(__file__).resolve().parents[1]
     with Router.load(tiny_bundle) as router:
         doc = long_prompts.evaluate_long_prompts(router, tmp_path / "eval", frame,
-                                                 Prices.from_yaml(root / "training" / "prices.yaml"), sample=8)
+                                                 Prices.from_yaml(DEFAULT_PRICES_PATH), sample=8)
         # head-only reading of a shared k-shot prefix: every prompt of a task looks the same
         heads = long_prompts.score_views(router, [r["body"] for r in sets["kshot_turns"] if r["source_task"] == "task0"],
                                          tier_views=("head", "last_user_tail"), sens_views=())

@@ -25,7 +25,7 @@ import pytest
 from conftest import ROOT
 from test_faults import misnamed_session
 
-from classifier.loadtest import ServeProcess
+from benchmarks.loadtest import ServeProcess
 from classifier.serving.audit import AuditLog, verify
 from classifier.serving.runtime import Router
 

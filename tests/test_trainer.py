@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from classifier.training.tiny import build_tiny_encoder  # noqa: E402 - after the torch check
+from classifier.data.schema import DEFAULT_SCHEMA_PATH  # noqa: E402 - after the torch check
+from classifier.training.tiny import build_tiny_encoder  # noqa: E402
 
 TASK_TEXT = {
     "code": "please write python code function to sort an array",
@@ -70,7 +71,7 @@ def tiny_config(data_dir: Path, out: Path, encoder: Path, **overrides):
     from classifier.training.config import TrainingConfig
 
     base = dict(
-        name="tiny", data=str(data_dir), schema=str(Path(__file__).resolve().parents[1] / "training/schema.yaml"),
+        name="tiny", data=str(data_dir), schema=str(DEFAULT_SCHEMA_PATH),
         encoder=str(encoder), output_dir=str(out), max_length=32, batch_size=16, eval_batch_size=64,
         epochs=2, lr=1e-3, warmup_ratio=0.1, patience=0, seed=7, threads=1, track=False, progress=False,
         dropout=0.1,

@@ -11,7 +11,7 @@ and token counts, check that no text, group, template or rule is on two splits, 
 - ``rejects.jsonl``: every source row that could not be used (file, row, reason);
 - ``CARD.md`` and ``build_info.json``: counts, rules, provenance, timings.
 
-``BuildConfig`` holds every knob (``training/data.yaml`` is the default); ``limit_per_source``
+``BuildConfig`` holds every knob (the shipped ``classifier/data/build.yaml`` is the default); ``limit_per_source``
 builds a small, still representative slice for tests.
 
 Left out: no network, no model calls, nothing copied from the shared folder except the derived
@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,8 @@ from classifier.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "training" / "data.yaml"
+# the shipped build config, package data (an installed wheel has it too)
+DEFAULT_CONFIG = Path(str(files("classifier.data").joinpath("build.yaml")))
 SHARED_ENV = "TIERWISE_SHARED_DATA"
 
 # docs/design.md, in order
@@ -75,9 +76,9 @@ DEFAULT_OUTPUT_TOKENS: dict[str, int] = {
 
 
 def default_shared_dir() -> Path:
-    """``$TIERWISE_SHARED_DATA``, else ``<repo>/../shared/datasets``."""
+    """``$TIERWISE_SHARED_DATA``, else ``../shared/datasets`` (from the working directory)."""
     env = os.environ.get(SHARED_ENV)
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets"
+    return Path(env) if env else Path("..", "shared", "datasets")
 
 
 @dataclass
@@ -476,10 +477,10 @@ def _build_info(config: BuildConfig, root: Path, stats: Mapping[str, Any], outpu
 # ---------------------------------------------------------------------------------------------
 # CLI
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None,
-                        help=f"build config YAML (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="build config YAML (default: the shipped classifier/data/build.yaml)")
     parser.add_argument("--shared", type=Path, default=None,
-                        help=f"shared source data folder (default: ${SHARED_ENV} or <repo>/../shared/datasets)")
+                        help=f"shared source data folder (default: ${SHARED_ENV} or ../shared/datasets)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: data/build)")
     parser.add_argument("--seed", type=int, default=None, help="seed for splits and generated examples")
     parser.add_argument("--limit-per-source", type=int, default=None,

@@ -137,7 +137,7 @@ def render_card(
         f"- LLMRouter: models bucketed by `default_llm.json` price (mean of input and output price per million "
         f"tokens): **<= {config['cheap_max_price']:g} cheap** ({', '.join(cheap_pool) or '-'}), "
         f"**>= {config['frontier_min_price']:g} frontier** ({', '.join(frontier_pool) or '-'}); rows use the "
-        "model names `llmrouter/cheap-pool` / `llmrouter/frontier-pool` of `training/prices.yaml`. A model "
+        "model names `llmrouter/cheap-pool` / `llmrouter/frontier-pool` of the price table (`classifier/evaluation/prices.yaml`). A model "
         f"passes a row when its score is >= {config['model_pass_score']:g} (scores are 0/1 except the F1 and "
         f"coverage metrics); a pool passes when **at least {config['pool_pass_share']:.0%} of its models** pass. "
         "`cheap_correct` / `frontier_correct` are the shares of each pool's models that passed.",

@@ -63,7 +63,6 @@ EXTENSIONS: dict[str, str] = {
     ".parquet": "parquet", ".pq": "parquet",
 }
 DEFAULT_MAX_CHARS = 20_000
-DEFAULT_SCHEMA_PATH = Path("training/schema.yaml")
 IN_MEMORY = "<in-memory dataset>"
 _UTF8_BOM = b"\xef\xbb\xbf"
 # Bytes that are not valid UTF-8, as decoded with errors="surrogateescape".
@@ -592,8 +591,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="labelled data: .jsonl/.json (JSON lines), .csv, .parquet, "
                         "or a datasets save_to_disk directory")
     parser.add_argument("--schema", default=None,
-                        help=f"label schema YAML (default: {DEFAULT_SCHEMA_PATH} if it exists, "
-                        "else the built-in default)")
+                        help="label schema YAML (default: the shipped classifier/data/schema.yaml)")
     parser.add_argument("--columns", default="", metavar="OURS=THEIRS,...",
                         help="map our columns to the file's, e.g. text=prompt,tier=label")
     parser.add_argument("--format", default="auto", choices=[*FORMATS, *FORMAT_ALIASES],
@@ -607,11 +605,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_schema(path: str | None) -> LabelSchema:
-    if path is not None:
-        return LabelSchema.from_yaml(path)
-    if DEFAULT_SCHEMA_PATH.is_file():
-        return LabelSchema.from_yaml(DEFAULT_SCHEMA_PATH)
-    return LabelSchema.default()
+    return LabelSchema.from_yaml(path) if path is not None else LabelSchema.default()
 
 
 def format_summary(result: LoadResult, schema: LabelSchema, *, max_examples: int = 5) -> str:

@@ -1,6 +1,7 @@
 """The label schema: which heads the classifier has and the ordered classes of each.
 
-A schema is plain data, loaded from YAML (``training/schema.yaml`` is the shipped default) so that
+A schema is plain data, loaded from YAML (``classifier/data/schema.yaml``, package data read through
+``importlib.resources``, is the shipped default: ``DEFAULT_SCHEMA_PATH``) so that
 users can train on their own routing logs with their own heads and classes. It does not know how
 labels are derived from sources (that is the builder's job) nor how they are routed (the policy's).
 """
@@ -8,20 +9,22 @@ labels are derived from sources (that is the builder's job) nor how they are rou
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from classifier.errors import SchemaError
+from classifier.errors import SchemaError, from_validation
 from classifier.yaml_io import read_yaml
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# the shipped default schema (tier, task, sensitivity); pip unpacks wheels, so it is a real file
+DEFAULT_SCHEMA_PATH = Path(str(files("classifier.data").joinpath("schema.yaml")))
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(BaseModel):
     """One classification head.
 
     ``column`` is the data column holding the label (defaults to ``name``); a row whose label is
@@ -30,6 +33,8 @@ class Head:
     class of a gate head (e.g. ``none`` for sensitivity).
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: str
     classes: tuple[str, ...]
     column: str = ""
@@ -37,30 +42,37 @@ class Head:
     positive_class: str | None = None
     negative_class: str | None = None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise SchemaError(
-                f"head name {self.name!r} is invalid: use lower-case letters, digits and '_', "
-                "starting with a letter"
-            )
-        classes = tuple(self.classes) if isinstance(self.classes, (list, tuple)) else None
-        if not classes or len(classes) < 2:
-            raise SchemaError(f"head {self.name!r}: 'classes' must list at least two class names")
-        for c in classes:
-            if not isinstance(c, str) or not c.strip():
-                raise SchemaError(f"head {self.name!r}: class {c!r} must be a non-empty string")
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"is not a valid head name: use lower-case letters, digits and '_', starting "
+                             f"with a letter; got {name!r}")
+        return name
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if len(classes) < 2:
+            raise ValueError("must list at least two class names")
+        if not all(c.strip() for c in classes):
+            raise ValueError(f"must be non-empty strings, got {list(classes)}")
         if len(set(classes)) != len(classes):
-            dupes = sorted({c for c in classes if classes.count(c) > 1})
-            raise SchemaError(f"head {self.name!r}: duplicate classes {dupes}")
-        object.__setattr__(self, "classes", classes)
-        if not self.column:
-            object.__setattr__(self, "column", self.name)
+            raise ValueError(f"has duplicate classes {sorted({c for c in classes if classes.count(c) > 1})}")
+        return classes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _column(cls, data: Any) -> Any:
+        return {**data, "column": data.get("column") or data.get("name")} if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _roles(self) -> Head:
         for role in ("positive_class", "negative_class"):
             value = getattr(self, role)
-            if value is not None and value not in classes:
-                raise SchemaError(
-                    f"head {self.name!r}: {role} {value!r} is not one of its classes {list(classes)}"
-                )
+            if value is not None and value not in self.classes:
+                raise ValueError(f"{role} {value!r} is not one of its classes {list(self.classes)}")
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -85,22 +97,24 @@ class Head:
         return out
 
 
-@dataclass(frozen=True)
-class LabelSchema:
+class LabelSchema(BaseModel):
     """An ordered set of heads. The order fixes the order of model outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     heads: tuple[Head, ...]
     name: str = "tierwise-default"
     version: str = "1"
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if not self.heads:
-            raise SchemaError("a schema needs at least one head under 'heads'")
-        names = [h.name for h in self.heads]
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, heads: tuple[Head, ...]) -> tuple[Head, ...]:
+        names = [h.name for h in heads]
+        if not heads:
+            raise ValueError("must list at least one head")
         if len(set(names)) != len(names):
-            raise SchemaError(f"duplicate head names in schema: {names}")
-        object.__setattr__(self, "heads", tuple(self.heads))
+            raise ValueError(f"has duplicate head names {names}")
+        return heads
 
     @property
     def head_names(self) -> list[str]:
@@ -118,34 +132,11 @@ class LabelSchema:
     # -- (de)serialisation -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "<dict>") -> LabelSchema:
-        if not isinstance(data, dict):
-            raise SchemaError(f"{source}: a schema must be a mapping with a 'heads' list")
-        raw_heads = data.get("heads")
-        if not isinstance(raw_heads, list) or not raw_heads:
-            raise SchemaError(f"{source}: 'heads' must be a non-empty list of heads")
-        heads = []
-        allowed = {"name", "classes", "column", "description", "positive_class", "negative_class"}
-        for i, raw in enumerate(raw_heads):
-            if not isinstance(raw, dict):
-                raise SchemaError(f"{source}: heads[{i}] must be a mapping with 'name' and 'classes'")
-            unknown = set(raw) - allowed
-            if unknown:
-                raise SchemaError(
-                    f"{source}: heads[{i}] has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}"
-                )
-            if "name" not in raw or "classes" not in raw:
-                raise SchemaError(f"{source}: heads[{i}] needs both 'name' and 'classes'")
-            try:
-                heads.append(Head(**raw))
-            except SchemaError as exc:
-                raise SchemaError(f"{source}: heads[{i}]: {exc}") from None
-        extra = {k: v for k, v in data.items() if k not in {"heads", "name", "version"}}
-        return cls(
-            heads=tuple(heads),
-            name=str(data.get("name", "custom")),
-            version=str(data.get("version", "1")),
-            extra=extra,
-        )
+        """Validate a schema; ``SchemaError`` names every field at fault and ``source``."""
+        try:
+            return cls.model_validate({"name": "custom", **data} if isinstance(data, dict) else data)
+        except ValidationError as exc:
+            raise from_validation(exc, SchemaError, source) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> LabelSchema:
@@ -157,7 +148,6 @@ class LabelSchema:
             "name": self.name,
             "version": self.version,
             "heads": [h.to_dict() for h in self.heads],
-            **self.extra,
         }
 
     def to_yaml(self, path: str | Path) -> None:
@@ -165,33 +155,6 @@ class LabelSchema:
 
     @classmethod
     def default(cls) -> LabelSchema:
-        """The shipped default: tier, task and sensitivity heads."""
-        return cls.from_dict(DEFAULT_SCHEMA, source="default schema")
+        """The shipped default (``DEFAULT_SCHEMA_PATH``): tier, task and sensitivity heads."""
+        return cls.from_yaml(DEFAULT_SCHEMA_PATH)
 
-
-DEFAULT_SCHEMA: dict[str, Any] = {
-    "name": "tierwise-default",
-    "version": "1",
-    "heads": [
-        {
-            "name": "tier",
-            "classes": ["cheap", "frontier"],
-            "positive_class": "frontier",
-            "description": "Cheapest model tier that answers the prompt correctly. Prompts no tier "
-            "solved ('unsolved') are labelled frontier by the builder: the cheap model failed, so "
-            "the stronger tier is the safe choice.",
-        },
-        {
-            "name": "task",
-            "classes": ["chat_writing", "code", "math_reasoning", "knowledge"],
-            "description": "Task class, from source task names and MT-bench / arena-hard categories.",
-        },
-        {
-            "name": "sensitivity",
-            "classes": ["none", "pii", "credential"],
-            "negative_class": "none",
-            "description": "Whether the prompt carries personal data or a credential. A prompt "
-            "with both is labelled credential.",
-        },
-    ],
-}

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from classifier.data.labels import label_indices
-from classifier.data.schema import Head, LabelSchema
+from classifier.data.schema import DEFAULT_SCHEMA_PATH, Head, LabelSchema
 from classifier.errors import ConfigError, DataError
 from classifier.evaluation.costs import (
     RoutingOutcomes,
@@ -60,7 +60,7 @@ from classifier.evaluation.metrics import (
     head_score,
     recall_at_precision,
 )
-from classifier.evaluation.prices import Prices
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH, Prices
 from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
@@ -728,8 +728,8 @@ def markdown_table(report: Mapping[str, Any], schema: LabelSchema) -> str:
 def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="data/build",
                         help="data set: a parquet file or a folder holding dataset.parquet (default: data/build)")
-    parser.add_argument("--schema", default="training/schema.yaml", help="label schema YAML")
-    parser.add_argument("--prices", default="training/prices.yaml", help="per-model prices YAML")
+    parser.add_argument("--schema", default=str(DEFAULT_SCHEMA_PATH), help="label schema YAML (default: the shipped one)")
+    parser.add_argument("--prices", default=str(DEFAULT_PRICES_PATH), help="per-model prices YAML (default: the shipped table)")
     parser.add_argument("--out", default="evaluation/baselines.json",
                         help="JSON report; the Markdown table goes next to it as .md")
     parser.add_argument("--quality-ratio", type=float, default=0.95,

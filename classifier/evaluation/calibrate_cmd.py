@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from classifier.errors import ConfigError, DataError
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                         "split says they help (off by default)")
     parser.add_argument("--recall", action="append", default=[], metavar="CLASS=TARGET",
                         help="recall target of another sensitivity class (repeatable)")
-    parser.add_argument("--prices", default="training/prices.yaml", help="price file (default training/prices.yaml)")
+    parser.add_argument("--prices", default=str(DEFAULT_PRICES_PATH), help="price file (default: the shipped table)")
     parser.add_argument("--out", default="evaluation/calibration", help="report directory (default evaluation/calibration)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use at most this many rows per split (seeded sample; for quick runs)")

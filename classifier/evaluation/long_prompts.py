@@ -41,6 +41,7 @@ import pandas as pd
 
 from classifier.errors import ConfigError, DataError
 from classifier.evaluation import wrappers
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ def add_long_prompts_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the wrapped sets")
     parser.add_argument("--sample", type=int, default=300, help="prompts per kind (default 300; 0 = all)")
     parser.add_argument("--kinds", nargs="+", default=list(wrappers.KINDS), choices=wrappers.KINDS)
-    parser.add_argument("--prices", type=Path, default=Path("training/prices.yaml"))
+    parser.add_argument("--prices", type=Path, default=DEFAULT_PRICES_PATH)
 
 
 def add_positions_arguments(parser: argparse.ArgumentParser) -> None:

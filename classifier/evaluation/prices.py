@@ -1,4 +1,6 @@
-"""Per-model token prices (``training/prices.yaml``) and the cost of routing each row to a tier.
+"""Per-model token prices and the cost of routing each row to a tier. The shipped table is
+``classifier/evaluation/prices.yaml`` (``DEFAULT_PRICES_PATH``: package data, read through
+``importlib.resources``).
 
 What is here: ``Prices`` (loaded and validated from YAML or a dict), ``Prices.check_models`` (every
 model a data set names must have a price) and ``row_costs``: for each row, the USD cost of sending
@@ -14,44 +16,54 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-import pandas as pd
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
-from classifier.errors import ConfigError, DataError
+from classifier.errors import ConfigError, DataError, from_validation
 from classifier.yaml_io import read_yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
 TIERS = ("cheap", "frontier")
-_MODEL_KEYS = {"input_per_million", "output_per_million", "tier", "members", "description"}
+# the shipped price table; pip unpacks wheels, so it is a real file
+DEFAULT_PRICES_PATH = Path(str(files("classifier.evaluation").joinpath("prices.yaml")))
 
-__all__ = ["ModelPrice", "Prices", "row_costs"]
+__all__ = ["DEFAULT_PRICES_PATH", "ModelPrice", "Prices", "row_costs"]
 
 
-@dataclass(frozen=True)
-class ModelPrice:
+def _amount(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class ModelPrice(BaseModel):
     """USD per million input / output tokens of one model (or pool), and the tier it serves."""
 
-    name: str
-    input_per_million: float
-    output_per_million: float
-    tier: str
-    members: tuple[str, ...] = ()
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        for key in ("input_per_million", "output_per_million"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"model {self.name!r}: {key} must be a non-negative number, got {value!r}")
-            object.__setattr__(self, key, float(value))
-        if self.tier not in TIERS:
-            raise ConfigError(f"model {self.name!r}: tier must be one of {list(TIERS)}, got {self.tier!r}")
-        object.__setattr__(self, "members", tuple(str(m) for m in self.members))
+    name: str = ""  # the key under 'models'
+    input_per_million: Annotated[float, BeforeValidator(_amount)]
+    output_per_million: Annotated[float, BeforeValidator(_amount)]
+    tier: Literal["cheap", "frontier"]
+    members: tuple[str, ...] = ()
+    description: str = ""
 
     def cost(self, input_tokens: float | np.ndarray, output_tokens: float | np.ndarray) -> Any:
         """USD for the given token counts (scalars or arrays)."""
@@ -59,62 +71,37 @@ class ModelPrice:
                 + np.asarray(output_tokens, dtype=np.float64) * self.output_per_million) / 1e6
 
 
-@dataclass(frozen=True)
-class Prices:
+class Prices(BaseModel):
     """The price table: model name -> ``ModelPrice``. ``source`` names the file in error messages."""
 
-    models: Mapping[str, ModelPrice]
-    currency: str = "USD"
-    source: str = "<dict>"
-    extra: dict[str, Any] = field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ConfigError(f"{self.source}: 'models' must list at least one priced model")
-        object.__setattr__(self, "models", dict(self.models))
+    models: dict[str, ModelPrice] = Field(min_length=1)
+    currency: str = Field("USD", min_length=1)
+    _source: str = PrivateAttr("<dict>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_models(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            data = {**data, "models": {str(k): {**v, "name": str(k)} if isinstance(v, dict) else v
+                                       for k, v in data["models"].items()}}
+        return data
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "<dict>") -> Prices:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: a price file must be a mapping with a 'models' mapping")
-        raw = data.get("models")
-        if not isinstance(raw, dict) or not raw:
-            raise ConfigError(
-                f"{source}: 'models' must map model names to "
-                "{input_per_million, output_per_million, tier}"
-            )
-        models: dict[str, ModelPrice] = {}
-        for name, entry in raw.items():
-            if not isinstance(entry, dict):
-                raise ConfigError(f"{source}: models[{name!r}] must be a mapping")
-            unknown = set(entry) - _MODEL_KEYS
-            if unknown:
-                raise ConfigError(
-                    f"{source}: models[{name!r}] has unknown keys {sorted(unknown)}; "
-                    f"allowed: {sorted(_MODEL_KEYS)}"
-                )
-            missing = {"input_per_million", "output_per_million", "tier"} - set(entry)
-            if missing:
-                raise ConfigError(f"{source}: models[{name!r}] is missing {sorted(missing)}")
-            members = entry.get("members") or ()
-            if not isinstance(members, (list, tuple)):
-                raise ConfigError(f"{source}: models[{name!r}].members must be a list of model names")
-            try:
-                models[str(name)] = ModelPrice(
-                    name=str(name),
-                    input_per_million=entry["input_per_million"],
-                    output_per_million=entry["output_per_million"],
-                    tier=entry["tier"],
-                    members=tuple(members),
-                )
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
-        currency = data.get("currency", "USD")
-        if not isinstance(currency, str) or not currency:
-            raise ConfigError(f"{source}: 'currency' must be a non-empty string, got {currency!r}")
-        extra = {k: v for k, v in data.items() if k not in {"models", "currency"}}
-        return cls(models=models, currency=currency, source=source, extra=extra)
+        """Validate a price table; ``ConfigError`` names every field at fault and ``source``."""
+        try:
+            prices = cls.model_validate(data)
+        except ValidationError as exc:
+            raise from_validation(exc, ConfigError, source) from None
+        prices._source = source
+        return prices
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Prices:
@@ -145,6 +132,8 @@ class Prices:
 
 
 def _tokens(frame: pd.DataFrame, column: str) -> np.ndarray:
+    import pandas as pd
+
     if column not in frame.columns:
         raise DataError(f"the data has no {column!r} column; costs need input_tokens and output_tokens")
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)

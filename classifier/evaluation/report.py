@@ -66,6 +66,7 @@ import pandas as pd
 
 from classifier.errors import ConfigError, DataError
 from classifier.evaluation import long_prompts_section
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 from classifier.evaluation.report_common import finite as _f
 from classifier.evaluation.report_common import length_bucket, pct
 from classifier.json_io import to_jsonable as _jsonable
@@ -140,7 +141,7 @@ class ReportConfig:
 
     bundle: Path
     data: Path = Path("data/build")
-    prices: Path = Path("training/prices.yaml")
+    prices: Path = DEFAULT_PRICES_PATH
     split: str = "test"
     limit: int | None = None
     seed: int = 0
@@ -945,7 +946,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, help="bundle directory or .tar.gz to evaluate")
     parser.add_argument("--data", default="data/build",
                         help="data directory holding dataset.parquet, or a parquet file (default: data/build)")
-    parser.add_argument("--prices", default="training/prices.yaml", help="per-model prices (default training/prices.yaml)")
+    parser.add_argument("--prices", default=str(DEFAULT_PRICES_PATH), help="per-model prices (default: the shipped table)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument("--out", default="evaluation/report.html",
                         help="HTML report; report.md and report.json are written beside it (default evaluation/report.html)")

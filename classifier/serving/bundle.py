@@ -9,7 +9,7 @@ This module writes bundles (``write_bundle`` by file role, ``write_bundle_files`
 content map) and their manifests, verifies them (``verify_bundle``, ``load_verified`` which also
 returns the verified bytes), changes single files (``update_bundle_file`` re-hashes the manifest),
 packs bundles into ``.tar.gz`` archives (``pack``) and unpacks them safely (``unpack``). It knows nothing about what the
-files mean (the runtime parses them) and imports the standard library only, so routers can use
+files mean (the runtime parses them) and imports the standard library and pydantic only, so routers can use
 it without torch.
 
 **Bounded loading.** Nothing is read whole before it is checked. ``manifest.json`` must be a
@@ -40,13 +40,22 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from classifier.errors import BundleError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from classifier.errors import BundleError, from_validation
 
 logger = logging.getLogger(__name__)
 
@@ -103,55 +112,87 @@ class LoadLimits:
         return cls(**kwargs)
 
 
-@dataclass(frozen=True)
-class InputLimits:
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _at_least(minimum: int) -> Any:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be an integer >= {minimum}, got {value!r}")
+        return value
+    return BeforeValidator(check)
+
+
+def _str_map(value: Any) -> Any:
+    """A mapping of strings (keys and values as ``str``); None/empty -> ``{}``."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping, got {value!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+class InputLimits(BaseModel):
     """What the runtime accepts: tokens per prompt, characters read per prompt, prompts per batch."""
 
-    max_length: int = 128
-    max_chars: int = 4096
-    max_batch: int = 256
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        for name in ("max_length", "max_chars", "max_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BundleError(f"input_limits.{name} must be an integer >= 1, got {value!r}")
-
-    @classmethod
-    def from_dict(cls, data: Any) -> InputLimits:
-        if not isinstance(data, Mapping):
-            raise BundleError(f"manifest.json: input_limits must be a mapping, got {data!r}")
-        unknown = set(data) - {"max_length", "max_chars", "max_batch"}
-        if unknown:
-            raise BundleError(f"manifest.json: input_limits has unknown keys {sorted(unknown)}")
-        return cls(**dict(data))
+    max_length: Annotated[int, _at_least(1)] = 128
+    max_chars: Annotated[int, _at_least(1)] = 4096
+    max_batch: Annotated[int, _at_least(1)] = 256
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return self.model_dump()
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """The parsed ``manifest.json``. ``extra`` keeps every other key (e.g. the parity report)."""
+class Manifest(BaseModel):
+    """The parsed ``manifest.json``. Keys it does not know are kept as they are (``extra``, e.g. the
+    parity report): they are signed with the rest and newer writers add them, so they are not
+    refused; the fields it does know are typed and checked (nested ``input_limits``: extra="forbid")."""
 
-    kind: str
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    format: Literal["tierwise-bundle"] = FORMAT
+    format_version: Literal[1] = FORMAT_VERSION
+    kind: Literal["teacher", "student"]
     files: dict[str, str]
+    training_run_id: Annotated[str | None, BeforeValidator(_opt_str)] = None
+    mlflow_model_version: Annotated[str | None, BeforeValidator(_opt_str)] = None
+    library_versions: Annotated[dict[str, str], BeforeValidator(_str_map)] = {}
     input_limits: InputLimits
-    format: str = FORMAT
-    format_version: int = FORMAT_VERSION
-    training_run_id: str | None = None
-    mlflow_model_version: str | None = None
-    library_versions: dict[str, str] = field(default_factory=dict)
-    quantization: str | None = None
-    created_at: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    quantization: Literal["int8"] | None = None
+    created_at: Annotated[str, BeforeValidator(lambda v: str(v or ""))] = ""
     # bytes per file (checked from fstat / tar headers before a file is read); {} in old manifests
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: Annotated[dict[str, Annotated[int, _at_least(0)]], BeforeValidator(lambda v: v or {})] = {}
 
-    _KNOWN = ("format", "format_version", "kind", "files", "training_run_id", "mlflow_model_version",
-              "library_versions", "input_limits", "quantization", "created_at", "sizes")
+    @field_validator("files")
+    @classmethod
+    def _files(cls, files: dict[str, str]) -> dict[str, str]:
+        if not files:
+            raise ValueError("must map every bundle file to its sha256")
+        for name, digest in files.items():
+            if not _FILE_NAME.match(name):
+                raise ValueError(f"entry {name!r} is not a valid bundle file name (one path component of "
+                                 "letters, digits, '.', '_' or '-')")
+            if name == MANIFEST_FILE:
+                raise ValueError("cannot list the manifest itself")
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"entry {name} must be a sha256 hex digest, got {digest!r}")
+        return files
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        files = info.data.get("files") or {}
+        return {k: v for k, v in sizes.items() if k in files}  # others are never read
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest as written: this key order, ``files``/``sizes`` sorted, unknown keys last."""
         out: dict[str, Any] = {
             "format": self.format,
             "format_version": self.format_version,
@@ -171,7 +212,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
-        """Parse and check a manifest; ``BundleError`` names the field at fault."""
+        """Parse and check a manifest; ``BundleError`` names the field at fault. The format and its
+        version are checked first: a manifest of another format is not read field by field."""
         if not isinstance(data, Mapping):
             raise BundleError(f"{source}: must be a JSON object")
         fmt = data.get("format")
@@ -183,49 +225,10 @@ class Manifest:
                 f"{source}: unsupported format_version {version!r}; this tierwise reads version "
                 f"{FORMAT_VERSION}. Re-export the bundle with this version of tierwise"
             )
-        kind = data.get("kind")
-        if kind not in KINDS:
-            raise BundleError(f"{source}: kind must be one of {list(KINDS)}, got {kind!r}")
-        files = data.get("files")
-        if not isinstance(files, Mapping) or not files:
-            raise BundleError(f"{source}: 'files' must map every bundle file to its sha256")
-        for name, digest in files.items():
-            _check_name(name, source)
-            if name == MANIFEST_FILE:
-                raise BundleError(f"{source}: the manifest cannot list itself under 'files'")
-            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
-                raise BundleError(f"{source}: files.{name} must be a sha256 hex digest, got {digest!r}")
-        quant = data.get("quantization")
-        if quant not in QUANTIZATIONS:
-            raise BundleError(f"{source}: quantization must be one of {list(QUANTIZATIONS)}, got {quant!r}")
-        if "input_limits" not in data:
-            raise BundleError(f"{source}: 'input_limits' is missing")
-        limits = InputLimits.from_dict(data["input_limits"])
-        lib = data.get("library_versions") or {}
-        if not isinstance(lib, Mapping):
-            raise BundleError(f"{source}: library_versions must be a mapping")
-        sizes = data.get("sizes") or {}
-        if not isinstance(sizes, Mapping):
-            raise BundleError(f"{source}: sizes must map file names to byte counts")
-        for name, size in sizes.items():
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise BundleError(f"{source}: sizes.{name} must be an integer >= 0, got {size!r}")
-        return cls(
-            kind=str(kind),
-            files={str(k): str(v) for k, v in files.items()},
-            input_limits=limits,
-            training_run_id=_opt_str(data.get("training_run_id")),
-            mlflow_model_version=_opt_str(data.get("mlflow_model_version")),
-            library_versions={str(k): str(v) for k, v in lib.items()},
-            quantization=quant,
-            created_at=str(data.get("created_at") or ""),
-            extra={k: v for k, v in data.items() if k not in cls._KNOWN},
-            sizes={str(k): int(v) for k, v in sizes.items() if k in files},  # others are never read
-        )
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise from_validation(exc, BundleError, source) from None
 
 
 def _check_name(name: Any, source: str) -> None:
@@ -289,13 +292,7 @@ def write_manifest(directory: str | Path, **meta: Any) -> Manifest:
     if missing:
         raise BundleError(f"{directory}: cannot write a manifest, required file(s) missing: {missing}")
     meta = dict(meta)
-    limits = meta.pop("input_limits", None)
-    if isinstance(limits, Mapping):
-        limits = InputLimits.from_dict(limits)
-    elif limits is None:
-        limits = InputLimits()
-    elif not isinstance(limits, InputLimits):
-        raise BundleError(f"input_limits must be a mapping or InputLimits, got {limits!r}")
+    limits = meta.pop("input_limits", None)  # a mapping or InputLimits, checked with the manifest
     data: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -305,7 +302,7 @@ def write_manifest(directory: str | Path, **meta: Any) -> Manifest:
         "training_run_id": meta.pop("training_run_id", None),
         "mlflow_model_version": meta.pop("mlflow_model_version", None),
         "library_versions": meta.pop("library_versions", {}) or {},
-        "input_limits": limits.to_dict(),
+        "input_limits": InputLimits() if limits is None else limits,
         "quantization": meta.pop("quantization", None),
         "created_at": meta.pop("created_at", None) or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
@@ -466,16 +463,12 @@ def update_bundle_file(directory: str | Path, name: str, data: bytes | str) -> M
     files = dict(manifest.files)
     files[name] = sha256_bytes(payload)
     sizes = {n: (directory / n).stat().st_size for n in files}
-    updated = Manifest(**{**_fields(manifest), "files": files, "sizes": sizes})
+    updated = manifest.model_copy(update={"files": files, "sizes": sizes})
     _write_manifest_file(directory, updated)
     archive = directory.with_name(directory.name + ".tar.gz")
     if archive.is_file():  # keep the shipped archive in step with the directory it was packed from
         pack(directory, archive)
     return updated
-
-
-def _fields(manifest: Manifest) -> dict[str, Any]:
-    return {k: getattr(manifest, k) for k in (*Manifest._KNOWN, "extra")}
 
 
 def update_manifest(directory: str | Path, **changes: Any) -> Manifest:

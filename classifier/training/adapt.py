@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from classifier.errors import ConfigError, DataError, ExportValidationError
+from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 from classifier.json_io import to_jsonable as _jsonable
 
 logger = logging.getLogger(__name__)
@@ -776,7 +777,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clusters", type=int, default=32, help="clusters of the per-cluster prior (default 32)")
     parser.add_argument("--hard-targets", action="store_true",
                         help="binarise graded outcomes (cheap_correct < 0.5 -> frontier) instead of soft targets")
-    parser.add_argument("--prices", default="training/prices.yaml", help="prices for the saving figures")
+    parser.add_argument("--prices", default=str(DEFAULT_PRICES_PATH), help="prices for the saving figures (default: the shipped table)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the row split and cross-validation")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the run or register the bundle")

@@ -1,7 +1,8 @@
 """``TrainingConfig``: every setting of ``tierwise train``, validated in one place.
 
-A config comes from a YAML file (``training/default.yaml`` is the full preset,
-``training/quick.yaml`` a few-minute CPU preset), from keyword arguments, or from both plus command
+A config comes from a YAML file (the shipped presets, package data under
+``classifier/training/presets/``: ``default.yaml`` is the full preset, ``quick.yaml`` a few-minute
+CPU preset), from keyword arguments, or from both plus command
 line overrides: ``add_config_arguments`` generates one ``--flag`` per dataclass field, so a new
 field is overridable without touching the CLI. Values from YAML and the command line arrive as
 strings or plain YAML values and are coerced to the field's type in ``__post_init__``; an invalid
@@ -19,17 +20,18 @@ import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
+from classifier.data.schema import DEFAULT_SCHEMA_PATH
 from classifier.errors import ConfigError
 from classifier.yaml_io import read_yaml
 
-# where ``--preset NAME`` looks for ``NAME.yaml``: ./training first, then the source checkout's
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PRESET_DIRS = (Path("training"), REPO_ROOT / "training")
+# ``--preset NAME`` is the shipped ``presets/NAME.yaml`` (package data; pip unpacks wheels, so a real file)
+PRESET_DIR = Path(str(files("classifier.training").joinpath("presets")))
 
 EARLY_STOPPING_METRICS = ("auroc_or_macro_f1", "macro_f1", "auroc", "accuracy")
 CLASS_WEIGHT_MODES = ("balanced", "none")
@@ -49,7 +51,7 @@ class TrainingConfig:
     # -- what and where -------------------------------------------------------------------------
     name: str = _f("teacher", "run name; also the default output directory models/<name>")
     data: str = _f("data/build", "build directory holding dataset.parquet (with a split column), or the parquet file")
-    schema: str = _f("training/schema.yaml", "label schema YAML")
+    schema: str = _f(str(DEFAULT_SCHEMA_PATH), "label schema YAML (default: the shipped one)")
     encoder: str | None = _f(None, "Hugging Face model dir (config.json + weights) or tierwise model dir; "
                              "none = the pretrained all-MiniLM-L6-v2")
     tokenizer: str | None = _f(None, "tokenizer.json or a directory holding one; none = the encoder dir's, else MiniLM's")
@@ -289,7 +291,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     replace values from the YAML file.
     """
     parser.add_argument("--config", default=None, help="training config YAML (default: the 'default' preset)")
-    parser.add_argument("--preset", default=None, help="named preset: training/<NAME>.yaml, e.g. quick or default")
+    parser.add_argument("--preset", default=None, help="shipped preset: quick or default "
+                        "(classifier/training/presets/<NAME>.yaml)")
     group = parser.add_argument_group("config overrides (any TrainingConfig field)")
     defaults = TrainingConfig()
     hints = typing.get_type_hints(TrainingConfig)
@@ -310,11 +313,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def preset_path(name: str) -> Path:
-    for directory in PRESET_DIRS:
-        candidate = directory / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"no preset {name!r}: looked for {name}.yaml in {[str(d) for d in PRESET_DIRS]}")
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {name!r}: the shipped presets are {sorted(p.stem for p in PRESET_DIR.glob('*.yaml'))}; "
+                          "pass --config PATH for a config file of your own")
+    return path
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:

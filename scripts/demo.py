@@ -51,7 +51,7 @@ def step(title: str, cmd: list[str], *, capture: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classifier.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--skip-build", action="store_true", help="reuse data/build if it exists")
     parser.add_argument("--full", action="store_true",
                         help="the full preset (README numbers): all training rows, int8 bundle too, full student")

@@ -465,7 +465,7 @@ def _audit_args(mode: str, tmp: Path) -> list[str]:
 
 # -- CLI ------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m classifier.loadtest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loadtest", description=__doc__.splitlines()[0])
     parser.add_argument("bundle", nargs="?", default=None,
                         help=f"bundle to serve (default: {' or '.join(DEFAULT_BUNDLES)}, else a tiny built one)")
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("LOAD_SECONDS", "180")),

@@ -1,0 +1,1 @@
+"""Drivers run from the checkout (``make demo``, ``make full``): outside the library package."""
