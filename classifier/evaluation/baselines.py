@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from classifier.data.labels import label_indices
+from classifier.data.reader import read_dataset
 from classifier.data.schema import Head, LabelSchema
 from classifier.errors import ConfigError, DataError
 from classifier.evaluation.costs import (
@@ -737,22 +738,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="do not draw the cost/quality plot")
 
 
-def _read_data(path: Path) -> pd.DataFrame:
-    file = path / "dataset.parquet" if path.is_dir() else path
-    if not file.is_file():
-        raise DataError(f"data set {file} does not exist; build it with 'tierwise data build' or pass --data")
-    try:
-        return pd.read_parquet(file)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {file} as parquet: {exc}") from None
-
-
 def run_baseline(args: argparse.Namespace) -> int:
     if not 0.0 < args.quality_ratio <= 1.0:
         raise ConfigError(f"--quality-ratio must be in (0, 1], got {args.quality_ratio}")
     schema = LabelSchema.from_yaml(args.schema)
     prices = Prices.from_yaml(args.prices)
-    frame = _read_data(Path(args.data))
+    frame = read_dataset(args.data)
     t0 = time.perf_counter()
     models = [cls(schema) for cls in BASELINES]
     report = evaluate_baselines(frame, schema, prices, quality_ratio=args.quality_ratio, baselines=models)
