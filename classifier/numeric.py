@@ -9,12 +9,10 @@ import numpy as np
 
 
 def softmax(logits, temperature: float = 1.0, bias: np.ndarray | None = None) -> np.ndarray:
-    """``softmax(logits / temperature + bias)`` over the last axis, in the input's float dtype
-    (other input becomes float64); the input is left alone."""
-    z = np.asarray(logits)
-    if not np.issubdtype(z.dtype, np.floating):
-        z = z.astype(np.float64)
-    z = z / temperature if temperature != 1.0 else z.copy()
+    """``softmax(logits / temperature + bias)`` over the last axis, in float64; the input is left alone."""
+    z = np.array(logits, dtype=np.float64)  # a copy: the steps below work in place
+    if temperature != 1.0:
+        z /= temperature
     if bias is not None:
         z += bias  # [C] broadcast over rows
     z -= z.max(axis=-1, keepdims=True)

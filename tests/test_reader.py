@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from test_trainer import make_frame  # tests/ is on sys.path under pytest
 
 

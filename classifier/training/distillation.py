@@ -109,7 +109,7 @@ class StudentDistiller(Trainer):
             arrays.update({f"{s}/{n}": v for s, d in teacher_eval.items() for n, v in d.items()})
             np.savez(cache, **arrays)
         self.teacher_seconds_ = time.perf_counter() - t0
-        self._teacher_soft = {n: softmax(z, cfg.soft_temperature) for n, z in teacher_train.items()}
+        self._teacher_soft = {n: softmax(z, cfg.soft_temperature).astype(np.float32) for n, z in teacher_train.items()}
         self._teacher_eval = teacher_eval
         self._teacher_metrics = {s: evaluate_heads(self.schema_, f, {n: softmax(z) for n, z in teacher_eval[s].items()})
                                  for s, f in splits.items()}
