@@ -30,6 +30,7 @@ def _config(teacher: Path, data: Path, out: Path, **overrides):
     return DistillConfig(**{**base, **overrides})
 
 
+@pytest.mark.slow
 def test_student_trains_reports_and_resumes_like_an_uninterrupted_run(tmp_path, data_dir, tiny_model_dir):
     import torch
 
@@ -54,12 +55,12 @@ def test_student_trains_reports_and_resumes_like_an_uninterrupted_run(tmp_path, 
     assert resumed.best_score_ == full.best_score_
 
 
-def test_student_bundle_serves_and_cli_flags_reach_the_config(tmp_path, data_dir, tiny_model_dir):
+def test_cli_flags_reach_the_distill_config_and_bad_values_name_the_field():
     import argparse
 
-    from classifier.serving.runtime import Router
+    from classifier.errors import ConfigError
     from classifier.training.config import DistillConfig, config_from_args
-    from classifier.training.distillation import StudentDistiller, add_distill_arguments
+    from classifier.training.distillation import add_distill_arguments
 
     parser = argparse.ArgumentParser()
     add_distill_arguments(parser)
@@ -68,6 +69,18 @@ def test_student_bundle_serves_and_cli_flags_reach_the_config(tmp_path, data_dir
     cfg = config_from_args(args, DistillConfig)
     assert (cfg.teacher, cfg.soft_temperature, cfg.head_weights, cfg.eval_splits) == ("t", 3.0, {"tier": 1.5}, ["test"])
     assert cfg.epochs == DistillConfig().epochs  # not given: the built-in default
+    for bad, field in ((["--soft-weight", "2"], "soft_weight"), (["--head-weights", "{tier: -1}"], "head_weights.tier"),
+                       (["--epochs", "many"], "epochs")):
+        with pytest.raises(ConfigError, match=f"distill config: {field}"):
+            config_from_args(parser.parse_args(bad), DistillConfig)
+    with pytest.raises(ConfigError, match="kd_weight: unknown key"):
+        DistillConfig(kd_weight=0.5)
+
+
+@pytest.mark.slow
+def test_student_bundle_serves(tmp_path, data_dir, tiny_model_dir):
+    from classifier.serving.runtime import Router
+    from classifier.training.distillation import StudentDistiller
 
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_model_dir, teacher)

@@ -170,7 +170,12 @@ class LoopConfig(BaseModel):
 def _message(exc: ValidationError, what: str) -> str:
     """One line per error, each naming the field path, e.g. ``class_weights.tier.cheap``."""
     parts = []
-    for err in exc.errors():
+    errors = exc.errors()
+    # a union reports every branch it tried: keep, per field, the errors that got deepest
+    depth: dict[Any, int] = {}
+    for err in errors:
+        depth[err["loc"][:1]] = max(depth.get(err["loc"][:1], 0), len(err["loc"]))
+    for err in (e for e in errors if len(e["loc"]) == depth[e["loc"][:1]]):
         # a union reports each branch it tried; the branch names (literal[...], dict[...]) are noise
         loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int"))))
         msg = err["msg"].removeprefix("Value error, ")
