@@ -63,8 +63,7 @@ def _probs(router, texts: list[str], desc: str) -> dict[str, np.ndarray]:
 
 
 def _quality(schema, frame, probs: dict[str, np.ndarray]) -> dict[str, float | None]:
-    from classifier.evaluation.metrics import evaluate_heads
-    from classifier.evaluation.thresholds import recall_at_precision
+    from classifier.evaluation.metrics import evaluate_heads, recall_at_precision
 
     m = evaluate_heads(schema, frame, probs)
     sens = schema.head("sensitivity")
@@ -76,8 +75,8 @@ def _quality(schema, frame, probs: dict[str, np.ndarray]) -> dict[str, float | N
     }
     for cls in ("pii", "credential"):
         out[f"{cls}_recall_argmax"] = m.get("sensitivity", {}).get(f"recall_{cls}")
-        r = recall_at_precision(probs["sensitivity"][labelled, sens.index(cls)], y[labelled] == cls, MIN_PRECISION)
-        out[f"{cls}_recall_at_p95"] = r["recall"]
+        r, _ = recall_at_precision(y[labelled] == cls, probs["sensitivity"][labelled, sens.index(cls)], MIN_PRECISION)
+        out[f"{cls}_recall_at_p95"] = None if np.isnan(r) else r
     return out
 
 
@@ -111,7 +110,7 @@ def bench_bundle(name: str, path: str, splits: dict, prompts: list[str], repeats
 
 def bench_cascade(path: str, strong: str | None, splits: dict, prompts: list[str], repeats: int,
                   fast_probs: dict | None = None) -> dict:
-    from classifier.evaluation.thresholds import recall_at_precision
+    from classifier.evaluation.metrics import recall_at_precision
     from classifier.serving.cascade import FLAG_ESCALATED, Cascade, composite_scores
 
     with Cascade.load(path, strong, threads=1) as cascade:
@@ -133,7 +132,7 @@ def bench_cascade(path: str, strong: str | None, splits: dict, prompts: list[str
             for cls, band in cascade.spec.bands.items():
                 k = sens.index(cls)
                 comp = composite_scores(fp[head][:, k], sp[:, k], esc, band)
-                res[f"{cls}_recall_at_p95"] = recall_at_precision(comp[labelled], y[labelled] == cls, MIN_PRECISION)["recall"]
+                res[f"{cls}_recall_at_p95"] = recall_at_precision(y[labelled] == cls, comp[labelled], MIN_PRECISION)[0]
                 flag = np.where(esc, sp[:, k] >= strong_thr.get(cls, 0.5), fp[head][:, k] >= fast_thr.get(cls, 0.5))
                 pos = labelled & (y == cls)
                 res[f"{cls}_gate_recall"] = float(flag[pos].mean()) if pos.any() else None

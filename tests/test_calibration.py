@@ -17,8 +17,8 @@ from classifier.evaluation.calibration import (
     nll,
     plot_reliability,
     reliability_bins,
-    softmax,
 )
+from classifier.numeric import softmax
 
 
 def calibrated_set(n: int, c: int, seed: int, scale: float = 1.5) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from classifier.serving.cascade import (
     write_cascade,
 )
 from classifier.serving.runtime import Router
-from classifier.training.distillation import DistillConfig
+from classifier.training.config import DistillConfig
 from classifier.training.student import StaticStudent
 
 SCHEMA = LabelSchema.default()

@@ -23,7 +23,6 @@ from classifier.evaluation.thresholds import (
     fit_recall_threshold,
     fit_tier_threshold,
     max_passing_count,
-    recall_at_precision,
     threshold_for_cheap_share,
 )
 
@@ -280,7 +279,9 @@ def test_recall_at_precision_matches_a_brute_force_scan():
         tp, flagged = precision_at(t, s, y)
         if tp / flagged >= 0.8:
             best = max(best, tp / y.sum())
-    got = recall_at_precision(s, y, 0.8)
-    assert got["recall"] == pytest.approx(best) and best > 0
+    from classifier.evaluation.metrics import recall_at_precision
+
+    got, _ = recall_at_precision(y, s, 0.8)
+    assert got == pytest.approx(best) and best > 0
     measured = evaluate_recall_threshold(0.5, s, y, min_precision=0.8)
     assert measured["recall_at_min_precision"] == pytest.approx(best)

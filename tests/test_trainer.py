@@ -327,3 +327,20 @@ def test_class_weights_and_soft_targets_enter_the_loss():
                                  {"labels": {"tier": torch.tensor([-100])}, "soft": {}, "soft_mask": {}},
                                  class_weights={}, head_weights={}, soft_weight=0.5)
     assert none is None and parts == {}
+
+
+def test_class_weight_modes_balanced_and_its_square_root():
+    import torch
+
+    from classifier.data.schema import LabelSchema
+    from classifier.training.config import TrainingConfig
+    from classifier.training.trainer import resolve_class_weights
+
+    schema = LabelSchema.default()
+    tier = np.array([0, 0, 0, 1, -100])  # 3 cheap, 1 frontier, 1 unlabelled
+    labels = {"tier": tier, "task": np.full(5, -100), "sensitivity": np.zeros(5, dtype=np.int64)}
+    balanced = resolve_class_weights(TrainingConfig(class_weights="balanced"), schema, labels)
+    root = resolve_class_weights(TrainingConfig(class_weights={"tier": "sqrt_balanced", "task": "none"}), schema, labels)
+    assert torch.allclose(balanced["tier"], torch.tensor([4 / 6, 4 / 2]))
+    assert torch.allclose(root["tier"], balanced["tier"].sqrt())
+    assert root["task"] is None and root["sensitivity"] is None  # heads not named are unweighted

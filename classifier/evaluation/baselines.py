@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from classifier.data.labels import label_indices
+from classifier.data.reader import read_dataset
 from classifier.data.schema import DEFAULT_SCHEMA_PATH, Head, LabelSchema
 from classifier.errors import ConfigError, DataError
 from classifier.evaluation.costs import (
@@ -62,6 +63,7 @@ from classifier.evaluation.metrics import (
 )
 from classifier.evaluation.prices import DEFAULT_PRICES_PATH, Prices
 from classifier.json_io import to_jsonable as _jsonable
+from classifier.numeric import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +84,6 @@ TRAIN_SPLIT = "train"
 THRESHOLD_SPLIT = "validation"
 
 
-def _labelled(head: Head, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    return label_indices(head, frame)
-
-
 def _texts(frame_or_texts: pd.DataFrame | Sequence[str]) -> list[str]:
     if isinstance(frame_or_texts, pd.DataFrame):
         if "text" not in frame_or_texts.columns:
@@ -98,7 +96,7 @@ def _texts(frame_or_texts: pd.DataFrame | Sequence[str]) -> list[str]:
 
 def _priors(head: Head, frame: pd.DataFrame) -> np.ndarray:
     """Class frequencies of ``head`` in ``frame`` (uniform when no row is labelled)."""
-    _, y = _labelled(head, frame)
+    _, y = label_indices(head, frame)
     if len(y) == 0:
         return np.full(head.num_classes, 1.0 / head.num_classes)
     return np.bincount(y, minlength=head.num_classes) / len(y)
@@ -206,12 +204,6 @@ def keyword_frontier_score(text: str) -> float:
     )
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class KeywordBaseline:
     """Regular-expression rules per class name, a length/maths/code score for binary tier heads.
 
@@ -245,7 +237,7 @@ class KeywordBaseline:
         for head in self.schema.heads:
             if not self._is_frontier_head(head):
                 continue
-            mask, y = _labelled(head, frame)
+            mask, y = label_indices(head, frame)
             pos = head.index("frontier")
             if len(y) == 0:
                 self.cutoffs_[head.name] = 0.0
@@ -275,7 +267,7 @@ class KeywordBaseline:
                 rules = KEYWORD_RULES.get(cls)
                 if rules:
                     logits[:, j] += [_rule_score(rules, t) for t in items]
-            out[head.name] = _softmax(logits)
+            out[head.name] = softmax(logits)
         return out
 
 
@@ -320,7 +312,7 @@ class TfidfLogRegBaseline:
         from sklearn.pipeline import FeatureUnion
 
         texts = self._cut(_texts(frame))
-        masks = {h.name: _labelled(h, frame) for h in self.schema.heads}
+        masks = {h.name: label_indices(h, frame) for h in self.schema.heads}
         any_label = np.zeros(len(texts), dtype=bool)
         for mask, _ in masks.values():
             any_label |= mask
@@ -399,7 +391,7 @@ class TaskPriorBaseline:
             self.tables_ = {h.name: {} for h in self.schema.heads}
             return self
         for head in self.schema.heads:
-            mask, y = _labelled(head, frame)
+            mask, y = label_indices(head, frame)
             keys = frame[self.column].astype(str).to_numpy()[mask]
             table: dict[str, np.ndarray] = {}
             prior = self.priors_[head.name]
@@ -456,7 +448,7 @@ class ClusterPriorBaseline:
         self.prior_ = None
         if self.tier_ is None:
             return self
-        mask, y = _labelled(self.tier_, frame)
+        mask, y = label_indices(self.tier_, frame)
         texts = [t for t, m in zip(_texts(frame), mask, strict=True) if m]
         if len(texts) < 2:
             return self
@@ -501,7 +493,7 @@ def _gate_recall_at_precision(
     head: Head, frame: pd.DataFrame, probs: np.ndarray, min_precision: float
 ) -> dict[str, dict[str, float]]:
     """Recall at ``min_precision`` for each non-negative class (one-vs-rest) and for "flagged"."""
-    mask, y = _labelled(head, frame)
+    mask, y = label_indices(head, frame)
     p = probs[mask]
     out: dict[str, dict[str, float]] = {}
     targets: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -737,22 +729,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="do not draw the cost/quality plot")
 
 
-def _read_data(path: Path) -> pd.DataFrame:
-    file = path / "dataset.parquet" if path.is_dir() else path
-    if not file.is_file():
-        raise DataError(f"data set {file} does not exist; build it with 'tierwise data build' or pass --data")
-    try:
-        return pd.read_parquet(file)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {file} as parquet: {exc}") from None
-
-
 def run_baseline(args: argparse.Namespace) -> int:
     if not 0.0 < args.quality_ratio <= 1.0:
         raise ConfigError(f"--quality-ratio must be in (0, 1], got {args.quality_ratio}")
     schema = LabelSchema.from_yaml(args.schema)
     prices = Prices.from_yaml(args.prices)
-    frame = _read_data(Path(args.data))
+    frame = read_dataset(args.data)
     t0 = time.perf_counter()
     models = [cls(schema) for cls in BASELINES]
     report = evaluate_baselines(frame, schema, prices, quality_ratio=args.quality_ratio, baselines=models)

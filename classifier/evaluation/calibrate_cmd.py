@@ -109,28 +109,11 @@ def _recall_targets(args: argparse.Namespace) -> dict[str, float]:
 
 
 # -- data and model outputs ------------------------------------------------------------------------
-def _dataset_path(data: str) -> Path:
-    path = Path(data)
-    if path.is_dir():
-        path = path / "dataset.parquet"
-    if not path.is_file():
-        raise DataError(f"data set {path} does not exist; run 'tierwise data build' or pass --data")
-    return path
-
-
 def _load_splits(path: Path, limit: int | None, seed: int) -> dict[str, Any]:
-    import pandas as pd
+    from classifier.data.reader import read_dataset, select_split
 
-    frame = pd.read_parquet(path)
-    for col in ("text", "split"):
-        if col not in frame.columns:
-            raise DataError(f"{path}: missing column {col!r} (see docs/design.md, data set)")
-    out = {}
-    for split in ("calibration", "test"):
-        part = frame[frame["split"] == split]
-        if limit is not None and len(part) > limit:
-            part = part.sample(n=limit, random_state=seed)
-        out[split] = part.reset_index(drop=True)
+    frame = read_dataset(path)
+    out = {split: select_split(frame, split, limit, seed) for split in ("calibration", "test")}
     if out["calibration"].empty:
         raise DataError(f"{path}: no rows with split == 'calibration'; rebuild the data set with a calibration split")
     return out
@@ -190,7 +173,9 @@ def run_calibrate(args: argparse.Namespace) -> int:  # noqa: C901 - a linear scr
     bundle = Path(args.bundle)
     if not bundle.is_dir():
         raise ConfigError(f"--bundle {bundle}: must be a bundle directory (calibrate rewrites files in it)")
-    data_path = _dataset_path(args.data)
+    from classifier.data.reader import dataset_file
+
+    data_path = dataset_file(args.data)
     splits = _load_splits(data_path, args.limit, args.seed)
     out_dir = Path(args.out)
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)

@@ -47,6 +47,7 @@ from scipy.special import log_softmax
 from scipy.stats import chi2
 
 from classifier.errors import ConfigError
+from classifier.numeric import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +74,10 @@ __all__ = [
     "nll",
     "plot_reliability",
     "reliability_bins",
-    "softmax",
 ]
 
 
 # -- basics ----------------------------------------------------------------------------------
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    return np.exp(log_softmax(z, axis=-1))
-
-
 def _check(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y)

@@ -89,21 +89,14 @@ def fit_cascade(fast: str | Path, strong: str | Path, frame, max_miss: dict[str,
 
 
 def run_cascade(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from classifier.data.reader import dataset_file, read_dataset, select_split
     from classifier.serving.cascade import write_cascade
 
-    path = Path(args.data)
-    path = path / "dataset.parquet" if path.is_dir() else path
-    if not path.is_file():
-        raise DataError(f"data set {path} does not exist; run 'tierwise data build' or pass --data")
-    frame = pd.read_parquet(path)
-    part = frame[frame["split"] == args.split]
-    if args.limit and len(part) > args.limit:
-        part = part.sample(n=args.limit, random_state=args.seed)
+    path = dataset_file(args.data)
+    part = select_split(read_dataset(path), args.split, args.limit, args.seed)
     if part.empty:
         raise DataError(f"{path}: no rows in split {args.split!r}")
-    spec = fit_cascade(args.fast, args.strong, part.reset_index(drop=True), args.max_miss, args.min_precision, args.split)
+    spec = fit_cascade(args.fast, args.strong, part, args.max_miss, args.min_precision, args.split)
     write_cascade(args.fast, spec)
     sys.stdout.write(json.dumps(spec.to_dict(), indent=2) + "\n")
     return 0

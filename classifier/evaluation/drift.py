@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from classifier.data.reader import select_split
 from classifier.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -302,8 +303,7 @@ def load_decisions(path: str | Path, *, router: Any = None, split: str | None = 
     elif frame is not None:
         if frame.empty:
             raise DataError(f"{path}: no rows" + (f" with split == {split!r}" if split else ""))
-        if limit is not None and len(frame) > limit:
-            frame = frame.sample(n=limit, random_state=seed).reset_index(drop=True)
+        frame = select_split(frame, None, limit, seed)
         if "probabilities" in frame.columns:
             norm, thresholds = _normalise(frame.to_dict("records"), str(path))
             return Decisions(norm, str(path), "decisions", thresholds)

@@ -175,31 +175,12 @@ class ReportResult:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def _dataset_file(data: Path) -> Path:
-    path = data / "dataset.parquet" if data.is_dir() else data
-    if not path.is_file():
-        raise DataError(f"data set {path} does not exist; run 'tierwise data build' or pass --data")
-    return path
-
-
-def _read_dataset(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as parquet: {exc}") from None
-    for col in ("text", "split"):
-        if col not in frame.columns:
-            raise DataError(f"{path}: missing column {col!r} (see docs/design.md, data set)")
-    return frame
-
-
 def _take(frame: pd.DataFrame, split: str, limit: int | None, seed: int, source: Path) -> pd.DataFrame:
     """The rows of one split (a seeded sample of ``limit``), without prompts the runtime refuses."""
+    from classifier.data.reader import select_split
     from classifier.serving.runtime import check_text
 
-    part = frame[frame["split"] == split]
-    if limit is not None and len(part) > limit:
-        part = part.sample(n=limit, random_state=seed)
+    part = select_split(frame, split, limit, seed)
     ok = np.array([check_text(t) is None for t in part["text"]], dtype=bool)
     if not ok.all():
         # the runtime answers these with its safe decision; they carry no model scores to evaluate
@@ -490,8 +471,9 @@ def _fit_tfidf(schema: Any, train: pd.DataFrame, limit: int | None, seed: int) -
     if train.empty:
         logger.warning("no 'train' rows in the data set: the report has no TF-IDF baseline curve")
         return None
-    if limit is not None and len(train) > limit:
-        train = train.sample(n=limit, random_state=seed)
+    from classifier.data.reader import select_split
+
+    train = select_split(train, None, limit, seed)
     # smaller vocabularies than `tierwise baseline`: the report needs a reference curve, fast
     model = TfidfLogRegBaseline(schema, max_word_features=20_000, max_char_features=30_000, max_iter=300)
     logger.info("fitting the TF-IDF baseline on %d train rows", len(train))
@@ -539,6 +521,7 @@ def headline_sentences(h: Mapping[str, Any]) -> list[str]:
 # -- the report ------------------------------------------------------------------------------------
 def build_report(config: ReportConfig) -> ReportResult:  # noqa: C901 - one linear walk over the sections
     """Run the bundle on the data and compute every section of the report (see the module docstring)."""
+    from classifier.data.reader import dataset_file, read_dataset
     from classifier.evaluation import plots
     from classifier.evaluation.calibration import softmax
     from classifier.evaluation.costs import (
@@ -557,9 +540,9 @@ def build_report(config: ReportConfig) -> ReportResult:  # noqa: C901 - one line
     from classifier.serving.policy import PolicyEngine
     from classifier.serving.runtime import Router
 
-    data_file = _dataset_file(config.data)
+    data_file = dataset_file(config.data)
     prices = Prices.from_yaml(config.prices)
-    dataset = _read_dataset(data_file)
+    dataset = read_dataset(data_file)
     frame = _take(dataset, config.split, config.limit, config.seed, data_file)
     splits_present = sorted(str(s) for s in dataset["split"].dropna().unique())
     if frame.empty:

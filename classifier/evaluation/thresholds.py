@@ -96,7 +96,6 @@ __all__ = [
     "fit_recall_threshold",
     "fit_tier_threshold",
     "max_passing_count",
-    "recall_at_precision",
     "threshold_for_cheap_share",
 ]
 
@@ -363,22 +362,6 @@ def _precision_floor(s: np.ndarray, y: np.ndarray, min_precision: float,
     return None, None
 
 
-def recall_at_precision(scores: Any, is_class: Any, min_precision: float) -> dict[str, float | None]:
-    """The largest recall over thresholds whose measured precision is ``>= min_precision`` (point
-    estimates on these rows; for reports: what the scores can do at that precision), and that
-    threshold. ``recall`` 0 and ``threshold`` None when no threshold reaches the precision."""
-    min_precision = _check_floor(min_precision)
-    s, y = _scores_labels(scores, is_class)
-    m = int(y.sum())
-    if m == 0:
-        return {"recall": None, "threshold": None, "min_precision": min_precision}
-    thresholds, tp, flagged = _precision_curve(s, y)
-    ok = np.flatnonzero(tp / flagged >= min_precision)
-    if not ok.size:
-        return {"recall": 0.0, "threshold": None, "min_precision": min_precision}
-    return {"recall": float(tp[ok[-1]] / m), "threshold": float(thresholds[ok[-1]]), "min_precision": min_precision}
-
-
 def fit_recall_threshold(scores: Any, is_class: Any, target_recall: float, *, delta: float = DEFAULT_DELTA,
                          cls: str = "positive", min_precision: float = DEFAULT_MIN_PRECISION) -> RecallThreshold:
     """Largest threshold with a Clopper-Pearson lower bound on recall ``>= target_recall``, raised
@@ -457,5 +440,8 @@ def evaluate_recall_threshold(threshold: float, scores: Any, is_class: Any, *, d
     s, y = _scores_labels(scores, is_class)
     out = {"threshold": float(threshold), **_recall_summary(float(threshold), s, y, delta)}
     if min_precision is not None and min_precision > 0:
-        out["recall_at_min_precision"] = recall_at_precision(s, y, min_precision)["recall"]
+        from classifier.evaluation.metrics import recall_at_precision
+
+        recall = recall_at_precision(y, s, _check_floor(min_precision))[0]
+        out["recall_at_min_precision"] = None if math.isnan(recall) else recall
     return out

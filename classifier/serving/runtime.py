@@ -68,6 +68,7 @@ from tokenizers import Tokenizer
 
 from classifier.data.schema import LabelSchema
 from classifier.errors import BundleError, ConfigError, InputError, PolicyError, SchemaError
+from classifier.numeric import softmax
 from classifier.serving import bundle as bundle_io
 from classifier.serving.detectors import DETECTORS_FILE, Detectors, Hit
 from classifier.serving.policy import Decision, Policy, PolicyEngine
@@ -158,16 +159,6 @@ class _Watchdog:
                     if deadline <= now:
                         run_options.terminate = True  # ONNX Runtime stops at its next node
                         del self._runs[key]
-
-
-def _softmax(logits: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:
-    z = logits / temperature if temperature != 1.0 else logits
-    if bias is not None:
-        z = z + bias  # [C] broadcast over rows; a new array, the input is left alone
-    z = z - z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
 
 
 class Router:
@@ -432,8 +423,8 @@ class Router:
         return self._request_scores(reqs)[0]
 
     def proba_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Calibrated softmax ``softmax(logits / T + b)`` (float64 copies, the input is left alone)."""
-        return {h: _softmax(np.asarray(logits[h], dtype=np.float64), t, b) for h, t, b in self._calibration}
+        """Calibrated softmax ``softmax(logits / T + b)`` (float64, the input is left alone)."""
+        return {h: softmax(logits[h], t, b) for h, t, b in self._calibration}
 
     def predict_proba(self, texts: Any) -> dict[str, np.ndarray]:
         """Calibrated probabilities per head, [n, C], rows sum to 1 (pooled over windows by the view)."""

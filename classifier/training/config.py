@@ -1,12 +1,14 @@
-"""``TrainingConfig``: every setting of ``tierwise train``, validated in one place.
+"""Typed settings of ``tierwise train`` (``TrainingConfig``) and ``tierwise distill`` (``DistillConfig``).
 
-A config comes from a YAML file (the shipped presets, package data under
-``classifier/training/presets/``: ``default.yaml`` is the full preset, ``quick.yaml`` a few-minute
-CPU preset), from keyword arguments, or from both plus command
-line overrides: ``add_config_arguments`` generates one ``--flag`` per dataclass field, so a new
-field is overridable without touching the CLI. Values from YAML and the command line arrive as
-strings or plain YAML values and are coerced to the field's type in ``__post_init__``; an invalid
-value raises ``ConfigError`` naming the field and what it accepts.
+Both are pydantic v2 models over one base, ``LoopConfig``: the settings of the one training loop
+(``classifier.training.trainer.Trainer``) that the teacher and the student share, with each
+command's own defaults. Unknown keys are refused (``extra="forbid"``) and every invalid value
+raises ``ConfigError`` naming the field path (``class_weights.tier.cheap: ...``). A config comes
+from a YAML file (the shipped presets, package data under ``classifier/training/presets/``:
+``default.yaml`` is the full teacher preset, ``quick.yaml`` a few-minute CPU preset), from keyword arguments, or both plus command line overrides:
+``add_config_arguments`` generates one ``--flag`` per field of either model, so a new field is
+overridable without touching the CLI. Flag and YAML values arrive as strings or plain YAML values:
+``none``/``null`` is None for optional fields, ``a,b`` a list, ``{k: v}`` a mapping.
 
 What is left out: the hyper-parameter *search space* (``classifier.training.hpo``) and the label
 schema itself (``classifier.data.schema``); this module only points at the schema file.
@@ -15,153 +17,118 @@ schema itself (``classifier.data.schema``); this module only points at the schem
 from __future__ import annotations
 
 import argparse
-import copy
-import math
-import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from classifier.data.schema import DEFAULT_SCHEMA_PATH
 from classifier.errors import ConfigError
 from classifier.yaml_io import read_yaml
 
+# where ``--preset NAME`` looks for ``NAME.yaml``: ./training first, then the source checkout's
 # ``--preset NAME`` is the shipped ``presets/NAME.yaml`` (package data; pip unpacks wheels, so a real file)
 PRESET_DIR = Path(str(files("classifier.training").joinpath("presets")))
 
-EARLY_STOPPING_METRICS = ("auroc_or_macro_f1", "macro_f1", "auroc", "accuracy")
-CLASS_WEIGHT_MODES = ("balanced", "none")
+Weight = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+WeightMode = Literal["balanced", "sqrt_balanced", "none"]
+# 'balanced' (inverse class frequency in the training split), its square root, 'none', or per head
+ClassWeights = WeightMode | dict[str, WeightMode | dict[str, Weight] | list[Weight]]
+_NULLS = {"none", "null", "~", ""}
 
 
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with its ``--help`` text (mutable defaults are copied per instance)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+class LoopConfig(BaseModel):
+    """The training loop's settings, shared by teacher and student (each sets its own defaults)."""
 
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_default=True)
+    _what: typing.ClassVar[str] = "config"
 
-@dataclass
-class TrainingConfig:
-    """Settings of one training run. All paths are relative to the working directory."""
-
-    # -- what and where -------------------------------------------------------------------------
-    name: str = _f("teacher", "run name; also the default output directory models/<name>")
-    data: str = _f("data/build", "build directory holding dataset.parquet (with a split column), or the parquet file")
-    schema: str = _f(str(DEFAULT_SCHEMA_PATH), "label schema YAML (default: the shipped one)")
-    encoder: str | None = _f(None, "Hugging Face model dir (config.json + weights) or tierwise model dir; "
-                             "none = the pretrained all-MiniLM-L6-v2")
-    tokenizer: str | None = _f(None, "tokenizer.json or a directory holding one; none = the encoder dir's, else MiniLM's")
-    output_dir: str | None = _f(None, "model directory to write; none = models/<name>")
-    resume_from: str | None = _f(None, "checkpoint directory to resume from, or 'auto' for the newest under the output dir")
+    name: str = Field("teacher", min_length=1, description="run name; also the default output directory models/<name>")
 
     # -- inputs ---------------------------------------------------------------------------------
-    max_length: int = _f(128, "tokens per prompt (longer prompts are truncated)")
-    max_train_rows: int | None = _f(None, "seeded subsample of the training split; none = all rows")
-    max_eval_rows: int | None = _f(None, "seeded subsample of the validation and evaluation splits; none = all rows")
-    validation_split: str = _f("validation", "split used for early stopping and model selection")
-    eval_splits: list[str] = _f(["test", "ood"], "splits evaluated at the end (comma-separated)")
+    data: str = Field("data/build", min_length=1,
+                      description="build directory holding dataset.parquet (with a split column), or the parquet file")
+    max_length: int = Field(128, ge=1, le=512, description="tokens per prompt (longer prompts are truncated)")
+    max_train_rows: int | None = Field(None, ge=1, description="seeded subsample of the training split; none = all rows")
+    max_eval_rows: int | None = Field(None, ge=1, description="seeded subsample of the validation and evaluation splits; none = all rows")
+    validation_split: str = Field("validation", min_length=1, description="split used for early stopping and model selection")
+    eval_splits: list[str] = Field(["test", "ood"], description="splits evaluated at the end (comma-separated)")
 
     # -- optimisation ---------------------------------------------------------------------------
-    batch_size: int = _f(32, "training batch size")
-    eval_batch_size: int = _f(128, "inference batch size for validation and evaluation")
-    epochs: int = _f(3, "passes over the training split")
-    lr: float = _f(5e-5, "AdamW peak learning rate")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
-    warmup_ratio: float = _f(0.1, "share of steps with linear warm-up; then linear decay to 0")
-    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping")
-    dropout: float = _f(0.1, "dropout on the pooled embedding")
-    frozen_layers: int = _f(0, "freeze the embeddings and the first N transformer layers (0 = train everything)")
-    head_weights: dict[str, float] = _f({}, "loss weight per head, e.g. '{tier: 2.0}'; heads not named weigh 1.0")
-    class_weights: Any = _f("balanced", "'balanced' (inverse class frequency in the training split), 'none', or "
-                            "'{head: balanced | none | {class: weight} | [weights in class order]}'")
-    soft_weight: float = _f(0.5, "share of a head's loss taken by KL to <column>_soft targets where a row has them")
+    batch_size: int = Field(32, ge=1, description="training batch size")
+    eval_batch_size: int = Field(128, ge=1, description="inference batch size for validation and evaluation")
+    epochs: int = Field(3, ge=1, description="passes over the training split")
+    lr: float = Field(5e-5, gt=0.0, lt=1.0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0.0, allow_inf_nan=False, description="AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="share of steps with linear warm-up")
+    lr_schedule: Literal["linear", "constant"] = Field("linear", description="after warm-up: linear decay to 0, or constant")
+    grad_clip: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="max global gradient norm; 0 disables clipping")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the heads")
+    head_weights: dict[str, Weight] = Field({}, description="loss weight per head, e.g. '{tier: 2.0}'; heads not named weigh 1.0")
+    class_weights: ClassWeights = Field("balanced", description="'balanced' (inverse class frequency in the training split), "
+                                        "'sqrt_balanced', 'none', or '{head: balanced | sqrt_balanced | none | "
+                                        "{class: weight} | [weights in class order]}'")
+    soft_weight: float = Field(0.5, ge=0.0, le=1.0, description="share of a head's loss taken by KL to its soft targets where a row has them")
+    soft_temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False,
+                                    description="temperature of the prediction in the KL term (its gradient is scaled by T^2)")
 
     # -- early stopping and checkpoints ---------------------------------------------------------
-    patience: int = _f(2, "validations without improvement before stopping; 0 disables early stopping")
-    early_stopping_metric: str = _f(
-        "auroc_or_macro_f1", "mean over heads on the validation split of: auroc_or_macro_f1 (AUROC for binary "
-        "and gate heads, macro-F1 otherwise), macro_f1, auroc or accuracy; calibration-free")
-    eval_every_steps: int = _f(0, "validate every N optimiser steps as well as at epoch ends (0 = epoch ends only)")
-    checkpoint_every_steps: int = _f(0, "write a resumable checkpoint every N steps (0 = at epoch ends only)")
-    seed: int = _f(13, "seed of torch, numpy, random and the data order")
-    threads: int = _f(2, "torch CPU threads")
+    patience: int = Field(2, ge=0, description="validations without improvement before stopping; 0 disables early stopping")
+    min_delta: float = Field(0.0, ge=0.0, description="a validation improves on the best score only by more than this")
+    early_stopping_metric: Literal["auroc_or_macro_f1", "macro_f1", "auroc", "accuracy"] = Field(
+        "auroc_or_macro_f1", description="mean over heads on the validation split of: auroc_or_macro_f1 (AUROC for "
+        "binary and gate heads, macro-F1 otherwise), macro_f1, auroc or accuracy; calibration-free")
+    eval_every_steps: int = Field(0, ge=0, description="validate every N optimiser steps as well as at epoch ends (0 = epoch ends only)")
+    checkpoint_every_steps: int = Field(0, ge=0, description="write a resumable checkpoint every N steps (0 = at epoch ends only)")
+    resume_from: str | None = Field(None, description="checkpoint directory to resume from, or 'auto' for the newest of this run")
+    seed: int = Field(13, ge=0, description="seed of torch, numpy, random and the data order")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
 
     # -- tracking -------------------------------------------------------------------------------
-    track: bool = _f(True, "log to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
-    experiment: str = _f("tierwise", "MLflow experiment name")
-    registered_model: str | None = _f("tierwise-teacher", "MLflow registered model name; none = register nothing")
-    progress: bool = _f(True, "show tqdm progress bars")
+    track: bool = Field(True, description="log to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    experiment: str = Field("tierwise", min_length=1, description="MLflow experiment name")
+    progress: bool = Field(True, description="show tqdm progress bars")
 
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        self._validate()
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: Any, info) -> Any:
+        """Flag and YAML strings to the field's shape: null words, comma lists, YAML mappings."""
+        if not isinstance(value, str):
+            return value
+        hint = cls.model_fields[info.field_name].annotation
+        args = typing.get_args(hint)
+        if type(None) in args and value.strip().lower() in _NULLS:
+            return None
+        if typing.get_origin(hint) is list:
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if value.strip().startswith(("{", "[")) or (typing.get_origin(hint) is dict and not value.strip()):
+            try:
+                return yaml.safe_load(value) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{value!r} is not valid YAML: {exc}") from None
+        return value
 
-    # -- validation -----------------------------------------------------------------------------
-    def _validate(self) -> None:
-        def need(ok: bool, name: str, what: str) -> None:
-            if not ok:
-                raise ConfigError(f"training config: {name} {what}, got {getattr(self, name)!r}")
+    @model_validator(mode="after")
+    def _check(self) -> LoopConfig:
+        if self.validation_split in self.eval_splits:
+            raise ValueError(f"eval_splits must not contain the validation split {self.validation_split!r}")
+        if not self.data.strip():
+            raise ValueError("data must name a build directory or a parquet file")
+        return self
 
-        need(bool(self.name.strip()), "name", "must be a non-empty string")
-        need(bool(self.data.strip()), "data", "must name a build directory or a parquet file")
-        for name in ("max_length", "batch_size", "eval_batch_size", "epochs", "threads"):
-            need(getattr(self, name) >= 1, name, "must be a positive integer")
-        need(self.max_length <= 512, "max_length", "must be at most 512 (the encoder's positions)")
-        for name in ("max_train_rows", "max_eval_rows"):
-            need(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 or null")
-        for name in ("patience", "eval_every_steps", "checkpoint_every_steps", "frozen_layers", "seed"):
-            need(getattr(self, name) >= 0, name, "must be >= 0")
-        need(math.isfinite(self.lr) and 0.0 < self.lr < 1.0, "lr", "must be in (0, 1)")
-        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0.0, "weight_decay", "must be >= 0")
-        need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
-        need(math.isfinite(self.grad_clip) and self.grad_clip >= 0.0, "grad_clip", "must be >= 0 (0 = off)")
-        need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-        need(0.0 <= self.soft_weight <= 1.0, "soft_weight", "must be in [0, 1]")
-        need(self.early_stopping_metric in EARLY_STOPPING_METRICS, "early_stopping_metric",
-             f"must be one of {list(EARLY_STOPPING_METRICS)}")
-        need(bool(self.validation_split), "validation_split", "must name a split")
-        need(self.validation_split not in self.eval_splits, "eval_splits",
-             f"must not contain the validation split {self.validation_split!r}")
-        for head, w in self.head_weights.items():
-            if not (math.isfinite(w) and w >= 0.0):
-                raise ConfigError(f"training config: head_weights[{head!r}] must be >= 0, got {w!r}")
-        self._validate_class_weights()
-        need(bool(self.experiment.strip()), "experiment", "must be a non-empty string")
-
-    def _validate_class_weights(self) -> None:
-        cw = self.class_weights
-        if isinstance(cw, str):
-            if cw not in CLASS_WEIGHT_MODES:
-                raise ConfigError(
-                    f"training config: class_weights must be 'balanced', 'none' or a mapping "
-                    f"{{head: balanced | none | {{class: weight}} | [weights]}}, got {cw!r}"
-                )
-            return
-        if not isinstance(cw, dict):
-            raise ConfigError(f"training config: class_weights must be a string or a mapping, got {cw!r}")
-        for head, spec in cw.items():
-            where = f"training config: class_weights[{head!r}]"
-            if isinstance(spec, str):
-                if spec not in CLASS_WEIGHT_MODES:
-                    raise ConfigError(f"{where} must be 'balanced', 'none', a mapping or a list, got {spec!r}")
-                continue
-            values = spec.values() if isinstance(spec, dict) else spec if isinstance(spec, list) else None
-            if values is None:
-                raise ConfigError(f"{where} must be 'balanced', 'none', a mapping or a list, got {spec!r}")
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
-                    raise ConfigError(f"{where} holds {v!r}; weights must be numbers >= 0")
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_message(exc, self._what)) from None
 
     # -- derived values -------------------------------------------------------------------------
     @property
     def model_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("models") / self.name
+        raise NotImplementedError
 
     @property
     def data_file(self) -> Path:
@@ -170,7 +137,7 @@ class TrainingConfig:
 
     # -- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -179,137 +146,140 @@ class TrainingConfig:
             Path(path).write_text(text, encoding="utf-8")
         return text
 
-    def replace(self, **changes: Any) -> TrainingConfig:
+    def replace(self, **changes: Any):
         """A validated copy with ``changes`` applied."""
         return type(self).from_dict({**self.to_dict(), **changes})
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "<dict>") -> TrainingConfig:
+    def from_dict(cls, data: Any, *, source: str = "<dict>"):
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: a training config must be a mapping of field: value")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown training config keys {unknown}; known keys: {sorted(known)}")
+            raise ConfigError(f"{source}: a {cls._what} must be a mapping of field: value")
         try:
             return cls(**data)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainingConfig:
-        data = read_yaml(path, ConfigError, "training config file")
+    def from_yaml(cls, path: str | Path, **overrides: Any):
+        data = read_yaml(path, ConfigError, f"{cls._what} file")
         if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{path}: a training config must be a mapping of field: value")
+            raise ConfigError(f"{path}: a {cls._what} must be a mapping of field: value")
         return cls.from_dict({**(data or {}), **overrides}, source=str(path))
 
 
-# -- type coercion ------------------------------------------------------------------------------
-_NULLS = {"none", "null", "~", ""}
+def _message(exc: ValidationError, what: str) -> str:
+    """One line per error, each naming the field path, e.g. ``class_weights.tier.cheap``."""
+    parts = []
+    errors = exc.errors()
+    # a union reports every branch it tried: keep, per field, the errors that got deepest
+    depth: dict[Any, int] = {}
+    for err in errors:
+        depth[err["loc"][:1]] = max(depth.get(err["loc"][:1], 0), len(err["loc"]))
+    for err in (e for e in errors if len(e["loc"]) == depth[e["loc"][:1]]):
+        # a union reports each branch it tried; the branch names (literal[...], dict[...]) are noise
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int"))))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = "" if err["type"] in ("extra_forbidden", "value_error") else f", got {err['input']!r}"
+        parts.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+    return f"{what}: " + "; ".join(dict.fromkeys(parts))
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Bring ``value`` (from YAML, a flag or Python) to the type ``hint`` or raise ``ConfigError``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        non_null = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
-            if len(non_null) < len(args):
-                return None
-        return _coerce(name, value, non_null[0]) if len(non_null) == 1 else value
-    if hint is Any:
-        # class_weights: a flag value like "{tier: balanced}" is YAML
-        if isinstance(value, str) and value.strip().startswith(("{", "[")):
-            return _yaml_value(name, value)
+class TrainingConfig(LoopConfig):
+    """Settings of one teacher training run (``tierwise train``). Paths are relative to the working directory."""
+
+    _what: typing.ClassVar[str] = "training config"
+
+    schema_path: str = Field(str(DEFAULT_SCHEMA_PATH), alias="schema", description="label schema YAML (default: the shipped one)")
+    encoder: str | None = Field(None, description="Hugging Face model dir (config.json + weights) or tierwise model dir; "
+                                "none = the pretrained all-MiniLM-L6-v2")
+    tokenizer: str | None = Field(None, description="tokenizer.json or a directory holding one; none = the encoder dir's, else MiniLM's")
+    output_dir: str | None = Field(None, description="model directory to write; none = models/<name>")
+    frozen_layers: int = Field(0, ge=0, description="freeze the embeddings and the first N transformer layers (0 = train everything)")
+    registered_model: str | None = Field("tierwise-teacher", description="MLflow registered model name; none = register nothing")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @property
+    def schema(self) -> str:
+        return self.schema_path
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("models") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class DistillConfig(LoopConfig):
+    """Settings of ``tierwise distill``: the student trained by the same loop, on the teacher's soft targets."""
+
+    _what: typing.ClassVar[str] = "distill config"
+
+    name: str = Field("student", min_length=1, description="run name (MLflow)")
+    teacher: str = Field("models/default", description="fine-tuned model directory (tierwise train output)")
+    out: str = Field("bundles/student", description="student bundle directory to write")
+    policy: str = Field("serving/policy.example.yaml", description="policy YAML to ship in the bundle")
+    dim: int = Field(256, ge=1, description="width of the distilled token table (PCA of the teacher's token vectors)")
+    hidden: int = Field(256, ge=0, description="trunk width (0: no trunk)")
+    # context convolution over the token vectors (0 channels: the plain bag-of-vectors student)
+    context_channels: int = Field(0, ge=0, description="context convolution channels (0: no context)")
+    context_kernel: int = Field(3, ge=1, description="context convolution taps (an odd number)")
+    context_dilation: int = Field(1, ge=1, description="distance between context taps")
+    embedding_lr: float = Field(2e-2, gt=0.0, lt=1.0, description="learning rate of the token table (each row sees few gradients)")
+    teacher_batch_size: int = Field(64, ge=1, description="batch size of the teacher's inference")
+    # the student's own defaults for the shared loop settings
+    epochs: int = Field(12, ge=1, description="passes over the training split")
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    eval_batch_size: int = Field(512, ge=1, description="inference batch size for validation and evaluation")
+    lr: float = Field(2e-3, gt=0.0, lt=1.0, description="learning rate of the trunk and heads")
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="weight decay of the trunk and heads")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of steps with linear warm-up")
+    lr_schedule: Literal["linear", "constant"] = Field("constant", description="after warm-up: linear decay to 0, or constant")
+    grad_clip: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="max global gradient norm; 0 disables clipping")
+    head_weights: dict[str, Weight] = Field({"sensitivity": 2.0}, description="loss weight per head; heads not named weigh 1.0")
+    class_weights: ClassWeights = Field("sqrt_balanced", description="as for train; the square root keeps rare classes "
+                                        "(code, credential) from being drowned without over-weighting them")
+    soft_weight: float = Field(0.5, ge=0.0, le=1.0, description="share of the loss taken by KL to the teacher's distribution")
+    soft_temperature: float = Field(2.0, gt=0.0, allow_inf_nan=False, description="temperature of teacher and student in the KL term")
+    patience: int = Field(3, ge=0, description="epochs without improvement before stopping; 0 disables early stopping")
+    min_delta: float = Field(1e-4, ge=0.0, description="a validation improves on the best score only by more than this")
+    track: bool = Field(False, description="log to MLflow")
+
+    @field_validator("context_kernel")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"context_kernel must be an odd number >= 1, got {value}")
         return value
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in {"true", "yes", "1", "on"}:
-                return True
-            if isinstance(value, str) and value.strip().lower() in {"false", "no", "0", "off"}:
-                return False
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            # PyYAML reads "3e-5" (no dot) as a string: float() takes it
-            return float(value)
-        if hint is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"training config: {name} must be {getattr(hint, '__name__', hint)}, got {value!r}"
-        ) from None
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"training config: {name} must be a list (or comma-separated), got {value!r}")
-        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if origin is dict:
-        if isinstance(value, str):
-            value = _yaml_value(name, value) if value.strip() else {}
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"training config: {name} must be a mapping like '{{tier: 2.0}}', got {value!r}")
-        return {str(k): _coerce(f"{name}[{k!r}]", v, args[1]) for k, v in value.items()}
-    return value
 
-
-def _yaml_value(name: str, text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"training config: {name}: {text!r} is not valid YAML: {exc}") from None
+    @property
+    def model_dir(self) -> Path:
+        """Where the student's checkpoints are kept while it trains (beside the bundle, removed after)."""
+        return Path(f"{self.out}.train")
 
 
 # -- command line -------------------------------------------------------------------------------
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--preset`` and one ``--<field>`` override per ``TrainingConfig`` field.
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[LoopConfig] = TrainingConfig) -> None:
+    """``--config`` (and ``--preset`` for train) and one ``--<field>`` override per field of ``cls``.
 
     Overrides default to "not given" (``argparse.SUPPRESS``) so that only flags on the command line
-    replace values from the YAML file.
+    replace values from the YAML file or the built-in defaults.
     """
-    parser.add_argument("--config", default=None, help="training config YAML (default: the 'default' preset)")
-    parser.add_argument("--preset", default=None, help="shipped preset: quick or default "
-                        "(classifier/training/presets/<NAME>.yaml)")
-    group = parser.add_argument_group("config overrides (any TrainingConfig field)")
-    defaults = TrainingConfig()
-    hints = typing.get_type_hints(TrainingConfig)
-    for f in fields(TrainingConfig):
-        hint = hints[f.name]
-        shown = getattr(defaults, f.name)
-        kind = typing.get_origin(hint)
-        if kind is dict or hint is Any:
-            meta = "YAML"
-        elif kind is list:
-            meta = "A,B"
-        else:
-            meta = f.name.upper()
-        group.add_argument(
-            _flag(f.name), dest=f"override_{f.name}", default=argparse.SUPPRESS, metavar=meta,
-            help=f"{f.metadata.get('help', '')} (built-in default: {shown!r})",
-        )
+    parser.add_argument("--config", default=None, help=f"{cls._what} YAML (fields as below)")
+    if cls is TrainingConfig:
+        parser.add_argument("--preset", default=None, help="named preset: training/<NAME>.yaml, e.g. quick or default")
+    group = parser.add_argument_group(f"overrides (any {cls.__name__} field)")
+    for name, f in cls.model_fields.items():
+        flag = f.alias or name
+        origin = typing.get_origin(f.annotation)
+        meta = "YAML" if origin is dict or flag == "class_weights" else "A,B" if origin is list else flag.upper()
+        group.add_argument("--" + flag.replace("_", "-"), dest=f"override_{flag}", default=argparse.SUPPRESS,
+                           metavar=meta, help=f"{f.description or ''} (built-in default: {f.default!r})")
 
 
 def preset_path(name: str) -> Path:
@@ -320,14 +290,14 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    """The config named by ``--config``/``--preset`` (default preset ``default``) plus overrides."""
+def config_from_args(args: argparse.Namespace, cls: type[LoopConfig] = TrainingConfig):
+    """The config named by ``--config``/``--preset`` (train: default preset ``default``) plus overrides."""
     config_path = getattr(args, "config", None)
     preset = getattr(args, "preset", None)
     if config_path and preset:
         raise ConfigError("give either --config or --preset, not both")
+    overrides = {key[len("override_"):]: value for key, value in vars(args).items() if key.startswith("override_")}
+    if config_path is None and cls is not TrainingConfig:
+        return cls.from_dict(overrides, source="command line")
     path = Path(config_path) if config_path else preset_path(preset or "default")
-    overrides = {
-        key[len("override_"):]: value for key, value in vars(args).items() if key.startswith("override_")
-    }
-    return TrainingConfig.from_yaml(path, **overrides)
+    return cls.from_yaml(path, **overrides)

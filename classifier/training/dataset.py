@@ -1,7 +1,7 @@
 """Training data as tensors: read the built data set, tokenise once, batch by length.
 
-``read_dataset`` loads ``dataset.parquet`` (columns per docs/design.md) and ``select_split`` takes a
-split, optionally a seeded subsample. ``PromptDataset`` tokenises every prompt once with the fast
+The frames come from ``classifier.data.reader`` (``read_dataset``, ``select_split``).
+``PromptDataset`` tokenises every prompt once with the fast
 tokenizer (truncated to ``max_length``, unpadded) and holds, per schema head, the class index of
 each row (``-100`` where the label is null, so that row does not train that head) and the soft
 target from ``<column>_soft`` where present. ``collate`` pads a batch only to its own longest row
@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from classifier.data.schema import LabelSchema
 from classifier.errors import DataError
@@ -31,42 +30,6 @@ from classifier.errors import DataError
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-REQUIRED_COLUMNS = ("text", "split")
-
-
-# -- frames -------------------------------------------------------------------------------------
-def read_dataset(path: str | Path):
-    """The data set as a DataFrame: ``path`` is a build directory or a parquet file."""
-    import pandas as pd
-
-    path = Path(path)
-    file = path / "dataset.parquet" if path.suffix != ".parquet" else path
-    if not file.is_file():
-        raise DataError(f"no data set at {file}; build one with 'tierwise data build' or pass --data")
-    try:
-        frame = pd.read_parquet(file)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{file}: cannot read parquet: {exc}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{file}: missing required columns {missing} (see docs/design.md)")
-    bad = frame["text"].isna() | ~frame["text"].map(lambda t: isinstance(t, str))
-    if bad.any():
-        row = frame.loc[bad].index[0]
-        row_id = frame.loc[row, "id"] if "id" in frame.columns else row
-        raise DataError(f"{file}: {int(bad.sum())} rows have no text (first: row {row_id!r}); drop or fix them")
-    return frame
-
-
-def select_split(frame, split: str, max_rows: int | None = None, seed: int = 0):
-    """Rows of ``split`` (index reset), a seeded subsample of ``max_rows`` when given."""
-    part = frame[frame["split"] == split]
-    if max_rows is not None and len(part) > max_rows:
-        # sample positions, then keep the original order: same rows and order for a given seed
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(len(part), size=max_rows, replace=False))
-        part = part.iloc[keep]
-    return part.reset_index(drop=True)
 
 
 # -- labels -------------------------------------------------------------------------------------
@@ -210,31 +173,6 @@ def length_bucketed_batches(
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     perm = rng.permutation(len(batches))
     return [batches[i] for i in perm]
-
-
-class BucketBatchSampler(Sampler):
-    """``length_bucketed_batches`` as a batch sampler for a ``torch.utils.data.DataLoader``
-    (``collate_fn=dataset.collate``); call ``set_epoch`` before each epoch."""
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.seed, self.epoch = np.asarray(lengths), batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        for batch in length_bucketed_batches(self.lengths, self.batch_size, seed=self.seed, epoch=self.epoch):
-            yield batch.tolist()
-
-    def __len__(self) -> int:
-        return count_batches(len(self.lengths), self.batch_size)
-
-
-def count_batches(n_rows: int, batch_size: int, pool: int = 50) -> int:
-    """How many batches ``length_bucketed_batches`` makes of ``n_rows`` rows."""
-    span = max(batch_size, pool * batch_size)
-    full, rest = divmod(n_rows, span)
-    return full * math.ceil(span / batch_size) + math.ceil(rest / batch_size)
 
 
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

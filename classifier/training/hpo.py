@@ -189,13 +189,13 @@ class Tuner:
     def fit(self, frame=None) -> Tuner:
         import optuna
 
+        from classifier.data.reader import read_dataset
         from classifier.data.schema import LabelSchema
-        from classifier.training.dataset import read_dataset
         from classifier.training.trainer import encoder_num_layers
 
         base = self.base
         schema = self.trainer_kwargs.get("schema") or LabelSchema.from_yaml(base.schema)
-        frame = read_dataset(base.data) if frame is None else frame
+        frame = read_dataset(base.data, require_text=True) if frame is None else frame
         model = self.trainer_kwargs.get("model")
         n_layers = int(model.encoder.config.num_hidden_layers) if model is not None else encoder_num_layers(base)
         self.study_ = open_study(self.storage, self.study_name, seed=self.sampler_seed)

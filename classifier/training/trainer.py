@@ -1,14 +1,19 @@
-"""Fine-tune the multi-head encoder: ``tierwise train``.
+"""The one training loop, and the teacher it trains: ``tierwise train``.
 
-``Trainer(config).fit()`` reads the built data set, fine-tunes all-MiniLM-L6-v2 (or the encoder
-named by ``config.encoder``) with AdamW, a linear warm-up/decay schedule, gradient clipping and a
-per-head loss: class-weighted cross-entropy on hard labels mixed with the KL divergence to the
-``<column>_soft`` targets where a row has them. It validates on ``split == validation`` with a
+``Trainer(config).fit()`` reads the built data set and trains a multi-head model with AdamW, a
+warm-up then linear-decay (or constant) schedule, gradient clipping and one per-head loss
+(``multitask_loss``): class-weighted cross-entropy on hard labels mixed with the KL divergence to
+soft targets where a row has them. It validates on ``split == validation`` with a
 calibration-free score (mean over heads of AUROC / macro-F1), early-stops on it and keeps the
-best weights, evaluates every ``eval_splits`` split with ``evaluate_heads``, writes the model
-directory (``MultiHeadEncoder.save`` + ``training_config.yaml`` + ``metrics.json``) and records
-the run in MLflow with a registered model version (both written into ``model_info.json``, from
-where export carries them into the bundle manifest).
+best weights, and evaluates every ``eval_splits`` split with ``evaluate_heads``. The teacher
+(this class) fine-tunes all-MiniLM-L6-v2 (or ``config.encoder``) on the ``<column>_soft``
+targets of the data, writes the model directory (``MultiHeadEncoder.save`` +
+``training_config.yaml`` + ``metrics.json``) and records the run in MLflow with a registered
+model version (both written into ``model_info.json``, from where export carries them into the
+bundle manifest). The student (``classifier.training.distillation.StudentDistiller``) is this
+loop with another model, optimiser groups, batch order and the teacher's soft targets: what
+differs is in the methods ``_load_schema``, ``_build``, ``_datasets``, ``_optimizer`` and
+``_epoch_batches``, and in its config's defaults.
 
 Reproducible: seeds for torch/numpy/random and a data order that is a pure function of
 (seed, epoch). Resumable: a checkpoint holds the model, optimiser, scheduler, RNG states and step
@@ -37,7 +42,12 @@ from typing import Any
 import numpy as np
 
 from classifier.errors import ConfigError, DataError
-from classifier.training.config import TrainingConfig, add_config_arguments, config_from_args
+from classifier.training.config import (
+    LoopConfig,
+    TrainingConfig,
+    add_config_arguments,
+    config_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +62,7 @@ METRICS_FILE = "metrics.json"
 # with other values for these; any other difference is refused
 _RESUME_FREE_FIELDS = {
     "name", "output_dir", "resume_from", "eval_splits", "eval_batch_size", "checkpoint_every_steps",
-    "threads", "track", "experiment", "registered_model", "progress",
+    "threads", "track", "experiment", "registered_model", "progress", "out", "policy",
 }
 
 
@@ -119,7 +129,7 @@ def encoder_num_layers(config: TrainingConfig) -> int:
 
 
 # -- loss ----------------------------------------------------------------------------------------
-def resolve_class_weights(config: TrainingConfig, schema, labels: dict[str, np.ndarray]) -> dict[str, Any]:
+def resolve_class_weights(config: LoopConfig, schema, labels: dict[str, np.ndarray]) -> dict[str, Any]:
     """Per head, a float32 tensor of class weights or None (unweighted)."""
     import torch
 
@@ -136,11 +146,13 @@ def resolve_class_weights(config: TrainingConfig, schema, labels: dict[str, np.n
         if mode == "none":
             out[head.name] = None
             continue
-        if mode == "balanced":
+        if mode in ("balanced", "sqrt_balanced"):
             counts = class_counts(labels[head.name], head.num_classes)
             total = counts.sum()
             # sklearn's "balanced": n / (C * count); a class absent from training gets 1.0 (it never occurs)
             weights = np.where(counts > 0, total / (head.num_classes * np.maximum(counts, 1.0)), 1.0)
+            if mode == "sqrt_balanced":
+                weights = np.sqrt(weights)
         elif isinstance(mode, list):
             if len(mode) != head.num_classes:
                 raise ConfigError(
@@ -167,10 +179,12 @@ def multitask_loss(
     class_weights: dict[str, Any],
     head_weights: dict[str, float],
     soft_weight: float,
+    temperature: float = 1.0,
 ):
     """``(total, {head: loss})``: per head, class-weighted CE on labelled rows mixed with
-    ``soft_weight`` x KL(soft target || prediction) where the batch has soft targets; heads are
-    summed with ``head_weights`` (default 1). ``total`` is None when no row trains any head."""
+    ``soft_weight`` x KL(soft target || prediction / ``temperature``) x ``temperature``^2 (Hinton's
+    distillation scaling) where the batch has soft targets; heads are summed with ``head_weights``
+    (default 1). ``total`` is None when no row trains any head."""
     import torch.nn.functional as F
 
     from classifier.training.dataset import IGNORE_INDEX
@@ -197,8 +211,8 @@ def multitask_loss(
                         hard = F.cross_entropy(lg, y, weight=cw, ignore_index=IGNORE_INDEX, reduction="sum") / denom
         mask = batch["soft_mask"].get(name)
         if mask is not None and soft_weight > 0 and bool(mask.any()):
-            log_p = F.log_softmax(lg[mask], dim=-1)
-            soft = F.kl_div(log_p, batch["soft"][name][mask], reduction="batchmean")
+            log_p = F.log_softmax(lg[mask] / temperature, dim=-1)
+            soft = F.kl_div(log_p, batch["soft"][name][mask], reduction="batchmean") * temperature**2
         if hard is None and soft is None:
             continue
         if hard is None:
@@ -223,11 +237,12 @@ def selection_score(metrics: dict[str, dict[str, float]], metric: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+def _lr_factor(warmup: int, total: int, constant: bool = False) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (or constant)."""
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return 1.0 if constant else max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
 
@@ -298,9 +313,8 @@ class Trainer:
         interrupted run would; the model directory is then not written."""
         import torch
 
-        from classifier.data.schema import LabelSchema
+        from classifier.data.reader import read_dataset, select_split
         from classifier.training import distributed
-        from classifier.training.dataset import read_dataset, select_split
 
         cfg = self.config
         torch.set_num_threads(cfg.threads)
@@ -309,11 +323,9 @@ class Trainer:
         self.dist_ = distributed.setup()
         if not self.dist_.is_main:
             self.save_model = False
-        self.schema_ = self.schema if self.schema is not None else LabelSchema.from_yaml(cfg.schema)
+        self.schema_ = self.schema if self.schema is not None else self._load_schema()
         self._check_heads_config()
-        frame = read_dataset(cfg.data) if frame is None else frame
-        if "split" not in frame.columns or "text" not in frame.columns:
-            raise DataError("the data set needs 'text' and 'split' columns (see docs/design.md)")
+        frame = read_dataset(cfg.data, require_text=True) if frame is None else frame
         train = select_split(frame, "train", cfg.max_train_rows, cfg.seed)
         if train.empty:
             raise DataError(f"{cfg.data}: no rows with split == 'train'")
@@ -322,7 +334,7 @@ class Trainer:
             log.warning("no %r rows: no early stopping, the last weights are kept", cfg.validation_split)
 
         if self.model is None:
-            self.model_, self.tokenizer_ = build_model(cfg, self.schema_)
+            self.model_, self.tokenizer_ = self._build(frame, train, valid)
         else:
             self.model_, self.tokenizer_ = self.model, self.tokenizer
             self.model_.dropout.p = cfg.dropout
@@ -353,16 +365,48 @@ class Trainer:
         ds = PromptDataset(list(texts), self.tokenizer_, self.config.max_length)
         return self._predict(ds, batch_size)
 
+    # -- what the student does differently (classifier.training.distillation) -----------------------
+    def _load_schema(self):
+        from classifier.data.schema import LabelSchema
+
+        return LabelSchema.from_yaml(self.config.schema)
+
+    def _build(self, frame, train, valid):
+        """``(model, tokenizer)`` to train; the model's ``forward`` returns one logits tensor per head."""
+        return build_model(self.config, self.schema_)
+
+    def _datasets(self, train, valid):
+        """Training and validation ``PromptDataset``s: labels from the label columns, soft targets
+        from the ``<column>_soft`` columns."""
+        from classifier.training.dataset import PromptDataset
+
+        cfg = self.config
+        train_ds = PromptDataset.from_frame(train, self.schema_, self.tokenizer_, cfg.max_length)
+        valid_ds = PromptDataset.from_frame(valid, self.schema_, self.tokenizer_, cfg.max_length) if len(valid) else None
+        return train_ds, valid_ds
+
+    def _optimizer(self, params: list[tuple[str, Any]]):
+        import torch
+
+        # no weight decay on biases and LayerNorm weights (the usual BERT recipe)
+        decay = [p for n, p in params if p.ndim >= 2]
+        no_decay = [p for n, p in params if p.ndim < 2]
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.config.lr,
+        )
+
+    def _epoch_batches(self, epoch: int, lengths: np.ndarray) -> list[np.ndarray]:
+        """The batches (row indices) of one epoch: a pure function of (seed, epoch), so a resumed
+        run sees the same order."""
+        from classifier.training.dataset import length_bucketed_batches
+
+        return length_bucketed_batches(lengths, self.config.batch_size, seed=self.config.seed, epoch=epoch)
+
     # -- the loop --------------------------------------------------------------------------------
     def _fit(self, frame, train, valid, max_steps: int | None) -> None:
         import torch
         from tqdm.auto import tqdm
-
-        from classifier.training.dataset import (
-            PromptDataset,
-            count_batches,
-            length_bucketed_batches,
-        )
 
         cfg = self.config
         model, schema = self.model_, self.schema_
@@ -373,25 +417,19 @@ class Trainer:
             if not dist_ctx.is_main:
                 torch.manual_seed(cfg.seed + dist_ctx.rank)  # own dropout masks per rank
         t0 = time.perf_counter()
-        train_ds = PromptDataset.from_frame(train, schema, self.tokenizer_, cfg.max_length)
+        train_ds, self._valid_ds = self._datasets(train, valid)
         self._valid_frame = valid
-        self._valid_ds = PromptDataset.from_frame(valid, schema, self.tokenizer_, cfg.max_length) if len(valid) else None
         log.info("tokenised %d train and %d %s rows in %.1fs", len(train_ds), len(valid),
                  cfg.validation_split, time.perf_counter() - t0)
         class_weights = resolve_class_weights(cfg, schema, train_ds.labels)
 
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        # no weight decay on biases and LayerNorm weights (the usual BERT recipe)
-        decay = [p for n, p in params if p.ndim >= 2]
-        no_decay = [p for n, p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-        )
-        per_epoch = count_batches(len(train_ds), cfg.batch_size)
+        optimizer = self._optimizer(params)
+        per_epoch = len(self._epoch_batches(0, train_ds.lengths))
         total_steps = per_epoch * cfg.epochs
         warmup = int(cfg.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_factor(warmup, total_steps, constant=cfg.lr_schedule == "constant"))
 
         self.history_: list[dict[str, Any]] = []
         self.best_score_ = float("nan")
@@ -423,7 +461,7 @@ class Trainer:
 
         stop = halt = False
         for epoch in range(start_epoch, cfg.epochs):
-            batches = length_bucketed_batches(train_ds.lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch)
+            batches = self._epoch_batches(epoch, train_ds.lengths)
             first = skip if epoch == start_epoch else 0
             model.train()
             bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -436,9 +474,9 @@ class Trainer:
                 batch = train_ds.collate(dist_ctx.shard(idx))  # the whole batch, or this rank's share
                 if dist_ctx.enabled:
                     batch = _to_device(batch, dist_ctx.device)
-                logits = model.logits_dict(batch["input_ids"], batch["attention_mask"])
-                loss, _ = multitask_loss(logits, batch, class_weights=class_weights,
-                                         head_weights=cfg.head_weights, soft_weight=cfg.soft_weight)
+                logits = dict(zip(schema.head_names, model(batch["input_ids"], batch["attention_mask"]), strict=True))
+                loss, _ = multitask_loss(logits, batch, class_weights=class_weights, head_weights=cfg.head_weights,
+                                         soft_weight=cfg.soft_weight, temperature=cfg.soft_temperature)
                 optimizer.zero_grad(set_to_none=True)
                 if dist_ctx.enabled:
                     loss = self._distributed_backward(loss, params, len(batch["input_ids"]))
@@ -532,7 +570,7 @@ class Trainer:
         score = selection_score(metrics, cfg.early_stopping_metric)
         record.update({"score": score, "metrics": metrics})
         self.history_.append(record)
-        improved = math.isfinite(score) and (not math.isfinite(self.best_score_) or score > self.best_score_)
+        improved = math.isfinite(score) and (not math.isfinite(self.best_score_) or score > self.best_score_ + cfg.min_delta)
         if improved:
             self.best_score_, self.best_step_ = score, self.global_step_
             self._best_state = {k: v.detach().clone() for k, v in self.model_.state_dict().items()}
@@ -554,35 +592,26 @@ class Trainer:
         return cfg.patience > 0 and self._stale_evals >= cfg.patience
 
     def _predict(self, dataset, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        import torch
-
-        from classifier.training.dataset import sorted_batches
-
-        model = self.model_
-        model.eval()
         tic = time.perf_counter()
-        out = {h.name: np.zeros((len(dataset), h.num_classes), dtype=np.float32) for h in self.schema_.heads}
-        with torch.inference_mode():
-            for idx in sorted_batches(dataset.lengths, batch_size or self.config.eval_batch_size):
-                batch = dataset.collate(idx)
-                if getattr(self, "dist_", None) is not None and self.dist_.enabled:
-                    batch = _to_device(batch, self.dist_.device)
-                for name, lg in model.logits_dict(batch["input_ids"], batch["attention_mask"]).items():
-                    out[name][idx] = torch.softmax(lg.float(), dim=-1).cpu().numpy()
+        dist_ctx = getattr(self, "dist_", None)
+        device = dist_ctx.device if dist_ctx is not None and dist_ctx.enabled else "cpu"
+        out = predict_heads(self.model_, dataset, batch_size or self.config.eval_batch_size, softmax=True, device=device)
         self._infer_seconds = getattr(self, "_infer_seconds", 0.0) + time.perf_counter() - tic
         self._infer_rows = getattr(self, "_infer_rows", 0) + len(dataset)
         return out
 
     # -- the end ---------------------------------------------------------------------------------
     def _finish(self, frame) -> None:
+        from classifier.data.reader import select_split
         from classifier.evaluation.metrics import evaluate_heads, flatten_metrics
         from classifier.tracking import peak_rss_mb
-        from classifier.training.dataset import PromptDataset, select_split
+        from classifier.training.dataset import PromptDataset
 
         cfg = self.config
         if self._best_state is not None:
             self.model_.load_state_dict(self._best_state)
         self.metrics_: dict[str, dict[str, dict[str, float]]] = {}
+        self.eval_probs_: dict[str, dict[str, np.ndarray]] = {}
         splits = ([cfg.validation_split] if self._valid_ds is not None else []) + list(cfg.eval_splits)
         for split in splits:
             part = self._valid_frame if split == cfg.validation_split else select_split(frame, split, cfg.max_eval_rows, cfg.seed)
@@ -595,6 +624,7 @@ class Trainer:
                 ds = self._valid_ds if split == cfg.validation_split else PromptDataset(part["text"].tolist(), self.tokenizer_, cfg.max_length)
                 probs = self._predict(ds)
             self.metrics_[split] = evaluate_heads(self.schema_, part, probs)
+            self.eval_probs_[split] = probs
             if self.run is not None:
                 self.run.log_metrics(flatten_metrics(self.metrics_[split], prefix=f"final/{split}/"), step=self.global_step_)
                 self.run.log_confusion_matrices(self.schema_, part, probs, split)
@@ -793,6 +823,24 @@ class Trainer:
         self._train_seconds = float(state["progress"]["train_seconds"])
         self._rows_trained = int(state["progress"]["rows_trained"])
         return int(state["next_epoch"]), int(state["next_batch"])
+
+
+def predict_heads(model, dataset, batch_size: int, *, softmax: bool, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Per head, ``[len(dataset), C]`` float32 logits (or their softmax) in row order; rows are
+    run longest first, so a batch pads little."""
+    import torch
+
+    from classifier.training.dataset import sorted_batches
+
+    model.eval()
+    out: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for idx in sorted_batches(dataset.lengths, batch_size):
+            batch = _to_device(dataset.collate(idx), device)
+            for name, lg in zip(model.head_names, model(batch["input_ids"], batch["attention_mask"]), strict=True):
+                value = torch.softmax(lg.float(), dim=-1) if softmax else lg.float()
+                out.setdefault(name, np.zeros((len(dataset), lg.shape[-1]), dtype=np.float32))[idx] = value.cpu().numpy()
+    return out
 
 
 def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
