@@ -105,6 +105,15 @@ def test_adapt_bundle_end_to_end(tiny_bundle, tmp_path, mlflow_store):
     assert parent["path"] == str(tiny_bundle)
     assert parent["manifest_sha256"] == sha256_file(tiny_bundle / "manifest.json")
     assert manifest.training_run_id == result.run_id and manifest.mlflow_model_version == result.model_version
+    # what `tierwise report` shows of the adaptation (its adapt section): numbers, no prompt text
+    from classifier.evaluation import adapt_sections
+
+    record = adapt_sections._adaptation(manifest.extra)
+    md = adapt_sections.render_markdown({"adaptation": record})
+    assert str(tiny_bundle) in md and f"| adapted | {m['adapted']['auroc']:.3f} |" in md
+    assert f"| parent | {m['parent']['auroc']:.3f} |" in md and "release gate passed" in md
+    assert record["clusters"] and all("examples" not in c for c in record["clusters"])
+    assert "cheap succeeds" in md and not any(w in md for w in ("password", "story", "poem"))
     versions = tracking.client(mlflow_store).search_model_versions("name='tierwise-adapted'")
     # MLflow 3 gives versions as int here; tierwise keeps them as the registry's string form
     assert [str(v.version) for v in versions] == [result.model_version]

@@ -264,13 +264,16 @@ _NAV = (("summary", "Summary"), ("cost", "Cost"), ("heads", "Heads"), ("calibrat
 
 def render_html(report: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     """The self-contained HTML page of a report; ``figures`` maps figure names to data URIs."""
+    from classifier.evaluation import adapt_sections
     from classifier.evaluation import long_prompts_section as lps
 
     nav = list(_NAV) + ([("diff", "Diff")] if report.get("diff") else [])
     nav += [("long-prompts", "Long prompts")] if report.get("long_prompts") else []
+    nav += [("adapt", "Prior & adaptation")] if report.get("adapt") else []
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
-    return _env(True).from_string(_HTML.replace("</main>", "{{ long_prompts_html }}</main>", 1)).render(
+    return _env(True).from_string(_HTML.replace("</main>", "{{ long_prompts_html }}{{ adapt_html }}</main>", 1)).render(
         long_prompts_html=markupsafe.Markup(lps.render_html(report.get("long_prompts"))),
+        adapt_html=markupsafe.Markup(adapt_sections.render_html(report.get("adapt"))),
         css=_CSS, nav=nav, figures=dict(figures), pgr_keys=pgr_keys, max_slice_rows=40,
         meta=report["meta"], headline=report["headline"], routing=report["routing"], heads=report["heads"],
         heads_uncalibrated=report.get("heads_uncalibrated", {}), confusion=report["confusion"],
@@ -406,11 +409,13 @@ No tier-labelled prompts in this split.
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The report's numbers as Markdown (no figures)."""
+    from classifier.evaluation import adapt_sections
     from classifier.evaluation import long_prompts_section as lps
 
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
-    return _env(False).from_string(_MD + "{{ long_prompts_md }}").render(
+    return _env(False).from_string(_MD + "{{ long_prompts_md }}{{ adapt_md }}").render(
         long_prompts_md=lps.render_markdown(report.get("long_prompts")),
+        adapt_md=adapt_sections.render_markdown(report.get("adapt")),
         pgr_keys=pgr_keys, max_slice_rows=40, meta=report["meta"], headline=report["headline"],
         routing=report["routing"], heads=report["heads"], calibration=report["calibration"],
         slices=report["slices"], sensitivity=report["sensitivity"], misroutes=report["misroutes"],
