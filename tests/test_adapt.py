@@ -63,6 +63,24 @@ def test_head_uses_the_signal_and_refuses_one_outcome():
         AdaptConfig(Cs=())
 
 
+def test_blend_weight_zero_is_the_cluster_prior_itself():
+    """The empirical-Bayes blend keeps the per-cluster prior alone as a candidate: with weight 0
+    the served head is exactly the prior's frontier logit (ranks as the cluster-prior baseline)."""
+    rng = np.random.default_rng(2)
+    c = rng.integers(0, 4, 400)
+    f = rng.normal(size=(4, 8))[c] * 3 + rng.normal(size=(400, 8))
+    y = (rng.random(400) < np.array([0.1, 0.3, 0.6, 0.9])[c]).astype(float)
+    d = rng.normal(size=400)
+    prior_only = AdaptedTierHead(AdaptConfig(n_clusters=4, blend_weights=(0.0,))).fit(f, d, y)
+    assert (prior_only.blend_, prior_only.a_, prior_only.g_, prior_only.b_) == (0.0, 0.0, 1.0, 0.0)
+    assert prior_only.decision_function(f, d) == pytest.approx(prior_only.prior_.frontier_logit(f))
+    chosen = AdaptedTierHead(AdaptConfig(n_clusters=4)).fit(f, d, y)
+    assert chosen.blend_ in AdaptConfig().blend_weights
+    assert chosen.blend_cv_[f"{chosen.blend_:g}"] == min(chosen.blend_cv_.values())  # out-of-fold log loss
+    with pytest.raises(ConfigError, match="blend_weights"):
+        AdaptConfig(blend_weights=(1.5,))
+
+
 def test_feature_tensor_of_teacher_and_student_graphs(tiny_bundle):
     import onnx
     import torch

@@ -16,7 +16,10 @@ and fits a new tier head on top of it, from the team's rows (``classifier.traini
   components of the standardised features, folded back into one linear map); the target is ``1 -
   cheap_correct`` (soft: graded scores and shares of models that passed are used as they are),
   rows weighted (inverse propensities from exploration, ``base_weight`` for rows of the base
-  data set); ``C`` and ``prior_scale`` by k-fold cross-validation on weighted log loss.
+  data set); ``C`` and ``prior_scale`` by k-fold cross-validation on weighted log loss;
+* **shrinkage**: the served logit is ``lam * head + (1 - lam) * cluster prior`` (empirical Bayes:
+  ``lam`` among ``blend_weights``, 0 included, by out-of-fold log loss on the fitted rows only),
+  still one linear map of the same inputs, so with few labels the head falls back to the prior.
 
 The rows are split (seeded) into a fit part, a calibration part (temperature of the new head via
 ``calibration.calibrate_heads``; the tier threshold via ``thresholds.fit_tier_threshold`` or the
@@ -858,7 +861,8 @@ def run_adapt(args: argparse.Namespace) -> int:
 
     lines = [f"rows: {m['rows']}",
              f"head: C={result.head['C']}, base-logit weight {result.head['base_logit_weight']:.3f}, "
-             f"cluster-prior weight {result.head['cluster_prior_weight']:.3f}",
+             f"cluster-prior weight {result.head['cluster_prior_weight']:.3f}, blend toward the prior "
+             f"{result.head['blend']:g} (1 = head alone, 0 = cluster prior alone)",
              f"held-out tier AUROC: parent {f(m['parent']['auroc'])} -> adapted {f(m['adapted']['auroc'])}; "
              f"APGR {f(m['parent'].get('apgr'))} -> {f(m['adapted'].get('apgr'))}",
              f"threshold ({args.budget}, alpha {args.alpha:g}) {m['threshold']['threshold']:.4f}: held-out misroute "
