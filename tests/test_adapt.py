@@ -76,7 +76,11 @@ def test_blend_weight_zero_is_the_cluster_prior_itself():
     assert prior_only.decision_function(f, d) == pytest.approx(prior_only.prior_.frontier_logit(f))
     chosen = AdaptedTierHead(AdaptConfig(n_clusters=4)).fit(f, d, y)
     assert chosen.blend_ in AdaptConfig().blend_weights
-    assert chosen.blend_cv_[f"{chosen.blend_:g}"] == min(chosen.blend_cv_.values())  # out-of-fold log loss
+    cv = {k: v for k, v in chosen.blend_cv_.items() if k != "se"}  # out-of-fold log loss per weight
+    best = min(cv.values())
+    # one-SE rule: the smallest weight within one standard error of the best log loss
+    assert best <= cv[f"{chosen.blend_:g}"] <= best + chosen.blend_cv_["se"] + 1e-12
+    assert all(float(k) >= chosen.blend_ for k, v in cv.items() if v == best)
     with pytest.raises(ConfigError, match="blend_weights"):
         AdaptConfig(blend_weights=(1.5,))
 
