@@ -163,7 +163,8 @@ def part_curve(bundle: str, frame: pd.DataFrame, prices: Any, cache: Path) -> di
                 f[tr], d[tr], soft[tr])
             run["adapt_fit_s"] = time.perf_counter() - t0
             run["adapted"] = _eval(ev, head.predict_proba(f[te], d[te]), prices)
-            run["adapted"]["head"] = {"C": head.C_, "base_logit_weight": head.a_, "cluster_prior_weight": head.g_}
+            run["adapted"]["head"] = {"C": head.C_, "base_logit_weight": head.a_, "cluster_prior_weight": head.g_,
+                                      "blend": head.blend_}
             hard = AdaptedTierHead(AdaptConfig(seed=seed, n_clusters=max(2, min(32, n // 10)))).fit(
                 f[tr], d[tr], (soft[tr] > 0.5).astype(float))
             run["adapted_hard_targets"] = _eval(ev, hard.predict_proba(f[te], d[te]), prices)

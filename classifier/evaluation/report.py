@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 from classifier.errors import ConfigError, DataError
-from classifier.evaluation import long_prompts_section
+from classifier.evaluation import adapt_sections, long_prompts_section
 from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 from classifier.evaluation.report_common import finite as _f
 from classifier.evaluation.report_common import length_bucket, pct
@@ -551,7 +551,7 @@ def build_report(config: ReportConfig) -> ReportResult:  # noqa: C901 - one line
     cal_frame = None
     if config.split != "calibration" and "calibration" in splits_present:
         cal_frame = _take(dataset, "calibration", config.limit, config.seed, data_file)
-    train_frame = dataset[dataset["split"] == "train"] if config.baseline_router else None
+    train_frame = dataset[dataset["split"] == "train"]  # the TF-IDF router (if asked) and the task prior
     del dataset
 
     with Router.load(config.bundle, threads=config.threads) as router:
@@ -582,7 +582,7 @@ def build_report(config: ReportConfig) -> ReportResult:  # noqa: C901 - one line
     at = apply_threshold(outcomes, p_route, threshold)
     refs = reference_routers(outcomes, quality_ratio=QUALITY_RATIO)
     baseline_scores = None
-    if train_frame is not None:
+    if config.baseline_router:
         tfidf = _fit_tfidf(schema, train_frame, config.train_limit, config.seed)
         if tfidf is not None:
             baseline_scores = tfidf.predict_proba(frame.iloc[outcomes.rows])[tier_head.name][:, pos]
@@ -764,6 +764,11 @@ def build_report(config: ReportConfig) -> ReportResult:  # noqa: C901 - one line
         "rows": rows,
         "figures": sorted(figures),
         "long_prompts": long_prompts_section.section(),  # from `tierwise eval long-prompts` / `eval positions`
+        # task-prior bar, both budgets, the adaptation record of an adapted bundle, the learning curve
+        "adapt": adapt_sections.section(
+            schema=schema, tier_name=tier_head.name, pos=pos, frame=frame, p_all=p_all, outcomes=outcomes,
+            prices=prices, train=train_frame, cal_frame=cal_frame,
+            cal_p=None if cal_probs is None else cal_probs[tier_head.name][:, pos], manifest_extra=manifest.extra),
     }
     report = _jsonable(report)
     report["metrics"] = summary_metrics(report)

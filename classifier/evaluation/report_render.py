@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from classifier.evaluation import adapt_sections
 from classifier.evaluation.report_common import finite, pct
 
 __all__ = [
@@ -92,9 +93,10 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     """The self-contained HTML page of a report; ``figures`` maps figure names to data URIs."""
     nav = list(_NAV) + ([("diff", "Diff")] if report.get("diff") else [])
     nav += [("long-prompts", "Long prompts")] if report.get("long_prompts") else []
+    nav += [("adapt", "Prior & adaptation")] if report.get("adapt") else []
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
     return environment(True).get_template("report.html.j2").render(
-        long_prompts=report.get("long_prompts"),
+        long_prompts=report.get("long_prompts"), adapt=adapt_sections.view(report.get("adapt")),
         nav=nav, figures=dict(figures), pgr_keys=pgr_keys, max_slice_rows=40,
         meta=report["meta"], headline=report["headline"], routing=report["routing"], heads=report["heads"],
         heads_uncalibrated=report.get("heads_uncalibrated", {}), confusion=report["confusion"],
@@ -109,7 +111,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """The report's numbers as Markdown (no figures)."""
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
     return environment(False).get_template("report.md.j2").render(
-        long_prompts=report.get("long_prompts"),
+        long_prompts=report.get("long_prompts"), adapt=adapt_sections.view(report.get("adapt")),
         pgr_keys=pgr_keys, max_slice_rows=40, meta=report["meta"], headline=report["headline"],
         routing=report["routing"], heads=report["heads"], calibration=report["calibration"],
         slices=report["slices"], sensitivity=report["sensitivity"], misroutes=report["misroutes"],
