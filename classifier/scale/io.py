@@ -53,6 +53,9 @@ def _is_parquet(path: str) -> bool:
 # a chunk also ends, at a routing-group boundary, once it holds this many bytes: Ray Data slices a
 # read block past ~1.5x its target block size (128 MiB), which would cut a routing group in two
 CHUNK_MAX_BYTES = 32 << 20
+# read (and write) tasks take no CPU slot; this bounds how many run, and so how many worker
+# processes Ray starts for them
+IO_CONCURRENCY = 2
 
 
 def _jsonl_lines(f: Any, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -212,8 +215,9 @@ def read_records(paths: Sequence[str | Path], *, align: int = 64, block_records:
         chunks = [(files[0], 0, 0, 1, 0)]
     source = _datasource(chunks, split=split, skip_blank=skip_blank, size=sum(os.path.getsize(f) for f in files))
     # reading is light next to inference: 0-CPU tasks, so that the routing actors may take every
-    # CPU without starving the reader (Ray Data would otherwise wait for a free CPU forever)
-    return ray.data.read_datasource(source, num_cpus=0, override_num_blocks=len(chunks))
+    # CPU without starving the reader (Ray Data would otherwise wait for a free CPU forever); at
+    # most IO_CONCURRENCY at a time, or Ray starts a worker process for each of them at once
+    return ray.data.read_datasource(source, num_cpus=0, override_num_blocks=len(chunks), concurrency=IO_CONCURRENCY)
 
 
 def jsonl_datasink(path: str | Path, column: str = "json") -> Any:

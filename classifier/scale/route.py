@@ -273,7 +273,7 @@ def output_format(output: str) -> str:
 def run_route_ray(args: argparse.Namespace) -> int:
     """``tierwise route --input PATH --output DIR --engine ray``: decisions as part files in DIR."""
     from classifier.scale.engine import actor_count, check_engine_args, ray_session
-    from classifier.scale.io import input_files, read_records
+    from classifier.scale.io import IO_CONCURRENCY, input_files, read_records
 
     check_engine_args(args)
     if args.input is None:
@@ -299,7 +299,8 @@ def run_route_ray(args: argparse.Namespace) -> int:
         ctx.execution_options.preserve_order = True  # part files in input order
         ctx.enable_progress_bars = not args.no_progress
         sink = decisions_datasink(out, fmt, input_files(args.input))
-        decisions.write_datasink(sink, ray_remote_args={"num_cpus": 0})  # I/O only, see io.read_records
+        # I/O only, see io.read_records
+        decisions.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=IO_CONCURRENCY)
         stats = sink.counts
     if audit_dir is not None:
         checkpoint = write_audit_checkpoint(audit_dir)
