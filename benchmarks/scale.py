@@ -149,12 +149,21 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio more than the absolute numbers",
     })
     common = ["--threads", str(args.threads), "--no-progress"]
+
+    def save() -> None:  # after every step: a run stopped part way keeps what it measured
+        if "single_process" in result and "ray" in result:
+            result["ray_vs_single_throughput"] = (result["ray"]["prompts_per_s"]
+                                                  / result["single_process"]["prompts_per_s"])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
     if "single" in steps:
         single = _run(["route", "--bundle", str(bundle), "--input", str(single_in), "--output", str(single_out),
                        *common], "single process")
         single["prompts"] = single_n
         single["prompts_per_s"] = single_n / single["wall_s"]
         result["single_process"] = single
+        save()
     if "ray" in steps:
         subprocess.run(["rm", "-rf", str(ray_out)], check=True)
         ray = _run(["route", "--bundle", str(bundle), "--input", str(prompts), "--output", str(ray_out),
@@ -162,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         ray["prompts"] = args.n
         ray["prompts_per_s"] = args.n / ray["wall_s"]
         result["ray"] = ray
+        save()
     if "drift" in steps:
         subprocess.run(["rm", "-rf", str(args.work / "drift")], check=True)
         drift = _run(["drift", "--engine", "ray", "--ray-cpus", str(args.cpus), "--reference", str(single_out),
@@ -169,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                      "drift (ray)")
         drift["decisions"] = args.n + single_n
         result["drift_ray"] = drift
+        save()
     if "report" in steps:
         report = _run(["report", "--engine", "ray", "--ray-cpus", str(args.cpus), "--bundle", str(bundle),
                        "--data", str(prompts), "--split", "test", "--threads", str(args.threads),
@@ -178,10 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = json.loads((args.work / "report" / "report_stats.json").read_text(encoding="utf-8"))
         report["metrics"] = stats["metrics"]
         result["report_ray"] = report
-    if "single_process" in result and "ray" in result:
-        result["ray_vs_single_throughput"] = result["ray"]["prompts_per_s"] / result["single_process"]["prompts_per_s"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        save()
+    save()
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
 
