@@ -140,8 +140,8 @@ class ReportSummary:
         names = policy.tier_names
         idx = PolicyEngine(policy, schema).tier_indices(probs)
         routed = np.array(["blocked" if i < 0 else names[i] for i in idx], dtype=object)
-        for name, count in zip(*np.unique(routed, return_counts=True), strict=True):
-            out.policy[str(name)] = int(count)
+        for name in [*names, "blocked"]:  # every tier, as the report lists them (0 included)
+            out.policy[name] = int(np.sum(routed == name))
         if policy.sensitivity_head and policy.sensitivity_head in schema:
             head = schema.head(policy.sensitivity_head)
             mask, y = label_indices(head, frame)
