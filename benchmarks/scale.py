@@ -1,16 +1,18 @@
 """``make bench-scale``: routing and drift statistics over a large log, Ray Data against one process.
 
-Builds ``--n`` prompts (the test split's prompts repeated, each copy with a different suffix so no
-two are the same), routes them with the student bundle once in a single process (``tierwise route
---input``) and once through Ray Data on a local cluster of ``--cpus`` CPUs (``--engine ray``,
-Parquet decisions), then runs ``tierwise drift --engine ray`` over the Ray decisions against the
-single-process ones. Every step is a child process: wall time, throughput and peak memory
-(the driver's own peak RSS, and for Ray the peak of the summed RSS of the driver and every
-process it started: raylet, workers, object store) are written to ``evaluation/bench_scale.json``.
+Builds ``--n`` labelled prompts (the test split's rows repeated, each copy's text with a different
+suffix so no two are the same; labels, tier outcomes and token counts are the row's), routes them
+with the student bundle once in a single process (``tierwise route --input``, ``--single-n`` of
+them) and once through Ray Data on a local cluster of ``--cpus`` CPUs (``--engine ray``, Parquet
+decisions), then runs ``tierwise drift --engine ray`` over the Ray decisions against the
+single-process ones and ``tierwise report --engine ray`` (the report's statistics) over the
+labelled prompts. Every step is a child process: wall time, throughput and peak memory (the
+driver's own peak RSS, and the peak of the summed RSS of the driver and every process it started:
+for Ray the GCS, raylet and workers) and the machine's load average are written to
+``evaluation/bench_scale.json`` (``--steps`` reruns some steps and keeps the others' results).
 It asserts nothing; the README and docs/scale.md quote the numbers.
 
-What it leaves out: multi-node clusters (docs/scale.md) and the report (``report --engine ray`` is
-not measured here).
+What it leaves out: multi-node clusters (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def _run(argv: list[str], label: str) -> dict:
             peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
+    load0 = os.getloadavg()[0]
     sampler.start()
     out, err = proc.communicate()
     done.set()
@@ -78,18 +81,28 @@ def _run(argv: list[str], label: str) -> dict:
     driver_kb = next((int(line.split()[1]) for line in err.splitlines() if line.startswith("PEAK_RSS_KB")), 0)
     sys.stderr.write(f"{label}: {wall:.1f}s, driver peak RSS {driver_kb / 1e3:.0f} MB, tree peak {peak[0]:.0f} MB\n")
     return {"wall_s": wall, "driver_peak_rss_mb": driver_kb / 1e3, "tree_peak_rss_mb": peak[0],
+            "load_average_1min": [load0, os.getloadavg()[0]],
             "stdout_tail": out[-400:], "stderr_tail": "\n".join(ln for ln in err.splitlines() if "INFO" not in ln)[-600:]}
+
+
+LABEL_COLUMNS = ("tier", "task", "sensitivity", "source_task", "cheap_correct", "frontier_correct", "cheap_model",
+                 "frontier_model", "input_tokens", "output_tokens")
 
 
 def build_prompts(n: int, out: Path, data: Path) -> int:
     import pandas as pd
 
-    frame = pd.read_parquet(data, columns=["text", "split"])
-    texts = frame.loc[frame["split"] == "test", "text"].tolist()
+    frame = pd.read_parquet(data)
+    frame = frame[frame["split"] == "test"].reset_index(drop=True)
+    cols = [c for c in LABEL_COLUMNS if c in frame.columns]
+    rows = [{c: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for c, v in zip(cols, values, strict=True)}
+            for values in frame[cols].itertuples(index=False)]
+    texts, ids = frame["text"].tolist(), frame["id"].tolist()
     with open(out, "w", encoding="utf-8") as fh:
         for i in range(n):
-            base = texts[i % len(texts)]
-            fh.write(json.dumps({"id": f"p{i:08d}", "text": f"{base} (ref {i // len(texts)})"}) + "\n")
+            k = i % len(texts)
+            fh.write(json.dumps({"id": f"{ids[k]}#{i // len(texts)}", "text": f"{texts[k]} (ref {i // len(texts)})",
+                                 "split": "test", **rows[k]}) + "\n")
     return len(texts)
 
 
@@ -103,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-n", type=int, default=None, help="prompts for the single-process run (default --n)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tierwise-bench-scale"))
     parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "bench_scale.json")
+    parser.add_argument("--steps", default="single,ray,drift,report",
+                        help="steps to run (default all); the others' results are kept from --out")
     args = parser.parse_args(argv)
+    steps = set(args.steps.split(","))
     bundle = args.bundle or next((b for b in DEFAULT_BUNDLES if (b / "manifest.json").is_file()), None)
     if bundle is None:
         raise SystemExit("no student bundle found: pass --bundle")
@@ -122,31 +138,59 @@ def main(argv: list[str] | None = None) -> int:
                 dst.write(line)
     ray_out = args.work / "ray-decisions.parquet"
     single_out = args.work / "single-decisions.jsonl"
-    subprocess.run(["rm", "-rf", str(ray_out), str(args.work / "drift")], check=True)
-
-    single = _run(["route", "--bundle", str(bundle), "--input", str(single_in), "--output", str(single_out),
-                   "--threads", str(args.threads), "--no-progress"], "single process")
-    single["prompts"] = single_n
-    single["prompts_per_s"] = single_n / single["wall_s"]
-    ray = _run(["route", "--bundle", str(bundle), "--input", str(prompts), "--output", str(ray_out), "--engine", "ray",
-                "--ray-cpus", str(args.cpus), "--threads", str(args.threads), "--no-progress"], "ray data")
-    ray["prompts"] = args.n
-    ray["prompts_per_s"] = args.n / ray["wall_s"]
-    drift = _run(["drift", "--engine", "ray", "--ray-cpus", str(args.cpus), "--reference", str(single_out),
-                  "--current", str(ray_out), "--bundle", str(bundle), "--out", str(args.work / "drift")],
-                 "drift (ray)")
-    drift["decisions"] = args.n + single_n
-    result = {
+    result = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() and steps != {
+        "single", "ray", "drift", "report"} else {}
+    result.update({
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "bundle": str(bundle), "n": args.n, "ray_cpus": args.cpus, "threads": args.threads,
-        "single_process": single, "ray": ray, "drift_ray": drift,
-        "ray_vs_single_throughput": ray["prompts_per_s"] / single["prompts_per_s"],
         "note": "wall times include process start, Ray cluster start and actor start (bundle load); the "
-                "machine may be shared, so compare the ratio more than the absolute numbers",
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+                "machine is shared (see load_average_1min, start and end of each step), so compare the "
+                "ratio more than the absolute numbers",
+    })
+    common = ["--threads", str(args.threads), "--no-progress"]
+
+    def save() -> None:  # after every step: a run stopped part way keeps what it measured
+        if "single_process" in result and "ray" in result:
+            result["ray_vs_single_throughput"] = (result["ray"]["prompts_per_s"]
+                                                  / result["single_process"]["prompts_per_s"])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+    if "single" in steps:
+        single = _run(["route", "--bundle", str(bundle), "--input", str(single_in), "--output", str(single_out),
+                       *common], "single process")
+        single["prompts"] = single_n
+        single["prompts_per_s"] = single_n / single["wall_s"]
+        result["single_process"] = single
+        save()
+    if "ray" in steps:
+        subprocess.run(["rm", "-rf", str(ray_out)], check=True)
+        ray = _run(["route", "--bundle", str(bundle), "--input", str(prompts), "--output", str(ray_out),
+                    "--engine", "ray", "--ray-cpus", str(args.cpus), *common], "ray data")
+        ray["prompts"] = args.n
+        ray["prompts_per_s"] = args.n / ray["wall_s"]
+        result["ray"] = ray
+        save()
+    if "drift" in steps:
+        subprocess.run(["rm", "-rf", str(args.work / "drift")], check=True)
+        drift = _run(["drift", "--engine", "ray", "--ray-cpus", str(args.cpus), "--reference", str(single_out),
+                      "--current", str(ray_out), "--bundle", str(bundle), "--out", str(args.work / "drift")],
+                     "drift (ray)")
+        drift["decisions"] = args.n + single_n
+        result["drift_ray"] = drift
+        save()
+    if "report" in steps:
+        report = _run(["report", "--engine", "ray", "--ray-cpus", str(args.cpus), "--bundle", str(bundle),
+                       "--data", str(prompts), "--split", "test", "--threads", str(args.threads),
+                       "--out", str(args.work / "report" / "report.html"), "--no-mlflow"], "report (ray)")
+        report["prompts"] = args.n
+        report["prompts_per_s"] = args.n / report["wall_s"]
+        stats = json.loads((args.work / "report" / "report_stats.json").read_text(encoding="utf-8"))
+        report["metrics"] = stats["metrics"]
+        result["report_ray"] = report
+        save()
+    save()
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
 

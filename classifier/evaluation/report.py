@@ -956,9 +956,16 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and the bootstrap")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     parser.add_argument("--top-k", type=int, default=10, help="examples listed per misroute / leak table (default 10)")
+    from classifier.scale.engine import add_engine_arguments  # options only: Ray is not imported
+
+    add_engine_arguments(parser)
 
 
 def run_report(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":  # aggregate statistics only: classifier/scale/report.py
+        from classifier.scale.report import run_report_ray
+
+        return run_report_ray(args)
     config = ReportConfig(
         bundle=args.bundle, data=args.data, prices=args.prices, split=args.split, limit=args.limit,
         seed=args.seed, threads=args.threads, baseline_router=not args.no_baseline_router,

@@ -99,12 +99,31 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         # the local workers import classifier from where this driver does (a checkout or a venv)
         path = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
-    ray.init(**kwargs)
+    start_local(ray, **kwargs)
     logger.info("ray: %s, %s CPUs", address or "local cluster", ray.cluster_resources().get("CPU"))
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def start_local(ray: Any, attempts: int = 3, **kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` of a local cluster, tried again when the node does not come up in
+    Ray's fixed 30 s (an overloaded machine: the GCS or the raylet starts too slowly); the last
+    failure is raised. The workers run at this process's priority: Ray's default adds 15 to their
+    niceness, which on a shared machine starves the routing actors (measured: ~6x slower than
+    one process at the command's own priority). ``RAY_worker_niceness`` set by the caller wins."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this one
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            logger.warning("ray: the local node timed out during startup (attempt %d of %d); retrying",
+                           attempt, attempts)
+            ray.shutdown()
 
 
 def cluster_cpus(ray: Any) -> int:

@@ -49,13 +49,14 @@ class RouteActor:
 
     def __init__(self, bundle: str, *, threads: int = 1, policy: Any = None, mode: str = "route",
                  text_field: str = "text", id_field: str = "id", group_size: int = 64,
-                 audit_dir: str | None = None, store_text: bool = False) -> None:
+                 audit_dir: str | None = None, store_text: bool = False, keep_raw: bool = False) -> None:
         from classifier.serving.runtime import Router
 
         if mode not in ("route", "prompts"):
             raise ConfigError(f"mode must be 'route' or 'prompts', got {mode!r}")
         self.router = Router.load(bundle, threads=threads, policy=policy)
         self.mode, self.text_field, self.id_field, self.group_size = mode, text_field, id_field, group_size
+        self.keep_raw = keep_raw  # pass the input record through (the report's labels)
         self.heads = [(h, list(self.router.schema.head(h).classes)) for h in self.router.head_names]
         self.audit = None
         if audit_dir is not None:
@@ -145,13 +146,16 @@ class RouteActor:
         types = {"line": pa.int64(), "blocked": pa.bool_(), "flags": pa.list_(strings)}
         table = {k: pa.array(v, types.get(k, strings)) for k, v in out.items()}
         table.update({k: pa.array(v, pa.float64()) for k, v in probs.items()})
+        if self.keep_raw:
+            table["raw"] = pa.array(raws, pa.binary())
         return pa.table(table)
 
 
 def route_dataset(records: Any, bundle: str | Path, *, actors: int, threads: int = 1, policy: Any = None,
                   mode: str = "route", text_field: str = "text", id_field: str = "id", group_size: int = 64,
-                  audit_dir: str | Path | None = None, store_text: bool = False) -> Any:
-    """``records`` (``io.read_records``) -> a Dataset of decisions, one actor-held Router per actor."""
+                  audit_dir: str | Path | None = None, store_text: bool = False, keep_raw: bool = False) -> Any:
+    """``records`` (``io.read_records``) -> a Dataset of decisions, one actor-held Router per actor
+    (``keep_raw``: with the input record as column ``raw``)."""
     import ray.data
 
     if isinstance(policy, Path):
@@ -161,7 +165,7 @@ def route_dataset(records: Any, bundle: str | Path, *, actors: int, threads: int
         fn_constructor_kwargs={"bundle": str(bundle), "threads": threads, "policy": policy, "mode": mode,
                                "text_field": text_field, "id_field": id_field, "group_size": group_size,
                                "audit_dir": None if audit_dir is None else str(audit_dir),
-                               "store_text": store_text},
+                               "store_text": store_text, "keep_raw": keep_raw},
         batch_size=None,  # whole blocks: io.read_records aligns them with the routing groups
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -269,7 +273,7 @@ def output_format(output: str) -> str:
 def run_route_ray(args: argparse.Namespace) -> int:
     """``tierwise route --input PATH --output DIR --engine ray``: decisions as part files in DIR."""
     from classifier.scale.engine import actor_count, check_engine_args, ray_session
-    from classifier.scale.io import input_files, read_records
+    from classifier.scale.io import IO_CONCURRENCY, input_files, read_records
 
     check_engine_args(args)
     if args.input is None:
@@ -295,7 +299,8 @@ def run_route_ray(args: argparse.Namespace) -> int:
         ctx.execution_options.preserve_order = True  # part files in input order
         ctx.enable_progress_bars = not args.no_progress
         sink = decisions_datasink(out, fmt, input_files(args.input))
-        decisions.write_datasink(sink, ray_remote_args={"num_cpus": 0})  # I/O only, see io.read_records
+        # I/O only, see io.read_records
+        decisions.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=IO_CONCURRENCY)
         stats = sink.counts
     if audit_dir is not None:
         checkpoint = write_audit_checkpoint(audit_dir)

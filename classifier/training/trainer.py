@@ -478,8 +478,10 @@ class Trainer:
                 loss, _ = multitask_loss(logits, batch, class_weights=class_weights, head_weights=cfg.head_weights,
                                          soft_weight=cfg.soft_weight, temperature=cfg.soft_temperature)
                 optimizer.zero_grad(set_to_none=True)
-                if dist_ctx.enabled:
-                    loss = self._distributed_backward(loss, params, len(batch["input_ids"]))
+                if dist_ctx.enabled:  # this rank's share of the global batch loss, gradients summed
+                    loss = dist_ctx.backward(logits, batch, [p for _, p in params], loss_fn=multitask_loss,
+                                             class_weights=class_weights, head_weights=cfg.head_weights,
+                                             soft_weight=cfg.soft_weight)
                 elif loss is not None:
                     loss.backward()
                 if loss is not None:
@@ -527,21 +529,6 @@ class Trainer:
             self._finish(frame)
         else:  # rank 0 evaluates, saves and registers the model
             self.metrics_, self.model_dir_ = {}, None
-
-    def _distributed_backward(self, loss, params, rows: int):
-        """Backward on this rank's share, gradients averaged over ranks; the global mean loss
-        (a tensor) or None when no rank had a labelled row."""
-        import torch
-
-        weight = float(rows) if loss is not None else 0.0
-        if loss is not None:
-            loss.backward()
-        value = float(loss.detach()) if loss is not None else 0.0
-        total = self.dist_.all_reduce_grads([p for _, p in params], weight)
-        if total <= 0:
-            return None
-        mean, _ = self.dist_.mean(value, weight)
-        return torch.tensor(mean)
 
     def _due_checkpoint(self, end_of_epoch: bool, stop: bool, halt: bool, done: bool) -> bool:
         cfg = self.config
