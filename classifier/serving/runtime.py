@@ -161,6 +161,17 @@ class _Watchdog:
                         del self._runs[key]
 
 
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64) of token rows padded to the longest one."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for k, r in enumerate(rows):
+        ids[k, :len(r)] = r
+        mask[k, :len(r)] = 1
+    return ids, mask
+
 class Router:
     """A loaded bundle: tokenizer + ONNX session + calibration (temperatures, biases) + policy engine.
 
@@ -561,12 +572,7 @@ class Router:
         out = {h: np.empty((r, self.schema.head(h).num_classes), dtype=np.float32) for h in self.head_names}
         for start in range(0, r, self._max_batch):
             idx = order[start:start + self._max_batch]
-            width = max(len(rows[i]) for i in idx)
-            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for k, i in enumerate(idx):
-                ids[k, :len(rows[i])] = rows[i]
-                mask[k, :len(rows[i])] = 1
+            ids, mask = pad_batch([rows[i] for i in idx], self._pad_id)
             for h, o in zip(self.head_names, self._run(ids, mask, deadline), strict=True):
                 out[h][idx] = o
         return out

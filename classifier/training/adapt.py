@@ -157,6 +157,8 @@ class BundleFeaturizer:
         not be the served one."""
         from tqdm.auto import tqdm
 
+        from classifier.serving.runtime import pad_batch
+
         router = self.router
         if not texts:
             return np.zeros((0, 0), np.float32), {h: np.zeros((0, self.schema.head(h).num_classes)) for h in self.schema.head_names}
@@ -175,12 +177,7 @@ class BundleFeaturizer:
         for start in tqdm(range(0, len(order), self.batch_size), desc="features", unit="batch",
                           disable=not progress or len(order) <= self.batch_size):
             idx = order[start:start + self.batch_size]
-            width = max(len(rows[r]) for r in idx)
-            ids = np.full((len(idx), width), router._pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for k, r in enumerate(idx):
-                ids[k, :len(rows[r])] = rows[r]
-                mask[k, :len(rows[r])] = 1
+            ids, mask = pad_batch([rows[r] for r in idx], router._pad_id)
             outs = self.session.run(self.outputs, {"input_ids": ids, "attention_mask": mask})
             f = np.asarray(outs[-1], dtype=np.float32).reshape(len(idx), -1)
             for k, r in enumerate(idx):
