@@ -232,7 +232,8 @@ class DistillConfig(LoopConfig):
     context_dilation: int = Field(1, ge=1, description="distance between context taps")
     embedding_lr: float = Field(2e-2, gt=0.0, lt=1.0, description="learning rate of the token table (each row sees few gradients)")
     teacher_batch_size: int = Field(64, ge=1, description="batch size of the teacher's inference")
-    # the student's own defaults for the shared loop settings
+    # the student's own defaults for the shared loop settings: a deliberate mirror of LoopConfig's
+    # fields (pydantic changes a default only by redeclaring the whole field, bounds included)
     epochs: int = Field(12, ge=1, description="passes over the training split")
     batch_size: int = Field(128, ge=1, description="training batch size")
     eval_batch_size: int = Field(512, ge=1, description="inference batch size for validation and evaluation")
