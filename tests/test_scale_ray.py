@@ -222,7 +222,9 @@ def test_ray_report_statistics_equal_the_report(ray_cluster, tiny_bundle, tmp_pa
     data = tmp_path / "data"
     data.mkdir()
     _labelled_frame().to_parquet(data / "dataset.parquet", row_group_size=400)
-    prices = ROOT / "training" / "prices.yaml"
+    from classifier.evaluation.prices import DEFAULT_PRICES_PATH
+
+    prices = DEFAULT_PRICES_PATH
     local = build_report(ReportConfig(bundle=tiny_bundle, data=data, prices=prices, split="test",
                                       baseline_router=False, n_boot=0, threads=1)).report
     parser = argparse.ArgumentParser()
