@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from classifier.evaluation.quality_budget import BUDGETS, budget_table, compare_budgets
+from classifier.evaluation.report_common import template_environment
 
 logger = logging.getLogger(__name__)
 
@@ -242,14 +243,9 @@ def view(sec: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _render(name: str, sec: Mapping[str, Any] | None, autoescape: bool) -> str:
-    import jinja2
-
     if not sec:
         return ""
-    env = jinja2.Environment(loader=jinja2.PackageLoader("classifier.evaluation", "templates"),
-                             autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
-    return env.get_template(name).render(**_view(sec))
+    return template_environment(autoescape).get_template(name).render(**_view(sec))
 
 
 def render_html(sec: Mapping[str, Any] | None) -> str:

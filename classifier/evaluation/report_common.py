@@ -47,3 +47,13 @@ def pct(x: Any, digits: int = 1) -> str:
     """``0.041 -> "4.1%"``; ``-`` for missing values. The one formatter every sentence uses."""
     v = finite(x)
     return "-" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def template_environment(autoescape: bool) -> Any:
+    """The Jinja environment of the report's package templates (``classifier/evaluation/templates``):
+    strict about undefined names, blocks trimmed; callers add their own filters."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("classifier.evaluation", "templates"),
+                              autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
+                              undefined=jinja2.StrictUndefined)

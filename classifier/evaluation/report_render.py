@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from classifier.evaluation import adapt_sections
-from classifier.evaluation.report_common import finite, pct
+from classifier.evaluation.report_common import finite, pct, template_environment
 
 __all__ = [
     "SECTION_IDS",
@@ -74,11 +74,7 @@ def _md(text: Any) -> str:
 
 
 def environment(autoescape: bool) -> Any:
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.PackageLoader("classifier.evaluation", "templates"),
-                             autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
+    env = template_environment(autoescape)
     env.filters.update(pct=_pct, num=_num, signed=_signed, rate=_rate, ci=_ci, md=_md)
     return env
 
