@@ -104,7 +104,12 @@ class ReportSummary:
         from classifier.evaluation.calibration import N_BINS, _bin_index
         from classifier.evaluation.costs import RoutingOutcomes
         from classifier.evaluation.metrics import head_score
-        from classifier.evaluation.report import _allowed_tiers, _auroc_target, _misroutes, _sensitivity_section
+        from classifier.evaluation.report import (
+            _allowed_tiers,
+            _auroc_target,
+            _misroutes,
+            _sensitivity_section,
+        )
         from classifier.evaluation.report_common import length_bucket
         from classifier.numeric import softmax
         from classifier.scale.report_page import poisson_weights, sweep_stats

@@ -75,9 +75,18 @@ def merge_sweep(a: Sparse | None, b: Sparse) -> Sparse:
 
 
 def binned_sweep(bins: Sparse, totals: Mapping[str, float], targets: Sequence[float],
-                 quality_target: float) -> dict[str, Any]:
-    """The sweep table on bin edges, its APGR / CPT / cost at quality, and their error bounds."""
-    from classifier.evaluation.costs import apgr_of_sweep, cost_at_quality_of_sweep, cpt_of_sweep, sweep_from_sums
+                 quality_target: float, *, ranks: bool = False) -> dict[str, Any]:
+    """The sweep table on bin edges, its APGR / CPT / cost at quality, and their error bounds.
+
+    ``ranks``: the in-process scores are distinct per row (the oracle's ranks, ties broken by
+    position), so a bin of one gain is a straight run of one-row operating points: the CPT cheap
+    share is found on it row by row (quality and PGR exact, costs interpolated)."""
+    from classifier.evaluation.costs import (
+        apgr_of_sweep,
+        cost_at_quality_of_sweep,
+        cpt_of_sweep,
+        sweep_from_sums,
+    )
 
     idx, st = bins
     desc = idx[::-1]
@@ -97,6 +106,14 @@ def binned_sweep(bins: Sparse, totals: Mapping[str, float], targets: Sequence[fl
         upper = float(cheap[1:][could].max()) if could.any() else None
         if cpt[key] is not None and upper is not None:
             cpt[key]["cheap_share_max_error"] = max(0.0, upper - cpt[key]["cheap_share"])
+        cross = np.flatnonzero((pgr[:-1] >= target - 1e-9) & (pgr[1:] < target - 1e-9) & (st[4] == st[5])
+                               & (st[4] * (totals["frontier_correct"] - totals["cheap_correct"]) > 0))
+        if ranks and cross.size:
+            i = int(cross[-1])  # the crossing nearest the all-cheap end: the largest cheap share
+            step = (pgr[i] - pgr[i + 1]) / st[0, i]  # PGR per row of this bin
+            rows = min(st[0, i], math.ceil((target - 1e-9 - pgr[i + 1]) / step - 1e-9))
+            row = table.iloc[i + 1] + (table.iloc[i] - table.iloc[i + 1]) * (rows / st[0, i])
+            cpt[key] = {**{c: float(v) for c, v in row.items()}, "cheap_share_max_error": 0.0}
     return {"table": table, "apgr": apgr_of_sweep(table), "apgr_max_error": float(np.sum(st[0] / n * dev)),
             "cpt": cpt, "cost_at_quality": cost_at_quality_of_sweep(table, quality_target, totals["cost_frontier"])}
 
@@ -191,7 +208,7 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
               "cost_cheap": r["cost_cheap"], "cost_frontier": r["cost_frontier"], "needs_frontier": r["needs_frontier"]}
     target = QUALITY_RATIO * r["quality_frontier"] / r["n"]
     model = binned_sweep(summary.sweeps["model"], totals, PGR_TARGETS, target)
-    oracle = binned_sweep(summary.sweeps["oracle"], totals, PGR_TARGETS, target)
+    oracle = binned_sweep(summary.sweeps["oracle"], totals, PGR_TARGETS, target, ranks=True)
     table, total_f = model["table"], r["cost_frontier"]
     ends = {"all_frontier": table.iloc[0], "all_cheap": table.iloc[-1]}
     refs = {k: {**_point(v.drop("threshold"), target, total_f), "apgr": 0.5 if math.isfinite(h["pgr"]) else math.nan}
@@ -199,7 +216,7 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
     refs["random"] = {**_point((ends["all_cheap"].drop("threshold") + ends["all_frontier"].drop("threshold")) / 2,
                                target, total_f), "apgr": refs["all_cheap"]["apgr"]}
     qc, qf = r["quality_cheap"] / r["n"], r["quality_frontier"] / r["n"]
-    if qc - 1e-9 <= target <= max(qc, qf) + 1e-9:  # random is linear in its cheap share a
+    if target <= max(qc, qf) + 1e-9:  # random's quality is linear in its cheap share a
         a = 1.0 if target <= qc + 1e-9 else (qf - target) / (qf - qc)
         cost = a * r["cost_cheap"] + (1 - a) * total_f
         refs["random"]["cost_at_quality"].update(reachable=True, cost=cost, cheap_share=a, saving=1 - cost / total_f)
@@ -211,8 +228,7 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
                                 "misroute_rate": r["oracle_misroutes"] / r["n"],
                                 "conditional_misroute_rate": r["oracle_misroutes"] / r["needs_frontier"]
                                 if r["needs_frontier"] else math.nan}, target, total_f),
-                      "apgr": oracle["apgr"], "apgr_max_error": oracle["apgr_max_error"], "cpt": oracle["cpt"],
-                      "cost_at_quality": oracle["cost_at_quality"]}
+                      "apgr": oracle["apgr"], "apgr_max_error": oracle["apgr_max_error"], "cpt": oracle["cpt"]}
     routers = {"model": {"n": int(r["n"]), "apgr": model["apgr"], "apgr_max_error": model["apgr_max_error"],
                          "cpt": model["cpt"], "cost_at_quality": model["cost_at_quality"]},
                "oracle": {"apgr": oracle["apgr"], "cpt": oracle["cpt"]}}
