@@ -20,7 +20,7 @@ what those sums need beyond the aggregate counts, and turns the summed total int
 - **Poisson bootstrap** (``poisson_weights``): every row gets ``n_boot`` Poisson(1) weights from a
   counter-based hash of (seed, row id, replicate), so replicates do not depend on how rows fall into
   blocks; a block adds ``[K, n_boot]`` weighted counts per statistic; ``interval`` gives percentile
-  intervals of their ratios. Rows without an ``id`` are keyed by their text (duplicates then share
+  intervals of their ratios (``rate_interval``: Wilson for a rate of 0 or 1, where they collapse). Rows without an ``id`` are keyed by their text (duplicates then share
   weights).
 - **Examples**: each block keeps the in-process report's own top-k tables (``report._misroutes``,
   ``report._sensitivity_section``: redacted text); ``merge_examples`` keeps the top k of two.
@@ -150,6 +150,16 @@ def interval(num: np.ndarray, den: np.ndarray | float, conf: float = 0.95) -> li
     return [float(lo), float(hi)]
 
 
+def rate_interval(num: np.ndarray, den: np.ndarray, k: float, n: float) -> list[float | None]:
+    """``interval`` of a rate ``k / n``, except at ``k`` = 0 or ``n``: there every replicate is 0 (1)
+    and the percentile interval collapses to a point, so the Wilson interval is given instead."""
+    from classifier.evaluation.metrics import wilson_interval
+
+    if 0 < k < n:
+        return interval(num, den)
+    return list(wilson_interval(int(k), int(n))) if n else [None, None]
+
+
 def macro_f1(conf: np.ndarray) -> np.ndarray:
     """Macro-F1 over the labels seen (sklearn's average) of confusion counts ``[..., C, C]``."""
     tp = np.diagonal(conf, axis1=-2, axis2=-1)
@@ -245,8 +255,9 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
 
     # intervals: Poisson bootstrap ---------------------------------------------------------------------
     b = boot["boot::routing"]  # rows: n, to_frontier, needs_frontier, misroutes, quality, cost, cost_frontier
-    intervals = {"cheap_share": interval(b[0] - b[1], b[0]), "misroute_rate_frontier": interval(b[3], b[2]),
-                 "misroute_rate": interval(b[3], b[0]), "quality": interval(b[4], b[0]),
+    intervals = {"cheap_share": rate_interval(b[0] - b[1], b[0], r["n"] - r["to_frontier"], r["n"]),
+                 "misroute_rate_frontier": rate_interval(b[3], b[2], r["misroutes"], r["needs_frontier"]),
+                 "misroute_rate": rate_interval(b[3], b[0], r["misroutes"], r["n"]), "quality": interval(b[4], b[0]),
                  "relative_cost": interval(b[5], b[6])}
     heads = {}
     for head in schema.heads:
@@ -255,8 +266,8 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
         c = boot.get(f"boot::confusion::{head.name}")
         if c is not None and m.get("n"):
             conf = c.reshape(head.num_classes, head.num_classes, -1).transpose(2, 0, 1)
-            m["accuracy_ci"] = intervals[f"{head.name}_accuracy"] = interval(
-                np.trace(conf, axis1=1, axis2=2), conf.sum(axis=(1, 2)))
+            m["accuracy_ci"] = intervals[f"{head.name}_accuracy"] = rate_interval(
+                np.trace(conf, axis1=1, axis2=2), conf.sum(axis=(1, 2)), np.trace(summary.confusion[head.name]), m["n"])
             m["macro_f1_ci"] = intervals[f"{head.name}_macro_f1"] = interval(macro_f1(conf), 1.0)
         heads[head.name] = m
 
@@ -271,7 +282,7 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
                              "worst_examples": summary.examples.get(f"leak::{cls_name}", [])}
         lb = boot.get(f"boot::leak::{cls_name}")
         if lb is not None and c["n"]:
-            e["leak"]["ci"] = intervals[f"leak_rate_{cls_name}"] = interval(lb[1], lb[0])
+            e["leak"]["ci"] = intervals[f"leak_rate_{cls_name}"] = rate_interval(lb[1], lb[0], c["leaked"], c["n"])
         if e["allowed_tiers"] is None:
             e["note"] = "no block/restrict rule for this class: any tier may serve it"
         if e["threshold"] is not None and c["n"]:
@@ -343,7 +354,8 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
             "unbinned value, each CPT cheap share at most its stated error below it (report.json: scale.errors); "
             "AUROC from a 65536-bin histogram (error bound in report.json).",
             f"Intervals of the headline rates, accuracy and macro-F1: 95% Poisson-bootstrap percentile intervals "
-            f"({int(b.shape[1])} replicates, weights seeded by row id); slice rates: Wilson 95% intervals.",
+            f"({int(b.shape[1])} replicates, weights seeded by row id), Wilson where a rate is 0 or 1 (every "
+            "replicate would be too); slice rates: Wilson 95% intervals.",
             "Not on the Ray engine: the TF-IDF baseline router and the fitted-threshold table; run tierwise "
             "report on a sample for those.",
         ],
