@@ -12,9 +12,12 @@ import json
 
 import numpy as np
 import pytest
+import test_scale_ray
 
 from classifier.evaluation import costs
 from classifier.scale import report_page
+
+ray_cluster = test_scale_ray.ray_cluster  # the Ray tests' local 2-CPU cluster fixture, one per module
 
 
 def _outcomes(n: int = 3000, seed: int = 0) -> tuple[costs.RoutingOutcomes, np.ndarray]:
@@ -101,13 +104,11 @@ def test_macro_f1_matches_sklearn():
 @pytest.mark.slow
 def test_block_layout_does_not_change_the_page(tiny_bundle):
     """The summed summary (intervals, examples, sweeps) is the same from one block or seven."""
-    from test_scale_ray import _labelled_frame
-
     from classifier.evaluation.prices import DEFAULT_PRICES_PATH, Prices
     from classifier.scale.report import ReportSummary
     from classifier.serving.runtime import Router
 
-    frame = _labelled_frame().head(700).reset_index(drop=True)
+    frame = test_scale_ray._labelled_frame().head(700).reset_index(drop=True)
     with Router.load(tiny_bundle, threads=1) as router:
         probs = router.predict_proba(frame["text"].tolist())
         calib = {h: (router.temperatures[h], router.biases.get(h)) for h in router.head_names}
@@ -138,39 +139,19 @@ def _rounded(x):
 
 
 @pytest.mark.slow
-def test_ray_report_page(tiny_bundle, tmp_path):
+def test_ray_report_page(ray_cluster, tiny_bundle, tmp_path):
     """``report --engine ray`` writes the page: HTML/Markdown with the Ray banner, a report.json the
     release gate can read, sweeps within their bounds and intervals close to the in-process ones."""
-    import argparse
+    from classifier.cli import main
+    from classifier.evaluation.report import ReportConfig, build_report, load_report_json
 
-    ray = pytest.importorskip("ray")
-    from test_scale_ray import ROOT, _labelled_frame
-
-    from classifier.evaluation.prices import DEFAULT_PRICES_PATH
-    from classifier.evaluation.report import (
-        ReportConfig,
-        add_report_arguments,
-        build_report,
-        load_report_json,
-        run_report,
-    )
-    from classifier.scale.engine import start_local
-
-    data = tmp_path / "data"
-    data.mkdir()
-    _labelled_frame().to_parquet(data / "dataset.parquet", row_group_size=400)
-    local = build_report(ReportConfig(bundle=tiny_bundle, data=data, prices=DEFAULT_PRICES_PATH, split="test",
-                                      baseline_router=False, threads=1)).report
-    parser = argparse.ArgumentParser()
-    add_report_arguments(parser)
+    data = tmp_path / "labelled.parquet"
+    test_scale_ray._labelled_frame().to_parquet(data)
+    local = build_report(ReportConfig(bundle=tiny_bundle, data=data, split="test", baseline_router=False,
+                                      threads=1)).report
     out = tmp_path / "ray" / "report.html"
-    start_local(ray, num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300_000_000,
-                runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    try:
-        assert run_report(parser.parse_args(["--bundle", str(tiny_bundle), "--data", str(data), "--out", str(out),
-                                             "--engine", "ray", "--threads", "1", "--no-mlflow"])) == 0
-    finally:
-        ray.shutdown()
+    assert main(["report", "--bundle", str(tiny_bundle), "--data", str(data), "--out", str(out), "--engine", "ray",
+                 "--threads", "1", "--no-mlflow"]) == 0
     html, md = out.read_text(), out.with_name("report.md").read_text()
     got = load_report_json(out.parent)
     n = local["meta"]["n_rows"]
