@@ -186,6 +186,10 @@ def _point(row: Mapping[str, Any], target: float, total_f: float) -> dict[str, A
     return {**point, "cost_at_quality": cq}
 
 
+def _largest(errors: Mapping[str, float], part: str) -> float:
+    return max((v for k, v in errors.items() if part in k and math.isfinite(v)), default=0.0)
+
+
 def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapping[str, Any],
                temperatures: Mapping[str, float]) -> tuple[dict[str, Any], dict[str, str]]:
     """The report dict (``report.build_report``'s keys) and its figures from a summed ``ReportSummary``."""
@@ -351,8 +355,8 @@ def build_page(summary: Any, schema: Any, policy: Any, manifest: Any, meta: Mapp
             "sums on a worker and the driver added them up; it never held the rows.",
             f"Binned: the threshold sweeps, APGR, CPT and cost at quality are read on the {SWEEP_BINS} edges of a "
             f"P({tier.classes[pos]}) histogram, exact there; APGR is within {model['apgr_max_error']:.2g} of the "
-            "unbinned value, each CPT cheap share at most its stated error below it (report.json: scale.errors); "
-            "AUROC from a 65536-bin histogram (error bound in report.json).",
+            f"unbinned value, a CPT cheap share at most {_largest(errors, 'cheap_share_at_'):.2g} below it, AUROC "
+            f"within {_largest(errors, '_auroc_'):.2g} (each bound in report.json: scale.errors).",
             f"Intervals of the headline rates, accuracy and macro-F1: 95% Poisson-bootstrap percentile intervals "
             f"({int(b.shape[1])} replicates, weights seeded by row id), Wilson where a rate is 0 or 1 (every "
             "replicate would be too); slice rates: Wilson 95% intervals.",
