@@ -49,9 +49,12 @@ from classifier.evaluation.prices import Prices, row_costs
 __all__ = [
     "RoutingOutcomes",
     "apgr",
+    "apgr_of_sweep",
     "apply_threshold",
     "cost_at_quality",
+    "cost_at_quality_of_sweep",
     "cpt",
+    "cpt_of_sweep",
     "frontier_quality_target",
     "oracle_scores",
     "plot_cost_quality",
@@ -59,6 +62,7 @@ __all__ = [
     "reference_routers",
     "route_metrics",
     "summarize_router",
+    "sweep_from_sums",
     "threshold_sweep",
 ]
 
@@ -160,10 +164,20 @@ class RoutingOutcomes:
 
     def pgr(self, quality: float | np.ndarray) -> Any:
         """Performance gap recovered for ``quality``; NaN when both tiers have the same quality."""
-        gap = self.quality_frontier - self.quality_cheap
-        if not abs(gap) > _EPS:
-            return np.full_like(np.asarray(quality, dtype=np.float64), np.nan) if np.ndim(quality) else math.nan
-        return (np.asarray(quality, dtype=np.float64) - self.quality_cheap) / gap
+        return _pgr(quality, self.quality_cheap, self.quality_frontier)
+
+    def totals(self) -> dict[str, float]:
+        """The sums ``sweep_from_sums`` reads (what a histogram of many blocks also holds)."""
+        return {"n": float(len(self)), "cheap_correct": float(self.cheap_correct.sum()),
+                "frontier_correct": float(self.frontier_correct.sum()), "cost_cheap": self.total_cost_cheap,
+                "cost_frontier": self.total_cost_frontier, "needs_frontier": float(self.needs_frontier.sum())}
+
+
+def _pgr(quality: float | np.ndarray, q_cheap: float, q_frontier: float) -> Any:
+    gap = q_frontier - q_cheap
+    if not abs(gap) > _EPS:
+        return np.full_like(np.asarray(quality, dtype=np.float64), np.nan) if np.ndim(quality) else math.nan
+    return (np.asarray(quality, dtype=np.float64) - q_cheap) / gap
 
 
 # -- one router, one threshold ---------------------------------------------------------------------
@@ -236,17 +250,25 @@ def threshold_sweep(
     caught = np.concatenate([[0], np.cumsum(outcomes.needs_frontier[order])])
     # k = number of prompts with score >= t = those sent to the frontier
     k = np.searchsorted(-sorted_desc, -thr, side="right")
-    quality = (outcomes.cheap_correct.sum() + gain_q[k]) / n
-    cost = outcomes.total_cost_cheap + gain_c[k]
-    n_frontier = int(outcomes.needs_frontier.sum())
-    misroutes = n_frontier - caught[k]
-    total_f = outcomes.total_cost_frontier
+    return sweep_from_sums(thr, k, gain_q[k], gain_c[k], caught[k], outcomes.totals())
+
+
+def sweep_from_sums(thr: np.ndarray, k: np.ndarray, gain_q: np.ndarray, gain_c: np.ndarray, caught: np.ndarray,
+                    totals: Mapping[str, float]) -> pd.DataFrame:
+    """The sweep table (``SWEEP_COLUMNS``) from sums: per threshold ``thr``, ``k`` prompts go to the
+    frontier and over them ``gain_q`` / ``gain_c`` sum frontier-minus-cheap correctness / cost and
+    ``caught`` counts frontier labels; ``totals`` as ``RoutingOutcomes.totals``. ``threshold_sweep``
+    feeds it per-row cumulative sums, ``classifier.scale`` per-bin ones (one threshold per bin edge)."""
+    n, n_frontier, total_f = totals["n"], totals["needs_frontier"], totals["cost_frontier"]
+    quality = (totals["cheap_correct"] + gain_q) / n
+    cost = totals["cost_cheap"] + gain_c
+    misroutes = n_frontier - caught
     return pd.DataFrame({
         "threshold": thr,
         "frontier_share": k / n,
         "cheap_share": 1.0 - k / n,
         "quality": quality,
-        "pgr": outcomes.pgr(quality),
+        "pgr": _pgr(quality, totals["cheap_correct"] / n, totals["frontier_correct"] / n),
         "cost": cost,
         "relative_cost": cost / total_f if total_f > 0 else np.nan,
         "misroute_rate": misroutes / n,
@@ -256,7 +278,11 @@ def threshold_sweep(
 
 def apgr(outcomes: RoutingOutcomes, p_frontier: np.ndarray) -> float:
     """Average PGR over frontier-call share 0..1 (trapezoid between operating points); NaN if no gap."""
-    sweep = threshold_sweep(outcomes, p_frontier)
+    return apgr_of_sweep(threshold_sweep(outcomes, p_frontier))
+
+
+def apgr_of_sweep(sweep: pd.DataFrame) -> float:
+    """``apgr`` of a sweep table (``threshold_sweep`` or ``sweep_from_sums``)."""
     points = sweep.sort_values(["frontier_share", "threshold"], ascending=[True, False])
     x = points["frontier_share"].to_numpy()
     y = points["pgr"].to_numpy()
@@ -273,7 +299,11 @@ def cpt(
     Keys are ``"pgr_50"``, ``"pgr_80"``, ... ; the value is the sweep row as a dict, or ``None``
     when no threshold reaches the target (or the tiers have no quality gap).
     """
-    sweep = threshold_sweep(outcomes, p_frontier)
+    return cpt_of_sweep(threshold_sweep(outcomes, p_frontier), targets)
+
+
+def cpt_of_sweep(sweep: pd.DataFrame, targets: Sequence[float] = (0.5, 0.8, 0.95)) -> dict[str, dict[str, float] | None]:
+    """``cpt`` of a sweep table."""
     out: dict[str, dict[str, float] | None] = {}
     for target in targets:
         ok = sweep[sweep["pgr"] >= target - 1e-9]
@@ -293,8 +323,7 @@ def frontier_quality_target(outcomes: RoutingOutcomes, ratio: float = 0.95) -> f
     return ratio * outcomes.quality_frontier
 
 
-def _saving(outcomes: RoutingOutcomes, cost: float) -> dict[str, float]:
-    total_f = outcomes.total_cost_frontier
+def _saving(total_f: float, cost: float) -> dict[str, float]:
     return {
         "cost_all_frontier": total_f,
         "saving": 1.0 - cost / total_f if total_f > 0 else math.nan,
@@ -311,14 +340,19 @@ def cost_at_quality(
     point (threshold, cheap_share, quality, cost, ...) and ``cost_all_frontier``, ``saving``
     (fraction of the all-frontier cost saved) and ``saving_usd``.
     """
-    sweep = threshold_sweep(outcomes, p_frontier)
+    return cost_at_quality_of_sweep(threshold_sweep(outcomes, p_frontier), target_quality,
+                                    outcomes.total_cost_frontier)
+
+
+def cost_at_quality_of_sweep(sweep: pd.DataFrame, target_quality: float, cost_all_frontier: float) -> dict[str, Any]:
+    """``cost_at_quality`` of a sweep table (``cost_all_frontier``: for the saving)."""
     ok = sweep[sweep["quality"] >= target_quality - 1e-9]
     out: dict[str, Any] = {"target_quality": float(target_quality), "reachable": not ok.empty}
     if ok.empty:
         return out
     best = ok.sort_values(["cost", "quality"], ascending=[True, False]).iloc[0]
     out.update({c: float(best[c]) for c in SWEEP_COLUMNS})
-    out.update(_saving(outcomes, float(best["cost"])))
+    out.update(_saving(cost_all_frontier, float(best["cost"])))
     return out
 
 
@@ -381,7 +415,7 @@ def _random_cost_at_quality(outcomes: RoutingOutcomes, target: float) -> dict[st
         # quality is linear in the cheap share: solve a*qc + (1-a)*qf = target
         a = (qf - target) / (qf - qc)
     point = random_router(outcomes, float(np.clip(a, 0.0, 1.0)))
-    out.update({"reachable": True, **point, **_saving(outcomes, point["cost"])})
+    out.update({"reachable": True, **point, **_saving(outcomes.total_cost_frontier, point["cost"])})
     return out
 
 
@@ -410,7 +444,7 @@ def reference_routers(
         cq: dict[str, Any] = {"target_quality": target, "reachable": bool(reach)}
         if reach:
             cq.update({"cost": point["cost"], "cheap_share": point["cheap_share"],
-                       "quality": point["quality"], **_saving(outcomes, point["cost"])})
+                       "quality": point["quality"], **_saving(outcomes.total_cost_frontier, point["cost"])})
         return {**point, "cost_at_quality": cq}
 
     oracle_to_f = outcomes.frontier_correct > outcomes.cheap_correct

@@ -10,6 +10,10 @@ gives the same numbers as Markdown tables (figures are only in the HTML). Both g
 ``jinja2.PackageLoader``, so an installed wheel has them; autoescaped for HTML), so prompt text
 from the data can never inject markup; that text is already redacted by the report.
 
+A report computed on a Ray cluster (``classifier.scale.report_page``: it has a ``scale`` key) is
+drawn by ``report_ray.*.j2``, which extends these templates with a banner saying what is binned
+and replaces the sections the Ray engine leaves out.
+
 ``render_drift_html(result, figures)`` / ``render_drift_markdown(result)`` do the same for a
 ``tierwise drift`` result.
 
@@ -79,6 +83,12 @@ def environment(autoescape: bool) -> Any:
     return env
 
 
+def _template(report: Mapping[str, Any], kind: str) -> str:
+    """``report_ray.*.j2`` (the page with a Ray banner, extending ``report.*.j2``) for a report
+    computed on Ray (``classifier.scale.report_page``), else ``report.*.j2``."""
+    return f"report_ray.{kind}.j2" if report.get("scale") else f"report.{kind}.j2"
+
+
 # -- HTML ------------------------------------------------------------------------------------------
 _NAV = (("summary", "Summary"), ("cost", "Cost"), ("heads", "Heads"), ("calibration", "Calibration"),
         ("slices", "Slices"), ("sensitivity", "Sensitivity"), ("misroutes", "Misroutes"),
@@ -91,8 +101,8 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     nav += [("long-prompts", "Long prompts")] if report.get("long_prompts") else []
     nav += [("adapt", "Prior & adaptation")] if report.get("adapt") else []
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
-    return environment(True).get_template("report.html.j2").render(
-        long_prompts=report.get("long_prompts"), adapt=adapt_sections.view(report.get("adapt")),
+    return environment(True).get_template(_template(report, "html")).render(
+        scale=report.get("scale"), long_prompts=report.get("long_prompts"), adapt=adapt_sections.view(report.get("adapt")),
         nav=nav, figures=dict(figures), pgr_keys=pgr_keys, max_slice_rows=40,
         meta=report["meta"], headline=report["headline"], routing=report["routing"], heads=report["heads"],
         heads_uncalibrated=report.get("heads_uncalibrated", {}), confusion=report["confusion"],
@@ -106,8 +116,8 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, str]) -> str:
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The report's numbers as Markdown (no figures)."""
     pgr_keys = sorted(next(iter(report["routing"]["routers"].values())).get("cpt", {}) or {})
-    return environment(False).get_template("report.md.j2").render(
-        long_prompts=report.get("long_prompts"), adapt=adapt_sections.view(report.get("adapt")),
+    return environment(False).get_template(_template(report, "md")).render(
+        scale=report.get("scale"), long_prompts=report.get("long_prompts"), adapt=adapt_sections.view(report.get("adapt")),
         pgr_keys=pgr_keys, max_slice_rows=40, meta=report["meta"], headline=report["headline"],
         routing=report["routing"], heads=report["heads"], calibration=report["calibration"],
         slices=report["slices"], sensitivity=report["sensitivity"], misroutes=report["misroutes"],

@@ -13,10 +13,13 @@ reads) computed by the same definitions: counts, rates, macro-F1 and ECE exactly
 2^16-bin histogram, with the largest possible error stated (``auroc_max_error``: half the share
 of positive/negative pairs that share a bin).
 
-What it leaves out, because it needs every row in one place: bootstrap intervals, threshold
-sweeps and the cost curves drawn from them (APGR, cheap share at CPT targets), the TF-IDF
-baseline, the misroute and leak example tables, figures and HTML. Run ``tierwise report`` on a
-sample for those.
+Beyond those counts each block adds what the report page needs (``report_page``: binned
+threshold sweeps, Poisson-bootstrap replicates, top-k example tables, reliability sums before and
+after calibration), and ``run_report_ray`` writes ``report.html`` / ``report.md`` / ``report.json``
+beside ``report_stats.json``, with the bounds of what is binned stated on the page.
+
+What it leaves out, because it needs a model fit or another split: the TF-IDF baseline router and
+the fitted-threshold table (see ``report_page``). Run ``tierwise report`` on a sample for those.
 """
 
 from __future__ import annotations
@@ -53,11 +56,21 @@ class ReportSummary:
     policy: dict[str, int] = field(default_factory=dict)
     leaks: dict[str, dict[str, int]] = field(default_factory=dict)
     slices: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the page (report_page): sparse sweep bins, summed arrays (bootstrap replicates "boot::...",
+    # NLL/Brier sums "calib::head"), top-k example tables, per sensitive class the tiers reached
+    sweeps: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    routed_to: dict[str, dict[str, int]] = field(default_factory=dict)
+    top_k: int = 10
 
     def merge(self, other: ReportSummary) -> ReportSummary:
+        from classifier.scale.report_page import merge_examples, merge_sweep
+
         self.n += other.n
         self.unscored += other.unscored
-        for mine, theirs in ((self.confusion, other.confusion), (self.auroc_hist, other.auroc_hist)):
+        for mine, theirs in ((self.confusion, other.confusion), (self.auroc_hist, other.auroc_hist),
+                             (self.sums, other.sums)):
             for k, v in theirs.items():
                 mine[k] = mine[k] + v if k in mine else v.copy()
         for h, kinds in other.reliability.items():
@@ -67,26 +80,49 @@ class ReportSummary:
         for mine, theirs in ((self.routing, other.routing), (self.policy, other.policy)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
-        for mine, theirs in ((self.leaks, other.leaks), (self.slices, other.slices)):
+        for mine, theirs in ((self.leaks, other.leaks), (self.slices, other.slices),
+                             (self.routed_to, other.routed_to)):
             for k, counts in theirs.items():
                 cur = mine.setdefault(k, {})
                 for kk, v in counts.items():
                     cur[kk] = cur.get(kk, 0) + v
+        for k, v in other.sweeps.items():
+            self.sweeps[k] = merge_sweep(self.sweeps.get(k), v)
+        for k, v in other.examples.items():
+            self.examples[k] = merge_examples(self.examples.get(k, []), v, k, self.top_k)
         return self
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, probs: dict[str, np.ndarray], schema: Any, policy: Any,
-                   prices: Any) -> ReportSummary:
-        """One block: ``frame`` the labelled records, ``probs`` the served probabilities per head."""
+                   prices: Any, *, calibration: dict[str, tuple[float, Any]] | None = None, n_boot: int = 0,
+                   seed: int = 0, top_k: int = 10) -> ReportSummary:
+        """One block: ``frame`` the labelled records, ``probs`` the served probabilities per head;
+        ``calibration`` head -> (temperature, biases) to recover the T = 1 probabilities, ``n_boot``
+        Poisson-bootstrap replicates seeded by ``seed`` and the row ids, ``top_k`` examples per table."""
         from classifier.data.labels import label_indices
+        from classifier.evaluation import calibration as cal
         from classifier.evaluation.calibration import N_BINS, _bin_index
         from classifier.evaluation.costs import RoutingOutcomes
         from classifier.evaluation.metrics import head_score
-        from classifier.evaluation.report import _allowed_tiers, _auroc_target
+        from classifier.evaluation.report import (
+            _allowed_tiers,
+            _auroc_target,
+            _misroutes,
+            _sensitivity_section,
+        )
         from classifier.evaluation.report_common import length_bucket
+        from classifier.numeric import softmax
+        from classifier.scale.report_page import poisson_weights, sweep_stats
         from classifier.serving.policy import PolicyEngine
 
-        out = cls(n=len(frame))
+        out = cls(n=len(frame), top_k=top_k)
+        keys = frame["id"].astype(str).tolist() if "id" in frame.columns else \
+            frame.get("text", pd.Series([""] * len(frame))).astype(str).tolist()
+        weights = poisson_weights(keys, n_boot, seed)  # [rows, n_boot]
+
+        def boot(name: str, *columns: np.ndarray) -> None:  # per replicate, the weighted sum of each column
+            out.sums[f"boot::{name}"] = np.stack(columns, axis=1).astype(np.float64).T @ weights
+
         scored = np.ones(len(frame), dtype=bool)
         for p in probs.values():
             scored &= np.isfinite(p).all(axis=1)
@@ -113,11 +149,21 @@ class ReportSummary:
                 b = np.minimum((np.clip(score, 0.0, 1.0) * AUROC_BINS).astype(np.int64), AUROC_BINS - 1)
                 out.auroc_hist[head.name] = np.stack([np.bincount(b[target == t], minlength=AUROC_BINS)
                                                       for t in (0, 1)])
-            rel = {"top": sums(p.max(axis=1), (pred == y).astype(np.float64))}
-            if head.num_classes == 2:
-                pos = head.index(head.positive_class) if head.positive_class else 1
-                rel["positive"] = sums(p[:, pos], (y == pos).astype(np.float64))
+            t, b = (calibration or {}).get(head.name, (1.0, None))
+            # softmax(logits / T + b) inverted: T * (log p - b) equals the logits up to a constant
+            raw = softmax(np.log(np.clip(p, 1e-300, None)) - (0.0 if b is None else np.asarray(b)), 1.0 / t)
+            rel = {}
+            for suffix, q in (("", p), ("_before", raw)):
+                rel["top" + suffix] = sums(q.max(axis=1), (q.argmax(axis=1) == y).astype(np.float64))
+                if head.num_classes == 2:
+                    pos = head.index(head.positive_class) if head.positive_class else 1
+                    rel["positive" + suffix] = sums(q[:, pos], (y == pos).astype(np.float64))
             out.reliability[head.name] = rel
+            out.sums[f"calib::{head.name}"] = np.array([f(q, y) * len(y) if len(y) else 0.0
+                                                         for q in (p, raw) for f in (cal.nll, cal.brier)])
+            onehot = np.zeros((len(frame), head.num_classes ** 2))
+            onehot[np.flatnonzero(mask)[keep], y * head.num_classes + pred] = 1.0
+            boot(f"confusion::{head.name}", *onehot.T)
 
         tier_head = schema.head(policy.tier_head)
         pos = tier_head.index(tier_head.positive_class) if tier_head.positive_class else 1
@@ -136,6 +182,20 @@ class ReportSummary:
                            "quality_frontier": float(qf.sum()), "cost": float(np.where(to_f, cf, cc).sum()),
                            "cost_cheap": float(cc.sum()), "cost_frontier": float(cf.sum()),
                            "needs_frontier": float(need.sum()), "misroutes": float((need & ~to_f).sum())}
+            gain = qf - qc
+            oracle = gain > 0  # the oracle's own point: the frontier exactly where it does better
+            out.routing.update({"oracle_to_frontier": float(oracle.sum()), "oracle_quality": float(np.maximum(qf, qc).sum()),
+                                "oracle_cost": float(np.where(oracle, cf, cc).sum()),
+                                "oracle_misroutes": float((need & ~oracle).sum())})
+            out.sweeps = {"model": sweep_stats(p_front[oc_rows], gain, cf - cc, need),
+                          "oracle": sweep_stats((gain + 1) / 2, gain, cf - cc, need)}
+            col = np.zeros((7, len(frame)))
+            col[:, oc_rows] = [np.ones(len(oc_rows)), to_f, need, need & ~to_f, np.where(to_f, qf, qc),
+                               np.where(to_f, cf, cc), cf]
+            boot("routing", *col)
+        task_head = schema.head(policy.task_head) if policy.task_head and policy.task_head in schema else None
+        # unscored rows (NaN) are neither below nor above the threshold: in no table
+        out.examples.update(_misroutes(frame, schema, tier_head, probs, pos, threshold, task_head, top_k))
 
         names = policy.tier_names
         idx = PolicyEngine(policy, schema).tier_indices(probs)
@@ -153,12 +213,18 @@ class ReportSummary:
                     continue
                 rows = np.flatnonzero(labels == j)
                 ok = allowed.get(cls_name)
-                leaked = 0 if ok is None else int(sum(routed[i] != "blocked" and routed[i] not in ok for i in rows))
+                is_leak = np.zeros(len(frame))
+                is_leak[rows] = [ok is not None and routed[i] != "blocked" and routed[i] not in ok for i in rows]
+                leaked = int(is_leak.sum())
                 thr = policy.sensitivity_thresholds.get(cls_name)
                 detected = int(np.sum(probs[head.name][rows, j] >= thr)) if thr is not None else 0
                 # guarded: a block/restrict rule covers the class (summed over blocks: > 0)
                 out.leaks[cls_name] = {"n": int(rows.size), "leaked": leaked, "detected": detected,
                                        "guarded": int(ok is not None)}
+                boot(f"leak::{cls_name}", (labels == j).astype(np.float64), is_leak)
+            for cls_name, e in _sensitivity_section(frame, schema, policy, probs, routed, top_k).items():
+                out.routed_to[cls_name] = e["routed_to"]
+                out.examples[f"leak::{cls_name}"] = e["worst_examples"]
 
         tmask, ty = label_indices(tier_head, frame)
         tier_y = np.full(len(frame), -1)
@@ -243,20 +309,23 @@ class ReportSummary:
 
 
 # -- on the cluster ------------------------------------------------------------------------------------
-def summarise_report_block(batch: Any, *, schema: Any, policy: Any, prices: Any) -> pd.DataFrame:
-    """Routed labelled records (``route.RouteActor`` with ``keep_raw``) -> one pickled ``ReportSummary``."""
+def summarise_report_block(batch: Any, *, schema: Any, policy: Any, prices: Any, **page: Any) -> pd.DataFrame:
+    """Routed labelled records (``route.RouteActor`` with ``keep_raw``) -> one pickled ``ReportSummary``
+    (``page``: ``ReportSummary.from_frame``'s keyword arguments)."""
     records = [json.loads(raw) for raw in batch.column("raw").to_pylist()]
     frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
     probs = {h.name: np.stack([batch.column(f"p::{h.name}::{c}").to_numpy(zero_copy_only=False).astype(np.float64)
                                for c in h.classes], axis=1) if len(frame) else np.zeros((0, h.num_classes))
              for h in schema.heads}
-    summary = ReportSummary.from_frame(frame, probs, schema, policy, prices)
+    summary = ReportSummary.from_frame(frame, probs, schema, policy, prices, **page)
     return pd.DataFrame({"summary": [pickle.dumps(summary)]})
 
 
 def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, prices: str | Path,
-                 threads: int = 1, actors: int | None = None) -> tuple[ReportSummary, Any]:
-    """Route the labelled records of ``path`` on the cluster and add up their ``ReportSummary``s."""
+                 threads: int = 1, actors: int | None = None, n_boot: int = 0, seed: int = 0,
+                 top_k: int = 10) -> tuple[ReportSummary, Any]:
+    """Route the labelled records of ``path`` on the cluster and add up their ``ReportSummary``s
+    (returns the total and the bundle's ``Router`` with its model closed: schema, policy, manifest)."""
     import ray
 
     from classifier.evaluation.prices import Prices
@@ -265,8 +334,9 @@ def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, pri
     from classifier.scale.route import DRIFT_CHUNK, route_dataset
     from classifier.serving.runtime import Router
 
-    with Router.load(bundle, threads=1) as router:  # the schema and policy the workers score with
+    with Router.load(bundle, threads=1) as router:  # the schema, policy and calibration the workers score with
         schema, policy = router.schema, router.policy
+        calibration = {h: (router.temperatures[h], router.biases.get(h)) for h in router.head_names}
     records = read_records([path], align=DRIFT_CHUNK, block_records=DRIFT_CHUNK * 16, split=split, skip_blank=True)
     routed = route_dataset(records, bundle, actors=actor_count(ray, threads, actors), threads=threads,
                            mode="prompts", group_size=DRIFT_CHUNK, keep_raw=True)
@@ -274,8 +344,9 @@ def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, pri
     # would wait for one forever (measured: 1M prompts stalled with 51 routed blocks queued)
     parts = routed.map_batches(summarise_report_block, batch_format="pyarrow", batch_size=None,
                                num_cpus=0, concurrency=IO_CONCURRENCY,
-                               fn_kwargs={"schema": schema, "policy": policy, "prices": Prices.from_yaml(prices)})
-    total = ReportSummary()
+                               fn_kwargs={"schema": schema, "policy": policy, "prices": Prices.from_yaml(prices),
+                                          "calibration": calibration, "n_boot": n_boot, "seed": seed, "top_k": top_k})
+    total = ReportSummary(top_k=top_k)
     # one block's summary at a time: each holds 2^16-bin histograms (~1 MB a head), and batches
     # of 64 took the driver to 896 MB over 1M prompts
     for batch in parts.iter_batches(batch_format="pandas", batch_size=1):
@@ -283,13 +354,16 @@ def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, pri
             total.merge(pickle.loads(blob))  # noqa: S301 - our own workers' output
     if total.n == 0:
         raise DataError(f"{path}: no records" + (f" with split == {split!r}" if split else ""))
-    return total, schema
+    return total, router
 
 
 def run_report_ray(args: argparse.Namespace) -> int:
-    """``tierwise report --engine ray``: ``report_stats.json`` beside ``--out`` (no HTML: see the docstring)."""
+    """``tierwise report --engine ray``: ``report_stats.json``, and the report page (HTML, Markdown,
+    JSON) when the summed rows have tier outcomes (see the module docstring)."""
+    from classifier.evaluation.report import ReportResult, write_report
     from classifier.json_io import to_jsonable
     from classifier.scale.engine import check_engine_args, ray_session
+    from classifier.scale.report_page import N_BOOT, build_page
 
     check_engine_args(args)
     for name, why in (("baseline", "the release gate diffs full reports"), ("limit", "Ray reads every record")):
@@ -304,17 +378,30 @@ def run_report_ray(args: argparse.Namespace) -> int:
     with ray_session(args.address, args.ray_cpus) as ray:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        summary, schema = report_stats(data, args.bundle, split=args.split, prices=args.prices,
-                                       threads=args.threads, actors=args.actors)
+        summary, router = report_stats(data, args.bundle, split=args.split, prices=args.prices, threads=args.threads,
+                                       actors=args.actors, n_boot=N_BOOT, seed=args.seed, top_k=args.top_k)
+    schema = router.schema
     result = summary.metrics(schema)
-    result["meta"] = {"engine": "ray", "bundle": str(args.bundle), "data": str(data), "split": args.split,
-                      "prices": str(args.prices), "seconds": time.perf_counter() - t0,
-                      "left_out": "bootstrap intervals, threshold sweeps (APGR, CPT), TF-IDF baseline, example tables, figures"}
+    meta = {"engine": "ray", "bundle": str(args.bundle), "data": str(data), "split": args.split,
+            "prices": str(args.prices), "seconds": time.perf_counter() - t0}
+    written = [out_dir / REPORT_STATS_FILE]
+    if summary.routing.get("n"):
+        from classifier.evaluation.prices import Prices
+
+        report, figures = build_page(summary, schema, router.policy, router.manifest,
+                                     {**meta, "currency": Prices.from_yaml(args.prices).currency},
+                                     router.temperatures)
+        # additive keys: the binned sweep's numbers, their error bounds and the bootstrap intervals
+        result["metrics"].update({k: v for k, v in report["metrics"].items() if k not in result["metrics"]})
+        result.update(sweep_errors=report["scale"]["errors"], intervals=report["scale"]["intervals"])
+        paths = write_report(ReportResult(report, figures), out if out.suffix else out / "report.html")
+        written += [paths["html"], paths["md"], paths["json"]]
+    meta["left_out"] = "TF-IDF baseline router, fitted-threshold table, per-row arrays, AUROC intervals"
+    result["meta"] = meta
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / REPORT_STATS_FILE
-    path.write_text(json.dumps(to_jsonable(result), indent=1) + "\n", encoding="utf-8")
+    written[0].write_text(json.dumps(to_jsonable(result), indent=1) + "\n", encoding="utf-8")
     h = result["headline"]
     sys.stdout.write(f"{h['n']} rows ({h['unscored']} unscored); " + ", ".join(
         f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items())) + "\n")
-    sys.stdout.write(f"wrote {path}\n")
+    sys.stdout.write("wrote " + ", ".join(str(p) for p in written) + "\n")
     return 0
