@@ -182,7 +182,7 @@ class ClusterPrior:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": vars(self.config), "global_rate": self.global_rate_, "clusters": self.summary()}
+        return {"config": self.config.model_dump(), "global_rate": self.global_rate_, "clusters": self.summary()}
 
     # -- ONNX --------------------------------------------------------------------------------------
     def onnx_nodes(self, features: str, output: str, prefix: str = "cp_",
