@@ -46,24 +46,22 @@ class DedupConfig(TypedConfig):
     num_perm: int = Field(64, ge=1)
     bands: int = Field(16, ge=1)
     collapse_threshold: float = Field(0.9, le=1.0)
-    group_threshold: float = Field(0.7, gt=0.0)
+    group_threshold: float = Field(0.7, gt=0.0, le=1.0)
     max_chars: int = 2000
     max_bucket: int = Field(64, ge=2)
     seed: int = 0
 
     @field_validator("bands", "group_threshold", "max_chars")
     @classmethod
-    def _fits(cls, value: Any, info: ValidationInfo) -> Any:
-        bound = {"bands": "num_perm", "group_threshold": "collapse_threshold", "max_chars": "shingle_size"}[info.field_name]
-        other = info.data.get(bound)
-        if other is None:
-            return value
-        if info.field_name == "bands" and other % value:
-            raise ValueError(f"must divide num_perm ({other}), got {value}")
-        if info.field_name == "group_threshold" and value > other:
-            raise ValueError(f"must be <= collapse_threshold ({other}), got {value}")
-        if info.field_name == "max_chars" and value < other:
-            raise ValueError(f"must be >= shingle_size ({other}), got {value}")
+    def _consistent(cls, value: Any, info: ValidationInfo) -> Any:
+        """Checks against a field declared above (skipped when that one is itself invalid)."""
+        d, name = info.data, info.field_name
+        if name == "bands" and "num_perm" in d and d["num_perm"] % value:
+            raise ValueError(f"must divide num_perm ({d['num_perm']}), got {value}")
+        if name == "group_threshold" and value > d.get("collapse_threshold", 1.0):
+            raise ValueError(f"must be <= collapse_threshold ({d['collapse_threshold']}), got {value}")
+        if name == "max_chars" and value < d.get("shingle_size", 1):
+            raise ValueError(f"must be >= shingle_size ({d['shingle_size']}), got {value}")
         return value
 
 
