@@ -38,15 +38,15 @@ import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import ConfigDict, Field, NonNegativeInt
 
 from classifier.data.normalize import clean_text, dedup_key
 from classifier.data.sources import RejectLog, read_traffic
-from classifier.errors import ConfigError
+from classifier.errors import TypedConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,32 +68,23 @@ _PHONE = re.compile(r"(?<!\w)(?:\+?\d[\d ().-]{8,}\d)(?!\w)")
 _KEYLIKE = re.compile(r"(?<![A-Za-z0-9])(?=[A-Za-z0-9_\-]{24,})(?=[^\s]*\d)(?=[^\s]*[A-Za-z])[A-Za-z0-9_\-]{24,}")
 
 
-@dataclass(frozen=True)
-class BenignConfig:
+class BenignConfig(TypedConfig):
     """How much of each kind. Validated on creation."""
 
+    model_config = ConfigDict(frozen=True)
+    _path: ClassVar[str] = "benign"
+
     enabled: bool = True
-    real_eval_share: float = 0.4       # share of real prompts held out as the real-traffic evaluation set
-    code_snippets: int = 2500
-    other_language_snippets: int = 400
-    generated_per_kind: int = 250
-    bfcl_schemas: int = 600
-    planted_per_class: int = 1500      # training pii/credential texts planted in a benign context
-    max_chars: int = 1500
+    real_eval_share: float = Field(0.4, ge=0.0, le=1.0)  # share of real prompts held out as the real-traffic evaluation set
+    code_snippets: NonNegativeInt = 2500
+    other_language_snippets: NonNegativeInt = 400
+    generated_per_kind: NonNegativeInt = 250
+    bfcl_schemas: NonNegativeInt = 600
+    planted_per_class: NonNegativeInt = 1500  # training pii/credential texts planted in a benign context
+    max_chars: int = Field(1500, ge=200)
     # a planted text must fit the model's training window (128 tokens, ~3-4 characters a token in
     # code): past it the label would describe text the model never sees
     planted_max_chars: int = 420
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.real_eval_share <= 1.0:
-            raise ConfigError(f"benign.real_eval_share must be in [0, 1], got {self.real_eval_share!r}")
-        for name in ("code_snippets", "other_language_snippets", "generated_per_kind", "bfcl_schemas",
-                     "planted_per_class"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"benign.{name} must be an integer >= 0, got {value!r}")
-        if self.max_chars < 200:
-            raise ConfigError(f"benign.max_chars must be >= 200, got {self.max_chars}")
 
 
 def _h(*key: object) -> int:

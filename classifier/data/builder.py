@@ -31,14 +31,21 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-import yaml
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+)
 
 from classifier.data import card as card_mod
 from classifier.data import sources as src
@@ -46,8 +53,16 @@ from classifier.data.benign import BenignConfig, generate_benign, planted
 from classifier.data.dedup import DedupConfig, deduplicate
 from classifier.data.normalize import dedup_key, estimate_tokens, text_id
 from classifier.data.sensitivity import SensitivityConfig, generate
-from classifier.data.splits import OOD, SPLITS, SplitFractions, assign_groups, find_leaks
-from classifier.errors import ConfigError, DataError
+from classifier.data.splits import (
+    DEFAULT_FRACTIONS,
+    OOD,
+    SPLITS,
+    Fractions,
+    assign_groups,
+    find_leaks,
+)
+from classifier.errors import ConfigError, DataError, TypedConfig
+from classifier.yaml_io import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -81,80 +96,65 @@ def default_shared_dir() -> Path:
     return Path(env) if env else Path("..", "shared", "datasets")
 
 
-@dataclass
-class BuildConfig:
+def _names(value: Any) -> Any:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+Names = Annotated[list[str], BeforeValidator(_names)]  # YAML may write a name as a number
+
+
+class BuildConfig(TypedConfig):
     """Everything the build depends on. Unknown keys and bad values raise ``ConfigError``."""
 
-    shared: Path | None = None
+    shared: Annotated[Path, BeforeValidator(lambda v: v or default_shared_dir())] = Field(default_factory=default_shared_dir)
     out: Path = Path("data/build")
-    seed: int = 13
-    limit_per_source: int | None = None
-    split_fractions: dict[str, float] = field(default_factory=lambda: dict(SplitFractions().fractions))
-    ood_source_tasks: list[str] = field(default_factory=list)
-    ood_templates: list[str] = field(default_factory=list)
-    ood_rules: list[str] = field(default_factory=list)
-    ood_presidio_templates: list[str] = field(default_factory=list)
-    source_priority: list[str] = field(default_factory=lambda: list(DEFAULT_PRIORITY))
-    cheap_max_price: float = 0.3
+    seed: int = Field(13, strict=True)
+    limit_per_source: PositiveInt | None = None
+    split_fractions: Fractions = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+    ood_source_tasks: Names = []
+    ood_templates: Names = []
+    ood_rules: Names = []
+    ood_presidio_templates: Names = []
+    source_priority: Names = list(DEFAULT_PRIORITY)
+    cheap_max_price: float = Field(0.3, gt=0.0)
     frontier_min_price: float = 0.9
-    model_pass_score: float = 0.5
-    pool_pass_share: float = 0.5
-    mt_bench_pass_score: float = 8.0
-    output_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_OUTPUT_TOKENS))
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
-    benign: BenignConfig = field(default_factory=BenignConfig)
+    model_pass_score: float = Field(0.5, gt=0.0, le=1.0)
+    pool_pass_share: float = Field(0.5, gt=0.0, le=1.0)
+    mt_bench_pass_score: float = Field(8.0, ge=1, le=10)  # within the judge's 1..10 scale
+    output_tokens: dict[str, NonNegativeInt] = Field(default_factory=lambda: dict(DEFAULT_OUTPUT_TOKENS))
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
+    benign: BenignConfig = Field(default_factory=BenignConfig)
     include_traffic: bool = True
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        self.shared = Path(self.shared) if self.shared else default_shared_dir()
-        self.out = Path(self.out)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if self.limit_per_source is not None and (not isinstance(self.limit_per_source, int) or self.limit_per_source < 1):
-            raise ConfigError(f"limit_per_source must be a positive integer or null, got {self.limit_per_source!r}")
-        SplitFractions(dict(self.split_fractions))  # validates
-        if isinstance(self.dedup, Mapping):
-            self.dedup = _make(DedupConfig, self.dedup, "dedup")
-        if isinstance(self.sensitivity, Mapping):
-            self.sensitivity = _make(SensitivityConfig, self.sensitivity, "sensitivity")
-        if isinstance(self.benign, Mapping):
-            self.benign = _make(BenignConfig, self.benign, "benign")
-        for name in ("ood_source_tasks", "ood_templates", "ood_rules", "ood_presidio_templates", "source_priority"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{name} must be a list, got {value!r}")
-            setattr(self, name, [str(v) for v in value])
-        missing = sorted(set(DEFAULT_PRIORITY) - set(self.source_priority))
-        if missing:
-            raise ConfigError(f"source_priority must rank every deduplicated source; missing {missing}")
-        if not 0 < self.cheap_max_price < self.frontier_min_price:
-            raise ConfigError(
-                f"need 0 < cheap_max_price ({self.cheap_max_price}) < frontier_min_price ({self.frontier_min_price})"
-            )
-        for name in ("model_pass_score", "pool_pass_share"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if not 1 <= self.mt_bench_pass_score <= 10:
-            raise ConfigError(f"mt_bench_pass_score must be within the judge's 1..10 scale, got {self.mt_bench_pass_score}")
-        if "default" not in self.output_tokens or any(
-            not isinstance(v, int) or v < 0 for v in self.output_tokens.values()
-        ):
-            raise ConfigError("output_tokens must map keys to integers >= 0 and include 'default'")
+    @field_validator("source_priority")
+    @classmethod
+    def _ranks_all(cls, value: list[str]) -> list[str]:
+        if missing := sorted(set(DEFAULT_PRIORITY) - set(value)):
+            raise ValueError(f"must rank every deduplicated source; missing {missing}")
+        return value
+
+    @field_validator("frontier_min_price")
+    @classmethod
+    def _above_cheap(cls, value: float, info: ValidationInfo) -> float:
+        if value <= info.data.get("cheap_max_price", 0.0):
+            raise ValueError(f"must be above cheap_max_price ({info.data['cheap_max_price']}), got {value}")
+        return value
+
+    @field_validator("output_tokens")
+    @classmethod
+    def _has_default(cls, value: dict[str, int]) -> dict[str, int]:
+        if "default" not in value:
+            raise ValueError("must include 'default'")
+        return value
 
     @classmethod
     def from_yaml(cls, path: Path | str | None, **overrides: Any) -> BuildConfig:
         """Config from a YAML file (None: defaults only); ``overrides`` that are not None win."""
         data: dict[str, Any] = {}
         if path is not None:
-            path = Path(path)
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ConfigError(f"build config {path} does not exist") from None
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"build config {path} is not valid YAML: {exc}") from exc
+            loaded = read_yaml(path, ConfigError, "build config")
             if loaded is not None and not isinstance(loaded, dict):
                 raise ConfigError(f"build config {path} must be a mapping of keys to values")
             data = dict(loaded or {})
@@ -170,23 +170,10 @@ class BuildConfig:
             if "output_tokens" in data:
                 data["output_tokens"] = {**DEFAULT_OUTPUT_TOKENS, **(data["output_tokens"] or {})}
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return _make(cls, data, str(path) if path else "build config")
+        return cls.from_mapping(data, str(path or "build config"))
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["shared"], out["out"] = str(self.shared), str(self.out)
-        return out
-
-
-def _make(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; expected some of {sorted(names)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        return self.model_dump(mode="json")
 
 
 @dataclass
@@ -228,7 +215,7 @@ class _Stages:
 def build_dataset(config: BuildConfig) -> BuildResult:
     """Build and write the data set described by ``config``; see the module docstring."""
     started = time.perf_counter()
-    root = Path(config.shared)  # type: ignore[arg-type]
+    root = config.shared
     if not (root / "README.md").is_file() and not (root / "routellm").is_dir():
         raise DataError(
             f"shared data not found at {root}: pass --shared DIR or set {SHARED_ENV} to the folder "
@@ -308,11 +295,8 @@ def build_dataset(config: BuildConfig) -> BuildResult:
             known = {dedup_key(r["text"]) for r in list(kept) + list(sens.rows)}
             benign_cfg = config.benign
             if limit is not None:  # a slice: a few of each kind, enough to exercise the code
-                benign_cfg = replace(benign_cfg, code_snippets=min(benign_cfg.code_snippets, limit),
-                                     other_language_snippets=min(benign_cfg.other_language_snippets, limit),
-                                     generated_per_kind=min(benign_cfg.generated_per_kind, limit),
-                                     bfcl_schemas=min(benign_cfg.bfcl_schemas, limit),
-                                     planted_per_class=min(benign_cfg.planted_per_class, limit))
+                kinds = ("code_snippets", "other_language_snippets", "generated_per_kind", "bfcl_schemas", "planted_per_class")
+                benign_cfg = benign_cfg.model_copy(update={k: min(getattr(benign_cfg, k), limit) for k in kinds})
             benign_rows, real_eval, stats["benign"] = generate_benign(
                 root, rejects, seed=config.seed, config=benign_cfg, existing_keys=known)
             planted_rows = planted(sens.rows, benign_rows, config.seed, benign_cfg) if benign_cfg.enabled else []

@@ -23,44 +23,46 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from classifier.data.normalize import dedup_key
-from classifier.errors import ConfigError
+from classifier.errors import TypedConfig
 
 log = logging.getLogger(__name__)
 
 _PRIME = np.uint32(0x01000193)  # FNV prime: the rolling shingle hash multiplier
 
 
-@dataclass(frozen=True)
-class DedupConfig:
+class DedupConfig(TypedConfig):
     """Near-duplicate settings. ``num_perm`` must be a multiple of ``bands``."""
 
-    shingle_size: int = 5
-    num_perm: int = 64
-    bands: int = 16
-    collapse_threshold: float = 0.9
-    group_threshold: float = 0.7
+    model_config = ConfigDict(frozen=True)
+    _path: ClassVar[str] = "dedup"
+
+    shingle_size: int = Field(5, ge=1)
+    num_perm: int = Field(64, ge=1)
+    bands: int = Field(16, ge=1)
+    collapse_threshold: float = Field(0.9, le=1.0)
+    group_threshold: float = Field(0.7, gt=0.0, le=1.0)
     max_chars: int = 2000
-    max_bucket: int = 64
+    max_bucket: int = Field(64, ge=2)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.shingle_size < 1:
-            raise ConfigError(f"dedup.shingle_size must be >= 1, got {self.shingle_size}")
-        if self.num_perm < 1 or self.bands < 1 or self.num_perm % self.bands:
-            raise ConfigError(
-                f"dedup.num_perm ({self.num_perm}) must be a positive multiple of dedup.bands ({self.bands})"
-            )
-        if not 0.0 < self.group_threshold <= self.collapse_threshold <= 1.0:
-            raise ConfigError(
-                "dedup thresholds must satisfy 0 < group_threshold <= collapse_threshold <= 1, got "
-                f"{self.group_threshold} and {self.collapse_threshold}"
-            )
-        if self.max_chars < self.shingle_size or self.max_bucket < 2:
-            raise ConfigError("dedup.max_chars must be >= shingle_size and dedup.max_bucket >= 2")
+    @field_validator("bands", "group_threshold", "max_chars")
+    @classmethod
+    def _consistent(cls, value: Any, info: ValidationInfo) -> Any:
+        """Checks against a field declared above (skipped when that one is itself invalid)."""
+        d, name = info.data, info.field_name
+        if name == "bands" and "num_perm" in d and d["num_perm"] % value:
+            raise ValueError(f"must divide num_perm ({d['num_perm']}), got {value}")
+        if name == "group_threshold" and value > d.get("collapse_threshold", 1.0):
+            raise ValueError(f"must be <= collapse_threshold ({d['collapse_threshold']}), got {value}")
+        if name == "max_chars" and value < d.get("shingle_size", 1):
+            raise ValueError(f"must be >= shingle_size ({d['shingle_size']}), got {value}")
+        return value
 
 
 @dataclass

@@ -35,9 +35,11 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
 from classifier.data.schema import LabelSchema
 from classifier.data.validation import (
@@ -49,7 +51,7 @@ from classifier.data.validation import (
     reject_counts,
     write_rejects,
 )
-from classifier.errors import ConfigError, DataError
+from classifier.errors import ConfigError, DataError, TypedConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,18 +82,30 @@ def parse_column_map(spec: str) -> dict[str, str]:
         ours, sep, theirs = part.partition("=")
         ours, theirs = ours.strip(), theirs.strip()
         if not sep or not ours or not theirs:
-            raise ConfigError(
-                f"column_map: {part!r} is not of the form our_column=file_column "
-                "(e.g. --columns text=prompt,tier=label)"
-            )
+            raise ValueError(f"{part!r} is not of the form our_column=file_column (e.g. --columns text=prompt,tier=label)")
         if ours in out:
-            raise ConfigError(f"column_map: column {ours!r} is mapped twice")
+            raise ValueError(f"column {ours!r} is mapped twice")
         out[ours] = theirs
     return out
 
 
-@dataclass(frozen=True)
-class LoadConfig:
+def _one_to_one(cmap: dict[str, str]) -> dict[str, str]:
+    sources = list(cmap.values())
+    if dupes := sorted({s for s in sources if sources.count(s) > 1}):
+        raise ValueError(f"file column(s) {dupes} are mapped to more than one column")
+    return cmap
+
+
+def _a_path(value: Any) -> Any:
+    if value == "":
+        raise ValueError("must be a file path, got ''")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1)]
+
+
+class LoadConfig(TypedConfig):
     """How to read a labelled file.
 
     ``format``: ``auto`` (by extension; a ``save_to_disk`` directory is ``hf``), ``jsonl``,
@@ -102,48 +116,15 @@ class LoadConfig:
     collecting rejects. ``rejects_path``: where rejects go (default ``<input>.rejects.jsonl``).
     """
 
-    format: str = "auto"
-    column_map: Mapping[str, str] | str = field(default_factory=dict)
-    max_chars: int = DEFAULT_MAX_CHARS
-    strict: bool = False
-    rejects_path: str | Path | None = None
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        fmt = self.format.strip().lower() if isinstance(self.format, str) else self.format
-        fmt = FORMAT_ALIASES.get(fmt, fmt)
-        if fmt not in FORMATS:
-            raise ConfigError(f"format: {self.format!r} is not one of {list(FORMATS)}")
-        object.__setattr__(self, "format", fmt)
-
-        cmap = self.column_map
-        if isinstance(cmap, str):
-            cmap = parse_column_map(cmap)
-        if not isinstance(cmap, Mapping):
-            raise ConfigError(
-                f"column_map: expected a mapping our_column -> file_column, got {type(cmap).__name__}"
-            )
-        clean: dict[str, str] = {}
-        for ours, theirs in cmap.items():
-            if not isinstance(ours, str) or not ours or not isinstance(theirs, str) or not theirs:
-                raise ConfigError(
-                    f"column_map: {ours!r} -> {theirs!r}: both names must be non-empty strings"
-                )
-            clean[ours] = theirs
-        sources = list(clean.values())
-        dupes = sorted({s for s in sources if sources.count(s) > 1})
-        if dupes:
-            raise ConfigError(f"column_map: file column(s) {dupes} are mapped to more than one column")
-        object.__setattr__(self, "column_map", clean)
-
-        if isinstance(self.max_chars, bool) or not isinstance(self.max_chars, int) \
-                or self.max_chars < 1:
-            raise ConfigError(f"max_chars: must be a positive integer, got {self.max_chars!r}")
-        if not isinstance(self.strict, bool):
-            raise ConfigError(f"strict: must be true or false, got {self.strict!r}")
-        if self.rejects_path is not None:
-            if not isinstance(self.rejects_path, (str, os.PathLike)) or not str(self.rejects_path):
-                raise ConfigError(f"rejects_path: must be a file path, got {self.rejects_path!r}")
-            object.__setattr__(self, "rejects_path", Path(self.rejects_path))
+    format: Annotated[Literal[FORMATS], BeforeValidator(
+        lambda v: FORMAT_ALIASES.get(v.strip().lower(), v.strip().lower()) if isinstance(v, str) else v)] = "auto"
+    column_map: Annotated[dict[Name, Name], BeforeValidator(lambda v: parse_column_map(v) if isinstance(v, str) else v),
+                          AfterValidator(_one_to_one)] = {}
+    max_chars: int = Field(DEFAULT_MAX_CHARS, ge=1, strict=True)
+    strict: bool = Field(False, strict=True)
+    rejects_path: Annotated[Path | None, BeforeValidator(_a_path)] = None
 
 
 @dataclass
@@ -634,7 +615,7 @@ def run_validate(args: argparse.Namespace) -> int:
     """Exit 0 when every row is good, 1 when rejects were found (and written)."""
     schema = _load_schema(args.schema)
     config = LoadConfig(
-        format=args.format, column_map=parse_column_map(args.columns or ""),
+        format=args.format, column_map=args.columns or "",
         max_chars=args.max_chars, strict=args.strict, rejects_path=args.rejects,
     )
     result = load_labelled(args.file, schema, config)

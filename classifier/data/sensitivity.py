@@ -50,15 +50,16 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import ConfigDict, Field, NonNegativeInt
 
 from classifier.data.normalize import clean_text
 from classifier.data.secrets_gen import RegexSampler
 from classifier.data.sources import PII_ENTITY_TYPES, GitleaksRule, PresidioRecord, RejectLog
 from classifier.data.splits import OOD, TRAIN, assign_groups
-from classifier.errors import ConfigError, DataError
+from classifier.errors import ConfigError, DataError, TypedConfig
 
 log = logging.getLogger(__name__)
 
@@ -216,40 +217,28 @@ GENERIC_SERVICES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class SensitivityConfig:
+class SensitivityConfig(TypedConfig):
     """How many examples per unit. Validated on creation."""
 
-    secret_samples_per_rule: int = 8
-    max_true_positives_per_rule: int = 4
-    max_false_positives_per_rule: int = 4
-    mixed_per_rule: int = 1
-    composed_mixed_per_rule: int = 0
-    placeholder_repeats: int = 6
+    model_config = ConfigDict(frozen=True)
+    _path: ClassVar[str] = "sensitivity"
+
+    secret_samples_per_rule: NonNegativeInt = 8
+    max_true_positives_per_rule: NonNegativeInt = 4
+    max_false_positives_per_rule: NonNegativeInt = 4
+    mixed_per_rule: NonNegativeInt = 1
+    composed_mixed_per_rule: NonNegativeInt = 0
+    placeholder_repeats: NonNegativeInt = 6
     masked_negatives: bool = True
     quasi_identifier_negatives: bool = True
-    max_secret_chars: int = 1500
-    defanged_per_rule: int = 0
-    masked_restyle_rate: float = 0.0
+    max_secret_chars: int = Field(1500, ge=20)
+    defanged_per_rule: NonNegativeInt = 0
+    masked_restyle_rate: float = Field(0.0, ge=0.0, le=1.0)
     # Training split only: copies of each PII text with its spans refilled (refill_spans).
-    refills_per_record: int = 0
-    first_name_rate: float = 0.0        # share of refilled PERSON spans cut to the first name
-    rare_type_min: int = 0              # with refills on: a PII type with fewer training spans gets more copies
-    max_copies_per_record: int = 20
-
-    def __post_init__(self) -> None:
-        for name in ("masked_restyle_rate", "first_name_rate"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ConfigError(f"sensitivity.{name} must be a number in [0, 1], got {value!r}")
-        for name in ("secret_samples_per_rule", "max_true_positives_per_rule", "max_false_positives_per_rule",
-                     "mixed_per_rule", "composed_mixed_per_rule", "placeholder_repeats", "defanged_per_rule",
-                     "refills_per_record", "rare_type_min", "max_copies_per_record"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"sensitivity.{name} must be an integer >= 0, got {value!r}")
-        if self.max_secret_chars < 20:
-            raise ConfigError(f"sensitivity.max_secret_chars must be >= 20, got {self.max_secret_chars}")
+    refills_per_record: NonNegativeInt = 0
+    first_name_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of refilled PERSON spans cut to the first name
+    rare_type_min: NonNegativeInt = 0  # with refills on: a PII type with fewer training spans gets more copies
+    max_copies_per_record: NonNegativeInt = 20
 
 
 @dataclass

@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from classifier.errors import ConfigError, DataError
+from pydantic import AfterValidator, ConfigDict, Field, PositiveFloat
+
+from classifier.errors import DataError, TypedConfig
 
 SPLITS: tuple[str, ...] = ("train", "validation", "calibration", "test")
 TRAIN = "train"
@@ -27,21 +28,27 @@ OOD = "ood"
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.70, "validation": 0.05, "calibration": 0.10, "test": 0.15}
 
 
-@dataclass(frozen=True)
-class SplitFractions:
+def _complete(fractions: dict[str, float]) -> dict[str, float]:
+    if set(fractions) != set(SPLITS):
+        raise ValueError(f"must name exactly {list(SPLITS)}, got {sorted(fractions)}")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"must sum to 1, got {sum(fractions.values()):.4f}")
+    return fractions
+
+
+# split -> target share: covers ``SPLITS``, positive, sums to 1
+Fractions = Annotated[dict[str, PositiveFloat], AfterValidator(_complete)]
+
+
+class SplitFractions(TypedConfig):
     """Target share of each in-distribution split; must cover ``SPLITS`` and sum to 1."""
 
-    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        keys = set(self.fractions)
-        if keys != set(SPLITS):
-            raise ConfigError(f"split_fractions must name exactly {list(SPLITS)}, got {sorted(keys)}")
-        if any(not isinstance(v, (int, float)) or v <= 0 for v in self.fractions.values()):
-            raise ConfigError(f"split_fractions must be positive numbers, got {self.fractions}")
-        total = sum(self.fractions.values())
-        if abs(total - 1.0) > 1e-6:
-            raise ConfigError(f"split_fractions must sum to 1, got {total:.4f}")
+    fractions: Fractions = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+
+    def __init__(self, fractions: dict[str, float] | None = None) -> None:
+        super().__init__(**({} if fractions is None else {"fractions": fractions}))
 
 
 def _tiebreak(seed: int, key: Hashable) -> str:

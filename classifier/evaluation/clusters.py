@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from classifier.errors import ConfigError, DataError
+from classifier.errors import DataError, TypedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,23 +37,14 @@ __all__ = ["ClusterPrior", "ClusterPriorConfig", "describe_cluster"]
 _EPS = 1e-6
 
 
-@dataclass
-class ClusterPriorConfig:
+class ClusterPriorConfig(TypedConfig):
     """``n_clusters`` (capped at rows / ``min_cluster_rows``), Beta pseudo-count ``prior_strength``."""
 
-    n_clusters: int = 32
-    prior_strength: float = 4.0
-    min_cluster_rows: int = 10
+    n_clusters: int = Field(32, ge=1)
+    prior_strength: float = Field(4.0, gt=0.0)
+    min_cluster_rows: int = Field(10, ge=1)
     n_examples: int = 3
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_clusters < 1:
-            raise ConfigError(f"n_clusters must be >= 1, got {self.n_clusters}")
-        if not self.prior_strength > 0:
-            raise ConfigError(f"prior_strength must be > 0, got {self.prior_strength}")
-        if self.min_cluster_rows < 1:
-            raise ConfigError(f"min_cluster_rows must be >= 1, got {self.min_cluster_rows}")
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -191,7 +182,7 @@ class ClusterPrior:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": vars(self.config), "global_rate": self.global_rate_, "clusters": self.summary()}
+        return {"config": self.config.model_dump(), "global_rate": self.global_rate_, "clusters": self.summary()}
 
     # -- ONNX --------------------------------------------------------------------------------------
     def onnx_nodes(self, features: str, output: str, prefix: str = "cp_",

@@ -66,9 +66,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from classifier.data.reader import select_split
-from classifier.errors import ConfigError, DataError
+from classifier.errors import ConfigError, DataError, TypedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -124,25 +125,14 @@ def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
 
 
 # -- configuration -----------------------------------------------------------------------------------
-@dataclass
-class DriftConfig:
+class DriftConfig(TypedConfig):
     """What ``compare`` looks at and how sensitive it is."""
 
-    psi_threshold: float = 0.2
-    min_change: float = 0.05
-    min_flag_change: float = 0.02
-    significance: float = 0.01
-    min_slice_rows: int = 30
-
-    def __post_init__(self) -> None:
-        for name in ("psi_threshold", "min_change", "min_flag_change"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be a number >= 0, got {v!r}")
-        if not 0 < self.significance < 1:
-            raise ConfigError(f"significance must be in (0, 1), got {self.significance!r}")
-        if isinstance(self.min_slice_rows, bool) or not isinstance(self.min_slice_rows, int) or self.min_slice_rows < 1:
-            raise ConfigError(f"min_slice_rows must be an integer >= 1, got {self.min_slice_rows!r}")
+    psi_threshold: float = Field(0.2, ge=0.0, allow_inf_nan=False)
+    min_change: float = Field(0.05, ge=0.0, allow_inf_nan=False)
+    min_flag_change: float = Field(0.02, ge=0.0, allow_inf_nan=False)
+    significance: float = Field(0.01, gt=0.0, lt=1.0)
+    min_slice_rows: int = Field(30, ge=1)
 
 
 @dataclass

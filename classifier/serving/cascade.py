@@ -31,11 +31,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from classifier.errors import BundleError, ConfigError
+from classifier.errors import BundleError, ConfigError, TypedConfig
 from classifier.serving import bundle as bundle_io
 from classifier.serving.policy import Decision
 from classifier.serving.runtime import FLAG_FALLBACK, FLAG_INVALID_INPUT, Router
@@ -47,21 +48,25 @@ FLAG_ESCALATED = "escalated"
 CASCADE_FORMAT = "tierwise-cascade"
 
 
-@dataclass(frozen=True)
-class Band:
+class Band(TypedConfig):
     """Escalate a prompt whose calibrated ``p(cls)`` is in ``[lo, hi)``."""
 
-    cls: str
-    lo: float
-    hi: float
+    model_config = ConfigDict(frozen=True)
+    _path: ClassVar[str] = "band"
 
-    def __post_init__(self) -> None:
-        for name in ("lo", "hi"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or not 0.0 <= v <= 1.0 + 1e-9:
-                raise ConfigError(f"cascade band {self.cls}.{name} must be a number in [0, 1], got {v!r}")
-        if self.lo > self.hi:
-            raise ConfigError(f"cascade band {self.cls}: lo {self.lo} is above hi {self.hi}")
+    cls: str
+    lo: float = Field(ge=0.0, le=1.0 + 1e-9)
+    hi: float = Field(ge=0.0, le=1.0 + 1e-9)
+
+    def __init__(self, cls: str, lo: float, hi: float) -> None:
+        super().__init__(cls=cls, lo=lo, hi=hi)
+
+    @field_validator("hi")
+    @classmethod
+    def _above_lo(cls, hi: float, info: ValidationInfo) -> float:
+        if hi < info.data.get("lo", hi):
+            raise ValueError(f"must be >= lo ({info.data['lo']}), got {hi}")
+        return hi
 
     def contains(self, p: float) -> bool:
         return self.lo <= p < self.hi

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
 
-from classifier.errors import PolicyError
+from pydantic import Field, PrivateAttr
+
+from classifier.errors import PolicyError, TierwiseError, TypedConfig
 
 __all__ = ["MODES", "Exploration"]
 
@@ -39,21 +41,18 @@ MODES = ("send", "shadow")
 MAX_SHARE = 0.5
 
 
-@dataclass
-class Exploration:
+class Exploration(TypedConfig):
     """``share`` of plain threshold decisions explored, ``mode`` send or shadow (module docstring)."""
 
-    share: float
-    mode: str = "send"
-    seed: int | None = None
-    _rng: Any = field(default=None, repr=False, compare=False)
+    _path: ClassVar[str] = "exploration"
+    _error: ClassVar[type[TierwiseError]] = PolicyError
 
-    def __post_init__(self) -> None:
-        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 <= self.share <= MAX_SHARE:
-            raise PolicyError(f"exploration.share: must be a number in [0, {MAX_SHARE}], got {self.share!r}")
-        if self.mode not in MODES:
-            raise PolicyError(f"exploration.mode: must be one of {list(MODES)}, got {self.mode!r}")
-        self.share = float(self.share)
+    share: float = Field(ge=0.0, le=MAX_SHARE)
+    mode: Literal[MODES] = "send"
+    seed: int | None = None
+    _rng: random.Random = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
         self._rng = random.SystemRandom() if self.seed is None else random.Random(self.seed)
 
     def apply(self, decision: Any, cheap_tier: str, strong_tier: str, *, models: Mapping[str, str],

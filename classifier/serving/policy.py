@@ -702,7 +702,7 @@ class PolicyEngine:
         self._sens_route = _Route([x for ok in combos for x in _routes(ok, n_tiers)])
         self._sens_blocked = _Route([ok is not None and not ok for ok in combos])
         self._thresholds = self._threshold_summary()
-        self._exploration = None if p.exploration is None else Exploration(p.exploration.share, p.exploration.mode)
+        self._exploration = None if p.exploration is None else Exploration(share=p.exploration.share, mode=p.exploration.mode)
 
     # -- checks ------------------------------------------------------------------------------
     def _check_against_schema(self) -> None:

@@ -27,16 +27,17 @@ runs on are cut from those ids as lists of ``(lo, hi)`` token slices, each row t
 tokenising (it bounds the tokenizer's work); a cut also flags ``truncated``.
 
 What this module leaves out: tokenising, running the model and pooling (``runtime.py``), and the
-policy's reaction to the flags (``policy.py``, section ``input``). Pure Python, no imports beyond
-the standard library.
+policy's reaction to the flags (``policy.py``, section ``input``). It imports pydantic and the
+standard library only.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from classifier.errors import ConfigError
+from pydantic import ConfigDict, Field
+
+from classifier.errors import ConfigError, TypedConfig
 
 TIER_VIEWS = ("head", "head_tail", "last_user", "last_user_tail", "windows_mean")
 SENSITIVITY_VIEWS = ("windows_max", "head")
@@ -44,50 +45,38 @@ SENSITIVITY_VIEWS = ("windows_max", "head")
 Segments = tuple[tuple[int, int], ...]  # one model row: token slices of the request's ids
 
 
-@dataclass(frozen=True)
-class ModelView:
+class ModelView(TypedConfig):
     """Which text each head reads (see the module docstring). The defaults are the measured choice
     (``docs/design.md``, "Model view")."""
 
-    tier: str = "last_user_tail"
-    sensitivity: str = "windows_max"
-    head_tokens: int = 32
-    overlap: int = 16
-    max_windows: int = 160
-    max_chars: int = 65536
+    model_config = ConfigDict(frozen=True, strict=True)
+    _path: ClassVar[str] = "view"
 
-    def __post_init__(self) -> None:
-        if self.tier not in TIER_VIEWS:
-            raise ConfigError(f"view.tier must be one of {list(TIER_VIEWS)}, got {self.tier!r}")
-        if self.sensitivity not in SENSITIVITY_VIEWS:
-            raise ConfigError(f"view.sensitivity must be one of {list(SENSITIVITY_VIEWS)}, got {self.sensitivity!r}")
-        for name, lo in (("head_tokens", 0), ("overlap", 0), ("max_windows", 1), ("max_chars", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"view.{name} must be an integer >= {lo}, got {value!r}")
+    tier: Literal[TIER_VIEWS] = "last_user_tail"
+    sensitivity: Literal[SENSITIVITY_VIEWS] = "windows_max"
+    head_tokens: int = Field(32, ge=0)
+    overlap: int = Field(16, ge=0)
+    max_windows: int = Field(160, ge=1)
+    max_chars: int = Field(65536, ge=1)
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelView:
-        if data is None:
-            return cls()
-        if isinstance(data, ModelView):
-            return data
+        if data is None or isinstance(data, ModelView):
+            return data or cls()
         if not isinstance(data, dict):
             raise ConfigError(f"view must be a mapping of ModelView fields, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"view: unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def fitted(self, window: int) -> ModelView:
         """This view for a model window of ``window`` tokens: ``head_tokens`` at most half of it and
         ``overlap`` at most a quarter (tiny test models have windows of a few dozen tokens)."""
         if window < 4:
             raise ConfigError(f"a model window of {window} tokens is too small for the model view (max_length >= 6)")
-        return replace(self, head_tokens=min(self.head_tokens, window // 2), overlap=min(self.overlap, window // 4))
+        return self.model_copy(update={"head_tokens": min(self.head_tokens, window // 2),
+                                       "overlap": min(self.overlap, window // 4)})
 
 
 def sensitivity_windows(n: int, window: int, view: ModelView) -> tuple[list[Segments], bool]:

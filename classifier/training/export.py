@@ -29,12 +29,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
 
-from classifier.errors import ConfigError, ExportValidationError
+from classifier.errors import ConfigError, ExportValidationError, TypedConfig
 from classifier.serving import bundle as bundle_io
 from classifier.serving.detectors import DETECTORS_FILE, default_rules_bytes
 from classifier.serving.policy import packaged as packaged_policy
@@ -83,59 +84,38 @@ PARITY_PROMPTS: tuple[str, ...] = (
 
 
 # -- configuration --------------------------------------------------------------------------------
-@dataclass
-class ExportConfig:
+class ExportConfig(TypedConfig):
     """What to export and how strictly to check it."""
 
     model_dir: Path
     out_dir: Path
     int8: bool = False
     policy: Path | None = None
-    max_length: int | None = None  # None: the model dir's model_info.json max_length, else 128
-    max_chars: int | None = None  # None: 32 x max_length
-    max_batch: int = 256
-    opset: int = 18
-    exporter: str = "dynamo"
-    atol: float = 1e-4
+    max_length: int | None = Field(None, ge=2)  # None: the model dir's model_info.json max_length, else 128
+    max_chars: int | None = Field(None, ge=1)  # None: 32 x max_length
+    max_batch: int = Field(256, ge=1)
+    opset: int = Field(18, ge=13, le=23)
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    atol: float = Field(1e-4, ge=0.0)
     # int8 error grows with the logits' scale: a full-preset teacher's sensitivity logits reach +-7
     # and its int8 copy differs by up to 1.06 on the parity prompts while agreeing on ~99% of
     # argmaxes; the agreement floor below is the check that matters for routing.
-    int8_atol: float = 1.5
-    int8_min_agreement: float = 0.9
+    int8_atol: float = Field(1.5, ge=0.0)
+    int8_min_agreement: float = Field(0.9, ge=0.0, le=1.0)
     dataset: Path | None = DEFAULT_DATASET
-    dataset_prompts: int = 256
+    dataset_prompts: int = Field(256, ge=0)
     extra_prompts: tuple[str, ...] = ()
     pack: bool = True
     log_to_mlflow: bool = True
-    kind: str = "teacher"
+    kind: Literal[bundle_io.KINDS] = "teacher"
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        self.model_dir = Path(self.model_dir)
-        self.out_dir = Path(self.out_dir)
-        self.policy = None if self.policy is None else Path(self.policy)
-        self.dataset = None if self.dataset is None else Path(self.dataset)
-        if self.max_length is not None and not (isinstance(self.max_length, int) and self.max_length >= 2):
-            raise ConfigError(f"max_length must be an integer >= 2, got {self.max_length!r}")
-        if self.max_chars is not None and not (isinstance(self.max_chars, int) and self.max_chars >= 1):
-            raise ConfigError(f"max_chars must be an integer >= 1, got {self.max_chars!r}")
-        if not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise ConfigError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
-        if self.exporter not in ("dynamo", "torchscript"):
-            raise ConfigError(f"exporter must be 'dynamo' or 'torchscript', got {self.exporter!r}")
-        if not 13 <= self.opset <= 23:
-            raise ConfigError(f"opset must be between 13 and 23, got {self.opset}")
-        for name in ("atol", "int8_atol"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0.0 <= self.int8_min_agreement <= 1.0:
-            raise ConfigError(f"int8_min_agreement must be in [0, 1], got {self.int8_min_agreement!r}")
-        if self.dataset_prompts < 0:
-            raise ConfigError(f"dataset_prompts must be >= 0, got {self.dataset_prompts}")
-        if self.kind not in bundle_io.KINDS:
-            raise ConfigError(f"kind must be one of {list(bundle_io.KINDS)}, got {self.kind!r}")
-        if self.out_dir.resolve() == self.model_dir.resolve():
-            raise ConfigError("--out must differ from --model: the bundle replaces its directory's contents")
+    @field_validator("out_dir")
+    @classmethod
+    def _not_the_model(cls, out_dir: Path, info: ValidationInfo) -> Path:
+        if "model_dir" in info.data and out_dir.resolve() == info.data["model_dir"].resolve():
+            raise ValueError("(--out) must differ from --model: the bundle replaces its directory's contents")
+        return out_dir
 
 
 @dataclass
@@ -544,12 +524,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                         help="torch.onnx exporter (default: dynamo)")
     # defaults come from ExportConfig, so the library and the CLI cannot drift apart
-    parser.add_argument("--atol", type=float, default=ExportConfig.atol,
-                        help=f"fp32 parity: max abs logit difference (default {ExportConfig.atol:g})")
-    parser.add_argument("--int8-atol", type=float, default=ExportConfig.int8_atol,
-                        help=f"int8 parity: max abs logit difference (default {ExportConfig.int8_atol:g})")
-    parser.add_argument("--int8-min-agreement", type=float, default=ExportConfig.int8_min_agreement,
-                        help=f"int8 parity: minimum argmax agreement rate (default {ExportConfig.int8_min_agreement:g})")
+    default = {name: f.default for name, f in ExportConfig.model_fields.items()}
+    parser.add_argument("--atol", type=float, default=default["atol"],
+                        help=f"fp32 parity: max abs logit difference (default {default['atol']:g})")
+    parser.add_argument("--int8-atol", type=float, default=default["int8_atol"],
+                        help=f"int8 parity: max abs logit difference (default {default['int8_atol']:g})")
+    parser.add_argument("--int8-min-agreement", type=float, default=default["int8_min_agreement"],
+                        help=f"int8 parity: minimum argmax agreement rate (default {default['int8_min_agreement']:g})")
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
                         help=f"data set whose test split adds parity prompts (default {DEFAULT_DATASET}, if present)")
     parser.add_argument("--parity-prompts", type=int, default=256, help="test-split prompts to check (default 256)")

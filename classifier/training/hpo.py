@@ -36,15 +36,22 @@ import logging
 import math
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
-import yaml
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
 
-from classifier.errors import ConfigError, TierwiseError
+from classifier.errors import ConfigError, TierwiseError, TypedConfig
 from classifier.training.config import TrainingConfig, add_config_arguments, config_from_args
+from classifier.yaml_io import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -52,49 +59,33 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 DEFAULT_OUT = "training/best.yaml"
 
 
-@dataclass
-class SearchSpace:
+Positives = Annotated[tuple[PositiveInt, ...], Field(min_length=1)]
+
+
+class SearchSpace(TypedConfig):
     """Ranges searched. Pairs are ``(low, high)`` inclusive; tuples of values are categorical.
     ``frozen_layers`` is clipped to the encoder's depth."""
 
-    lr: tuple[float, float] = (1e-5, 2e-4)
-    epochs: tuple[int, int] = (1, 4)
-    batch_size: tuple[int, ...] = (16, 32, 64)
-    max_length: tuple[int, ...] = (64, 96, 128)
-    head_weight: tuple[float, float] = (0.5, 2.0)
-    dropout: tuple[float, float] = (0.0, 0.3)
-    frozen_layers: tuple[int, int] = (0, 4)
-    heads: list[str] | None = field(default=None)
+    lr: tuple[PositiveFloat, float] = (1e-5, 2e-4)  # searched on a log scale
+    epochs: tuple[PositiveInt, int] = (1, 4)
+    batch_size: Positives = (16, 32, 64)
+    max_length: Positives = (64, 96, 128)
+    head_weight: tuple[NonNegativeFloat, float] = (0.5, 2.0)
+    dropout: tuple[NonNegativeFloat, Annotated[float, Field(lt=1.0)]] = (0.0, 0.3)
+    frozen_layers: tuple[NonNegativeInt, int] = (0, 4)
+    heads: list[str] | None = None
     """Heads whose loss weight is searched; None = every schema head."""
 
-    def __post_init__(self) -> None:
-        for name in ("lr", "epochs", "head_weight", "dropout", "frozen_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or len(value) != 2 or value[0] > value[1]:
-                raise ConfigError(f"search space: {name} must be [low, high] with low <= high, got {value!r}")
-            setattr(self, name, tuple(value))
-        for name in ("batch_size", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or not value or any(int(v) < 1 for v in value):
-                raise ConfigError(f"search space: {name} must list positive integers, got {value!r}")
-            setattr(self, name, tuple(int(v) for v in value))
-        if not self.lr[0] > 0:
-            raise ConfigError(f"search space: lr must be > 0 (searched on a log scale), got {self.lr!r}")
-        if self.epochs[0] < 1 or self.frozen_layers[0] < 0 or self.head_weight[0] < 0:
-            raise ConfigError("search space: epochs must be >= 1, frozen_layers and head_weight >= 0")
-        if not (0.0 <= self.dropout[0] and self.dropout[1] < 1.0):
-            raise ConfigError(f"search space: dropout must lie in [0, 1), got {self.dropout!r}")
+    @field_validator("lr", "epochs", "head_weight", "dropout", "frozen_layers")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"must be [low, high] with low <= high, got {list(value)}")
+        return value
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"search space file {path} does not exist")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) - known:
-            raise ConfigError(f"{path}: a search space is a mapping with keys among {sorted(known)}")
-        return cls(**data)
+        return cls.from_mapping(read_yaml(path, ConfigError, "search space file"), str(path))
 
 
 def suggest_config(trial, base: TrainingConfig, space: SearchSpace, *, n_layers: int, heads: list[str]) -> TrainingConfig:
@@ -208,7 +199,7 @@ class Tuner:
                 "optuna.storage": _public_url(self.storage),
             })
             parent.log_params({**base.to_dict(), "tune.trials": self.n_trials,
-                               "tune.sampler_seed": self.sampler_seed, "tune.space": asdict(self.space)})
+                               "tune.sampler_seed": self.sampler_seed, "tune.space": self.space.model_dump()})
         self.parent_run_id_ = parent.run_id if parent else None
 
         def objective(trial: optuna.Trial) -> float:
