@@ -64,29 +64,38 @@ class FeatureActor:
                          "logits": pa.array(out["logits"], pa.list_(pa.binary()))})
 
 
+def batch_items(tokens: list[list[list[int]]]) -> list[dict[str, Any]]:
+    """One Ray Data row per ONNX batch: its number and its token rows (int32 ids and lengths)."""
+    return [{"batch": k, "ids": np.concatenate([np.asarray(r, np.int32) for r in rows]).tobytes(),
+             "lengths": np.asarray([len(r) for r in rows], np.int32).tobytes()} for k, rows in enumerate(tokens)]
+
+
+def batch_results(table: Any) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
+    """``FeatureActor`` output -> {batch number: (features, [logits of each head])}."""
+    return {k: (_from_bytes(f), [_from_bytes(x) for x in logits]) for k, f, logits in
+            zip(*(table.column(c).to_pylist() for c in ("batch", "features", "logits")), strict=True)}
+
+
 def ray_feature_batches(bundle: str | Path, *, actors: int, threads: int = 1) -> Callable[..., Any]:
     """A ``run_batches`` for ``BundleFeaturizer.transform`` / ``adapt_bundle`` that runs the
-    batches on the connected Ray cluster, ``actors`` actors of ``threads`` ONNX Runtime threads."""
+    batches on the connected Ray cluster, ``actors`` actors of ``threads`` ONNX Runtime threads.
+    The bundle path must be readable by every worker (a relative one is made absolute here)."""
+    bundle = Path(bundle).resolve()
 
     def run(tokens: list[list[list[int]]], progress: bool) -> list[tuple[np.ndarray, list[np.ndarray]]]:
         import ray.data
 
-        items = [{"batch": k, "ids": np.concatenate([np.asarray(r, np.int32) for r in rows]).tobytes(),
-                  "lengths": np.asarray([len(r) for r in rows], np.int32).tobytes()}
-                 for k, rows in enumerate(tokens)]
+        items = batch_items(tokens)
         if not items:
             return []
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
+        ray.data.DataContext.get_current().enable_progress_bars = progress
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors))
         done = ds.map_batches(FeatureActor, fn_constructor_kwargs={"bundle": str(bundle), "threads": threads},
                               batch_size=1, batch_format="pyarrow", num_cpus=threads,
                               compute=ray.data.ActorPoolStrategy(size=actors))
         results: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         for batch in done.iter_batches(batch_format="pyarrow", batch_size=None):
-            for k, f, logits in zip(*(batch.column(c).to_pylist() for c in ("batch", "features", "logits")),
-                                    strict=True):
-                results[k] = (_from_bytes(f), [_from_bytes(x) for x in logits])
+            results.update(batch_results(batch))
         return [results[k] for k in range(len(items))]
 
     return run

@@ -31,6 +31,9 @@ torch-free runtime serves it unchanged; the new bundle's manifest names its pare
 (``parent_bundle``: directory, manifest sha256, model version) and the MLflow run and registered
 model version it was logged as.
 
+``--engine ray`` runs the feature extraction (the bundle's ONNX graph over every row) on a Ray
+actor pool (``classifier.scale.adapt``, bit-identical features); the fit stays in this process.
+
 Left out: adapting the task or sensitivity heads (they are copied from the parent), fine-tuning
 the encoder, and online (per-request) updates; ``ClusterPrior.update`` is the online part.
 """
