@@ -160,7 +160,7 @@ def _adapt_rows(n: int) -> pd.DataFrame:
 
 def test_ray_features_and_adapted_bundle_equal_the_in_process_ones(ray_cluster, tiny_bundle, tmp_path):  # noqa: F811
     from classifier.scale.adapt import ray_feature_batches
-    from classifier.training.adapt import AdaptConfig, BundleFeaturizer, adapt_bundle
+    from classifier.training.adapt import BundleFeaturizer
 
     rows = _adapt_rows(600)
     runner = ray_feature_batches(tiny_bundle, actors=2, threads=1)
@@ -174,13 +174,20 @@ def test_ray_features_and_adapted_bundle_equal_the_in_process_ones(ray_cluster, 
     assert np.array_equal(f_ray, f_local)  # bit for bit: the same batches, run elsewhere
     assert z_ray.keys() == z_local.keys() and all(np.array_equal(z_ray[h], z_local[h]) for h in z_local)
 
-    options = {"config": AdaptConfig(n_clusters=4), "threads": 1, "progress": False, "mlflow": False,
-               "alpha": 0.3, "delta": 0.2, "force": True}
-    local = adapt_bundle(tiny_bundle, rows, tmp_path / "local", **options)
-    ray = adapt_bundle(tiny_bundle, rows, tmp_path / "ray", run_batches=runner, **options)
-    def same(doc):  # NaN-safe equality of the summaries, to the last bit of every float
-        return json.dumps(doc, sort_keys=True, default=str)
+    # the command, in process and with --engine ray (2 actors of 1 thread): the same fitted head and graph
+    from classifier.cli import main
 
-    assert same(ray.head) == same(local.head)  # the same fitted coefficients, C, prior weight and blend
-    assert same(ray.metrics["adapted"]) == same(local.metrics["adapted"])
+    rows.to_parquet(tmp_path / "rows.parquet")
+    common = ["adapt", "--bundle", str(tiny_bundle), "--rows", str(tmp_path / "rows.parquet"), "--clusters", "4",
+              "--alpha", "0.3", "--delta", "0.2", "--threads", "1", "--no-mlflow", "--force"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray"]) == 0
+    local, ray = (json.loads((tmp_path / f"{name}.adapt.json").read_text()) for name in ("local", "ray"))
+
+    def same(doc):  # NaN-safe equality, to the last bit of every float
+        return json.dumps(doc, sort_keys=True)
+
+    assert same(ray["head"]) == same(local["head"])  # the coefficients' summary, C, prior weight and blend
+    assert same(ray["metrics"]["adapted"]) == same(local["metrics"]["adapted"])
+    assert local["metrics"]["rows"]["fit"] > 300
     assert (tmp_path / "ray" / "model.onnx").read_bytes() == (tmp_path / "local" / "model.onnx").read_bytes()

@@ -410,7 +410,8 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decisions", action="append", required=True,
                         help="audit log or 'tierwise route --output' JSONL (repeatable; with --engine ray also "
                         "Parquet, or a directory of part files)")
-    parser.add_argument("--prompts", default=None, help="prompt store (.jsonl/.csv/.parquet with text and id)")
+    parser.add_argument("--prompts", default=None,
+                        help="prompt store (.jsonl/.csv/.parquet with text and id; --engine ray: .jsonl/.parquet)")
     parser.add_argument("--tiers", action="append", default=[], metavar="MODEL=TIER",
                         help="map a model name in outcomes to a tier (repeatable)")
     parser.add_argument("--cheap-tier", default="cheap", help="name of the cheap tier (default cheap)")
