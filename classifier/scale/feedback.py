@@ -171,7 +171,8 @@ def lookup_group(table: Any, *, parts: int, store: bool, tiers: Sequence[str], m
 
 def rows_group(table: Any) -> Any:
     """One partition of shuffle 3: a request's accepted outcomes in order -> its training row
-    (``t``; ``file``/``line`` of the outcome that made it) and duplicate rejects."""
+    (``t``; ``file``/``line`` of the outcome that made it), duplicate rejects, and ``c``: how
+    many accepted outcomes the partition held."""
     from classifier.training.feedback import add_outcome
 
     rows = sorted(table.to_pylist(), key=lambda r: (r["file"], r["line"]))
@@ -190,6 +191,7 @@ def rows_group(table: Any) -> Any:
             _reject_row(out, (1, r["file"], 1, r["line"]), rejected)
     for key, row in made.items():
         _emit(out, 0, "t", *first[key], row)
+    _emit(out, 0, "c", 0, 0, sum(r["kind"] == "a" for r in rows))  # accepted outcomes (for the counts)
     return _table(out)
 
 
@@ -252,17 +254,18 @@ def join_feedback_ray(outcomes: Sequence[str | Path], decisions: Sequence[str | 
 
     kw = {"fn_kwargs": {"parts": parts, "store": prompts is not None, "tiers": list(tiers), "model_tiers": model_tiers},
           "batch_format": "pyarrow"}
-    outcome_rows = parsed("o").materialize()
-    n_outcomes = _kind(outcome_rows, "o").count()
-    inputs = [parsed("d"), outcome_rows] + ([parsed("p")] if prompts is not None else [])
-    first = inputs[0].union(*inputs[1:]).groupby("part").map_groups(lookup_group, **kw).materialize()
+    inputs = [parsed("d"), parsed("o")] + ([parsed("p")] if prompts is not None else [])
+    first = inputs[0].union(*inputs[1:]).groupby("part", num_partitions=parts).map_groups(lookup_group, **kw).materialize()
     settled = _kind(first, "a", "r")
     moved = _kind(first, "f")
     if prompts is not None and moved.count():
-        settled = settled.union(parsed("p").union(moved).groupby("part").map_groups(lookup_group, **kw))
-    final = settled.groupby("part").map_groups(rows_group, batch_format="pyarrow").take_all()
+        settled = settled.union(parsed("p").union(moved).groupby("part", num_partitions=parts).map_groups(lookup_group, **kw))
+    final = settled.groupby("part", num_partitions=parts).map_groups(rows_group, batch_format="pyarrow").take_all()
     rows = sorted((r for r in final if r["kind"] == "t"), key=lambda r: (r["file"], r["line"]))
     rejects = sorted((json.loads(r["data"]) for r in final if r["kind"] == "r"), key=lambda d: d["s"])
+    # every outcome line that parsed was accepted (a duplicate too) or rejected before (not malformed)
+    n_outcomes = sum(json.loads(r["data"]) for r in final if r["kind"] == "c") + \
+        sum(1 for d in rejects if d["s"][0] == 1 and d["s"][2] == 1 and d["r"]["kind"] != "duplicate")
     frame = training_frame([json.loads(r["data"]) for r in rows], weight_cap)
     found = [RejectedRow(**d["r"]) for d in rejects]
     return JoinResult(frame, found, join_counts(n_outcomes, frame, len(found)))
