@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 result[f"{key}_bit_identical"] = bool(np.array_equal(f_ray, f_local)
                                                        and all(np.array_equal(z_ray[h], z_local[h]) for h in z_local))
         feat.close()
+    result["loadavg_1_5_15_at_end"] = list(os.getloadavg())  # the machine is shared: how busy it was
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
