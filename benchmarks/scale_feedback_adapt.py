@@ -8,7 +8,7 @@ On real prompts of the built data set (``data/build/dataset.parquet``, test and 
   tier's, and a shadow call for every fifth request). ``join_feedback`` against
   ``join_feedback_ray`` on a local cluster of ``--cpus`` CPUs: wall time, and whether the rows
   and rejects are equal.
-* **features**: ``BundleFeaturizer.transform`` of ``--adapt-n`` ood rows with ``--bundle`` in
+* **features**: ``BundleFeaturizer.transform`` of ``--adapt-n`` ood (then test) rows with ``--bundle`` in
   process (``--threads``) against the Ray actor pool (1 actor x ``--threads`` threads, and
   ``--cpus`` actors x 1 thread): wall time, and whether features and logits are bit-identical.
 
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     frame = pd.read_parquet(args.data, columns=["text", "split", "tier", "cheap_correct", "frontier_correct"])
     frame = frame[frame["split"].isin(["test", "ood"]) & frame["tier"].isin(["cheap", "frontier"])]
     join_rows = frame.head(args.n).reset_index(drop=True)
-    adapt_texts = frame[frame["split"] == "ood"]["text"].head(args.adapt_n).tolist()
+    # the ood split's rows first (a new team's traffic), then the test split's
+    adapt_texts = pd.concat([frame[frame["split"] == "ood"], frame[frame["split"] == "test"]])["text"]
+    adapt_texts = adapt_texts.head(args.adapt_n).tolist()
     result: dict = {"n_join_requests": len(join_rows), "n_feature_rows": len(adapt_texts), "cpus": args.cpus,
                     "threads": args.threads, "bundle": args.bundle}
     with tempfile.TemporaryDirectory() as tmp:
