@@ -46,11 +46,13 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.fast_path --student student=bundles/student --teacher bundles/teacher-int8 \
 		$(if $(wildcard bundles/student/cascade.json),--cascade bundles/student)
 
-# Scale-out: 1M prompts through Ray Data vs one process, drift over the decisions (needs the
-# 'ray' extra; SCALE_N to shrink it); writes evaluation/bench_scale.json.
+# Scale-out: 1M prompts through Ray Data vs the first 200k through one process (same prompts,
+# decisions compared one by one), drift and report statistics over the decisions (needs the
+# 'ray' extra; SCALE_N / SCALE_SINGLE_N to resize); writes evaluation/bench_scale.json.
 SCALE_N ?= 1000000
+SCALE_SINGLE_N ?= 200000
 bench-scale: $(STAMP)
-	$(BIN)/python benchmarks/scale.py --n $(SCALE_N)
+	$(BIN)/python benchmarks/scale.py --n $(SCALE_N) --single-n $(SCALE_SINGLE_N)
 
 # ruff, then the import layers of docs/design.md (the contracts are in pyproject.toml)
 lint: $(STAMP)

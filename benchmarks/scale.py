@@ -4,7 +4,8 @@ Builds ``--n`` labelled prompts (the test split's rows repeated, each copy's tex
 suffix so no two are the same; labels, tier outcomes and token counts are the row's), routes them
 with the student bundle once in a single process (``tierwise route --input``, ``--single-n`` of
 them) and once through Ray Data on a local cluster of ``--cpus`` CPUs (``--engine ray``, Parquet
-decisions), then runs ``tierwise drift --engine ray`` over the Ray decisions against the
+decisions), checks that every single-process decision is identical to the Ray decision of the
+same id (``parity``: tier, rule, blocked, probabilities to the last bit), then runs ``tierwise drift --engine ray`` over the Ray decisions against the
 single-process ones and ``tierwise report --engine ray`` (the report's statistics) over the
 labelled prompts. Every step is a child process: wall time, throughput and peak memory (the
 driver's own peak RSS, and the peak of the summed RSS of the driver and every process it started:
@@ -26,9 +27,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BUNDLES = (ROOT / "bundles" / "student", Path("/work/main/bundles/quick-student"), ROOT / "bundles" / "quick-student")
+DEFAULT_BUNDLES = (ROOT / "bundles" / "student", ROOT / "bundles" / "quick-student")
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -106,6 +108,33 @@ def build_prompts(n: int, out: Path, data: Path) -> int:
     return len(texts)
 
 
+def decision_parity(single: Path, ray_dir: Path) -> dict[str, Any]:
+    """Compare every decision of the single-process run with the Ray run's decision of the same id:
+    tier, rule, blocked and the probabilities (parsed JSON floats, compared exactly)."""
+    import pyarrow.parquet as pq
+
+    want: dict[str, tuple[Any, ...]] = {}
+    with open(single, encoding="utf-8") as fh:
+        for line in fh:
+            d = json.loads(line)
+            want[d["id"]] = (d["tier"], d["rule"], d["blocked"], d["probabilities"])
+    compared = same = 0
+    first_diff: dict[str, Any] | None = None
+    for f in sorted(ray_dir.glob("*.parquet")):
+        table = pq.read_table(f, columns=["id", "tier", "rule", "blocked", "probabilities"])
+        for rec in table.to_pylist():
+            ref = want.get(rec["id"])
+            if ref is None:
+                continue
+            compared += 1
+            got = (rec["tier"], rec["rule"], rec["blocked"], json.loads(rec["probabilities"]))
+            if got == ref:
+                same += 1
+            elif first_diff is None:
+                first_diff = {"id": rec["id"], "single": ref[:3], "ray": got[:3]}
+    return {"single_decisions": len(want), "compared": compared, "identical": same, "first_difference": first_diff}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="prompts to route (default 1,000,000)")
@@ -116,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-n", type=int, default=None, help="prompts for the single-process run (default --n)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tierwise-bench-scale"))
     parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "bench_scale.json")
-    parser.add_argument("--steps", default="single,ray,drift,report",
+    parser.add_argument("--steps", default="single,ray,parity,drift,report",
                         help="steps to run (default all); the others' results are kept from --out")
     args = parser.parse_args(argv)
     steps = set(args.steps.split(","))
@@ -139,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_out = args.work / "ray-decisions.parquet"
     single_out = args.work / "single-decisions.jsonl"
     result = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() and steps != {
-        "single", "ray", "drift", "report"} else {}
+        "single", "ray", "parity", "drift", "report"} else {}
     result.update({
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -171,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         ray["prompts"] = args.n
         ray["prompts_per_s"] = args.n / ray["wall_s"]
         result["ray"] = ray
+        save()
+    if "parity" in steps and single_out.is_file() and ray_out.is_dir():
+        result["parity"] = decision_parity(single_out, ray_out)
+        sys.stderr.write(f"parity: {result['parity']}\n")
         save()
     if "drift" in steps:
         subprocess.run(["rm", "-rf", str(args.work / "drift")], check=True)

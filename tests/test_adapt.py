@@ -191,3 +191,26 @@ def test_adapt_cli_rejects_same_out_and_bad_rows(tiny_bundle, tmp_path, capsys):
     rej = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text().splitlines()]
     assert rej[0]["row"] == 3 and rej[0]["field"] == "cheap_correct" and "not in [0, 1]" in rej[0]["reason"]
     assert Path(rej[0]["file"]) == path
+
+
+@pytest.mark.slow
+def test_adapt_int8_bundle_graph_matches_the_fitted_head(tiny_model_dir, tmp_path):
+    """An int8 bundle quantises activations per batch, so served logits move with batch company;
+    adapt still writes a graph that computes exactly the fitted head (checked on the same
+    features), and the adapted bundle loads and routes. A wrong head would fail the graph check."""
+    from classifier.serving.runtime import Router
+    from classifier.training.export import ExportConfig, export_model
+
+    parent = tmp_path / "int8"
+    export_model(ExportConfig(model_dir=tiny_model_dir, out_dir=parent, int8=True, dataset=None,
+                              policy=Path(__file__).resolve().parents[1] / "serving" / "policy.example.yaml",
+                              log_to_mlflow=False))
+    rows = _rows(900)
+    result = adapt_bundle(parent, rows, tmp_path / "adapted", config=AdaptConfig(n_clusters=8), threads=1,
+                          progress=False, alpha=0.2, delta=0.1, force=True, mlflow=False)
+    m = result.metrics
+    assert m["parity_graph_max_abs_diff"] < 1e-3
+    assert "parity_max_abs_diff" in m  # reported, not a gate, for int8
+    with Router.load(tmp_path / "adapted") as router:
+        p = router.predict_proba(_rows(50, seed=3)["text"].tolist())["tier"]
+    assert p.shape == (50, 2) and np.allclose(p.sum(axis=1), 1.0)

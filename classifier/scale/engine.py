@@ -31,6 +31,9 @@ ENGINES = ("local", "ray")
 # object store of a local cluster: bounded so that a laptop or a shared box is not swamped; Ray
 # spills to disk past it
 LOCAL_OBJECT_STORE_BYTES = 1_500_000_000
+# idle workers a local cluster keeps beyond its CPUs: the read and write tasks (0 CPU, at most
+# ``io.IO_CONCURRENCY`` of each at a time) and Ray Data's own helper tasks
+IO_WORKERS = 4
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, *, actors: bool = True) -> None:
@@ -111,8 +114,18 @@ def start_local(ray: Any, attempts: int = 3, **kwargs: Any) -> None:
     Ray's fixed 30 s (an overloaded machine: the GCS or the raylet starts too slowly); the last
     failure is raised. The workers run at this process's priority: Ray's default adds 15 to their
     niceness, which on a shared machine starves the routing actors (measured: ~6x slower than
-    one process at the command's own priority). ``RAY_worker_niceness`` set by the caller wins."""
+    one process at the command's own priority). ``RAY_worker_niceness`` set by the caller wins.
+
+    Idle workers are kept for a minute. Ray's default keeps at most ``num_cpus`` idle workers and
+    kills the rest after 1 s idle. The routing actors hold their workers, so the 0-CPU read and
+    write tasks then ran in fresh processes over and over. Measured on 2 cores: 155 worker
+    processes started in 12 minutes of routing, and about a third of the machine spent importing
+    Ray in them. ``RAY_num_workers_soft_limit`` / ``RAY_idle_worker_killing_time_threshold_ms``
+    set by the caller win."""
     os.environ.setdefault("RAY_worker_niceness", "0")
+    cpus = int(kwargs.get("num_cpus") or os.cpu_count() or 1)
+    os.environ.setdefault("RAY_num_workers_soft_limit", str(cpus + IO_WORKERS))
+    os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "60000")
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**kwargs)

@@ -261,7 +261,7 @@ def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, pri
 
     from classifier.evaluation.prices import Prices
     from classifier.scale.engine import actor_count
-    from classifier.scale.io import read_records
+    from classifier.scale.io import IO_CONCURRENCY, read_records
     from classifier.scale.route import DRIFT_CHUNK, route_dataset
     from classifier.serving.runtime import Router
 
@@ -270,10 +270,15 @@ def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, pri
     records = read_records([path], align=DRIFT_CHUNK, block_records=DRIFT_CHUNK * 16, split=split, skip_blank=True)
     routed = route_dataset(records, bundle, actors=actor_count(ray, threads, actors), threads=threads,
                            mode="prompts", group_size=DRIFT_CHUNK, keep_raw=True)
+    # 0-CPU tasks: the routing actors hold every CPU of the cluster, and a 1-CPU summary task
+    # would wait for one forever (measured: 1M prompts stalled with 51 routed blocks queued)
     parts = routed.map_batches(summarise_report_block, batch_format="pyarrow", batch_size=None,
+                               num_cpus=0, concurrency=IO_CONCURRENCY,
                                fn_kwargs={"schema": schema, "policy": policy, "prices": Prices.from_yaml(prices)})
     total = ReportSummary()
-    for batch in parts.iter_batches(batch_format="pandas", batch_size=64):
+    # one block's summary at a time: each holds 2^16-bin histograms (~1 MB a head), and batches
+    # of 64 took the driver to 896 MB over 1M prompts
+    for batch in parts.iter_batches(batch_format="pandas", batch_size=1):
         for blob in batch["summary"]:
             total.merge(pickle.loads(blob))  # noqa: S301 - our own workers' output
     if total.n == 0:

@@ -203,7 +203,7 @@ def drift_side(path: str | Path, *, split: str | None = None, bundle: str | None
 
     from classifier.evaluation.drift import _is_decision
     from classifier.scale.engine import actor_count
-    from classifier.scale.io import read_records
+    from classifier.scale.io import IO_CONCURRENCY, read_records
     from classifier.scale.route import DRIFT_CHUNK, route_dataset
 
     source = str(path)
@@ -232,8 +232,9 @@ def drift_side(path: str | Path, *, split: str | None = None, bundle: str | None
         routed = route_dataset(records, bundle, actors=actor_count(ray, threads, actors), threads=threads,
                                policy=None if policy is None else str(policy), mode="prompts",
                                group_size=DRIFT_CHUNK)
+        # 0 CPUs, as in report.py: the routing actors hold every CPU
         norm = routed.map_batches(normalise_routed_block, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"columns": columns})
+                                  num_cpus=0, concurrency=IO_CONCURRENCY, fn_kwargs={"columns": columns})
     norm = norm.materialize()  # in the object store (spilled to disk when large), not on the driver
     summary = _merge_summaries(norm, source, kind)
     if summary.n == 0:

@@ -129,7 +129,8 @@ class BundleFeaturizer:
     are the served ones) and runs a copy of its graph that also outputs the feature tensor.
     """
 
-    def __init__(self, bundle: str | Path, *, threads: int = 2, batch_size: int = 128) -> None:
+    def __init__(self, bundle: str | Path, *, threads: int = 2, batch_size: int = 128,
+                 extra_outputs: Sequence[str] = ()) -> None:
         import onnx
         import onnxruntime as ort
 
@@ -142,13 +143,16 @@ class BundleFeaturizer:
         self.model = onnx.load_from_string((self.bundle_dir / bundle_io.MODEL_FILE).read_bytes())
         self.feature_name = find_feature_tensor(self.model, self.schema.head_names)
         probe = copy.deepcopy(self.model)
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(self.feature_name))
+        for name in (*extra_outputs, self.feature_name):
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        self.outputs = [f"logits_{h}" for h in self.schema.head_names] + [self.feature_name]
+        # raw logits per head, then the extra tensors asked for (returned beside them, by name)
+        self.names = [*self.schema.head_names, *extra_outputs]
+        self.outputs = [f"logits_{h}" for h in self.schema.head_names] + list(extra_outputs) + [self.feature_name]
         self.batch_size = batch_size
 
     def plan(self, texts: Sequence[str]) -> tuple[list[int], list[list[int]], list[list[list[int]]]]:
@@ -170,7 +174,8 @@ class BundleFeaturizer:
         return tier_row, batches, [[rows[r] for r in idx] for idx in batches]
 
     def run_batch(self, tokens: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``(features [b, dim] float32, [logits [b, C] of each head])`` of one batch of token rows."""
+        """``(features [b, dim] float32, [logits [b, C] of each head, then each extra output])`` of one
+        batch of token rows."""
         from classifier.serving.runtime import pad_batch
 
         ids, mask = pad_batch(tokens, self.router._pad_id)
@@ -199,11 +204,11 @@ class BundleFeaturizer:
             outs = (self.run_batch(t) for t in tqdm(tokens, desc="features", unit="batch",
                                                      disable=not progress or len(tokens) <= 1))
         feats: dict[int, np.ndarray] = {}
-        logits: dict[str, dict[int, np.ndarray]] = {h: {} for h in self.schema.head_names}
+        logits: dict[str, dict[int, np.ndarray]] = {h: {} for h in self.names}
         for idx, (f, heads) in zip(batches, outs, strict=True):
             for k, r in enumerate(idx):
                 feats[r] = f[k]
-                for h, out in zip(self.schema.head_names, heads, strict=True):
+                for h, out in zip(self.names, heads, strict=True):
                     logits[h][r] = out[k]
         return (np.stack([feats[r] for r in tier_row]),
                 {h: np.stack([v[r] for r in tier_row]).astype(np.float64) for h, v in logits.items()})
@@ -814,14 +819,36 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
                                  quantization=parent_manifest.quantization, library_versions=bundle_io.library_versions(),
                                  parent_bundle=parent, adapt=_jsonable(adapt_meta))
 
-    # served == fitted: the runtime's logits against the numpy head on held-out rows -------------
+    # served == fitted, on held-out rows ----------------------------------------------------------
+    # (1) the written graph computes the fitted head: its served logits against the numpy head on
+    # the features and base logits of the same run (exact up to float32);
+    # (2) the runtime reads the rows the head was fitted on: served logits against the fitted
+    # ones. An int8 bundle quantises activations per batch (dynamic quantisation), so a row's
+    # features move with the other rows of its batch: measured 0.11 logit on the v8 int8 teacher
+    # against 5.6e-7 for an fp32 bundle. (2) is exact for fp32 bundles and reported for int8 ones.
     check = np.flatnonzero(hold_m)[:256]
+    check_texts = [texts[i] for i in check]
+    served_fz = BundleFeaturizer(out, threads=threads, extra_outputs=[f"base_logits_{tier_name}"])
+    try:
+        f_chk, lg_chk = served_fz.transform(check_texts, progress=False)
+    finally:
+        served_fz.close()
+    z_chk = head.decision_function(f_chk, base_tier_logit(lg_chk[f"base_logits_{tier_name}"], pos))
+    graph_diff = float(np.max(np.abs(lg_chk[tier_name][:, pos] - z_chk / 2))) if check.size else 0.0
+    if graph_diff > 1e-3:
+        raise ExportValidationError(f"adapted bundle parity failed: the graph's tier logits differ from the "
+                                    f"fitted head's by {graph_diff:.2e} on the same features")
     with Router.load(out, threads=threads) as router:
-        served = router.logits([texts[i] for i in check])[tier_name]
+        served = router.logits(check_texts)[tier_name]
     diff = float(np.max(np.abs(served - new_logits[check]))) if check.size else 0.0
-    if diff > 1e-3:
+    if diff > 1e-3 and parent_manifest.quantization is None:
         raise ExportValidationError(f"adapted bundle parity failed: served tier logits differ by {diff:.2e}")
+    if diff > 1e-3:
+        logger.info("served vs fitted tier logits: max %.3g apart (%s bundle: activations are quantised "
+                    "per batch); the graph itself matches the fitted head within %.1e", diff,
+                    parent_manifest.quantization, graph_diff)
     metrics["parity_max_abs_diff"] = diff
+    metrics["parity_graph_max_abs_diff"] = graph_diff
     timings["write_s"] = time.perf_counter() - t0
 
     if mlflow:
