@@ -102,3 +102,21 @@ def test_join_audit_log_route_output_prompts_and_outcomes(tmp_path):
     assert kinds == ["bad_outcome", "malformed_json", "missing_key", "unknown_request"]
     bad = next(r for r in result.rejects if r.kind == "unknown_request")
     assert bad.file == str(outcomes) and bad.row == 5 and "nope" in bad.reason and bad.hint
+
+
+def test_prompt_store_ids_are_read_as_written(tmp_path):
+    """A store's ids are JSON values, not pandas dtypes: "007" stays "007" (pandas' read_json made it
+    7.0 and a null id "nan", so such requests found no text)."""
+    decisions = tmp_path / "routed.jsonl"
+    decisions.write_text("".join(json.dumps({"id": rid, "tier": "cheap"}) + "\n" for rid in ("007", 12, "x")))
+    store = tmp_path / "prompts.jsonl"
+    store.write_text("".join(json.dumps(x) + "\n" for x in (
+        {"id": "007", "text": "seven"}, {"id": None, "text": "no id"}, {"id": 12, "text": "twelve"},
+        {"request_id": "x", "id": "ignored", "text": "request_id wins"})))
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("".join(json.dumps({"request_id": rid, "tier": "cheap", "success": 1}) + "\n"
+                                for rid in ("007", 12, "x")))
+    result = join_feedback([outcomes], [decisions], prompts=store)
+    assert not result.rejects
+    assert dict(zip(result.rows["request_id"], result.rows["text"], strict=True)) == {
+        "007": "seven", "12": "twelve", "x": "request_id wins"}

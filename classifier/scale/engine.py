@@ -2,9 +2,8 @@
 
 A command that can scale out calls :func:`add_engine_arguments` on its parser and, when
 ``args.engine == "ray"``, hands over to its Ray implementation, which opens :func:`ray_session`.
-This is the hook ``tierwise route --input``, ``report`` and ``drift`` use, and the one
-``feedback join`` / ``adapt`` feature extraction can use the same way (route their records with
-:func:`classifier.scale.route.route_dataset`).
+This is the hook ``tierwise route --input``, ``report``, ``drift``, ``feedback join`` and
+``adapt`` (its feature extraction) use.
 
 ``--address`` names an existing cluster (``auto``, ``ray://head:10001``, or ``host:6379``);
 without it a local cluster is started for the command with ``--ray-cpus`` CPUs and stopped at

@@ -31,6 +31,9 @@ torch-free runtime serves it unchanged; the new bundle's manifest names its pare
 (``parent_bundle``: directory, manifest sha256, model version) and the MLflow run and registered
 model version it was logged as.
 
+``--engine ray`` runs the feature extraction (the bundle's ONNX graph over every row) on a Ray
+actor pool (``classifier.scale.adapt``, bit-identical features); the fit stays in this process.
+
 Left out: adapting the task or sensitivity heads (they are copied from the parent), fine-tuning
 the encoder, and online (per-request) updates; ``ClusterPrior.update`` is the online part.
 """
@@ -43,7 +46,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,8 @@ __all__ = [
     "run_adapt",
 ]
 
+# runs ONNX batches of token rows somewhere: (batches, progress) -> each batch's BundleFeaturizer.run_batch
+RunBatches = Callable[[list[list[list[int]]], bool], Iterable[tuple[np.ndarray, list[np.ndarray]]]]
 _QUANT_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Cast", "Shape", "Constant"}
 PREFIX = "adapt_"
 _SPLIT_SALT = 0xADA975  # see _split_rows
@@ -150,22 +155,12 @@ class BundleFeaturizer:
         self.outputs = [f"logits_{h}" for h in self.schema.head_names] + list(extra_outputs) + [self.feature_name]
         self.batch_size = batch_size
 
-    def transform(self, texts: Sequence[str], *, progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(features [n, dim] float32, raw logits {head: [n, C]} of the tier row)`` of ``texts``, read exactly as
-        the runtime reads them for the tier head: the model row its view picks (``Router._rows``:
-        e.g. the head and tail of a long prompt, not its first ``max_length`` tokens).
-
-        Measured: fitting on the first tokens while the runtime reads head + tail left the adapted
-        bundle's served tier logits 0.78 away from the fitted ones on real 10,000-row traffic. A view
-        that pools several rows per request (``windows_mean``) is refused: the fitted head would
-        not be the served one."""
-        from tqdm.auto import tqdm
-
-        from classifier.serving.runtime import pad_batch
-
+    def plan(self, texts: Sequence[str]) -> tuple[list[int], list[list[int]], list[list[list[int]]]]:
+        """How :meth:`transform` reads ``texts``: the model row of each text's tier head, and the
+        ONNX batches (the rows of each, and their token ids). The batches are formed here, on the
+        caller's side, so that any engine that runs them (:meth:`run_batch`) gets the same
+        features to the last bit (ONNX Runtime's results depend on the batch's padded shape)."""
         router = self.router
-        if not texts:
-            return np.zeros((0, 0), np.float32), {h: np.zeros((0, self.schema.head(h).num_classes)) for h in self.schema.head_names}
         rows, groups, _ = router._rows(router._checked(list(texts)))
         tier_row = []
         for i, (tier, _sens) in enumerate(groups):
@@ -173,20 +168,47 @@ class BundleFeaturizer:
                 raise ConfigError(f"adapt: the bundle's model view reads {len(tier)} rows for the tier head of text {i} "
                                   f"(view.tier = {router.view.tier!r}); adapt needs one row per request")
             tier_row.append(tier[0])
-        need = sorted(set(tier_row))
+        # sort by length so each batch pads little; results go back by row index
+        order = sorted(set(tier_row), key=lambda r: len(rows[r]))
+        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        return tier_row, batches, [[rows[r] for r in idx] for idx in batches]
+
+    def run_batch(self, tokens: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``(features [b, dim] float32, [logits [b, C] of each head, then each extra output])`` of one
+        batch of token rows."""
+        from classifier.serving.runtime import pad_batch
+
+        ids, mask = pad_batch(tokens, self.router._pad_id)
+        outs = self.session.run(self.outputs, {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(outs[-1], dtype=np.float32).reshape(len(tokens), -1), list(outs[:-1])
+
+    def transform(self, texts: Sequence[str], *, progress: bool = True,
+                  run_batches: RunBatches | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(features [n, dim] float32, raw logits {head: [n, C]} of the tier row)`` of ``texts``, read exactly as
+        the runtime reads them for the tier head: the model row its view picks (``Router._rows``:
+        e.g. the head and tail of a long prompt, not its first ``max_length`` tokens).
+
+        Measured: fitting on the first tokens while the runtime reads head + tail left the adapted
+        bundle's served tier logits 0.78 away from the fitted ones on real 10,000-row traffic. A view
+        that pools several rows per request (``windows_mean``) is refused: the fitted head would
+        not be the served one. ``run_batches`` runs the batches of :meth:`plan` elsewhere (``adapt
+        --engine ray``: ``classifier.scale.adapt``) and returns each batch's :meth:`run_batch`, in order."""
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return np.zeros((0, 0), np.float32), {h: np.zeros((0, self.schema.head(h).num_classes)) for h in self.schema.head_names}
+        tier_row, batches, tokens = self.plan(texts)
+        if run_batches is not None:
+            outs = run_batches(tokens, progress)
+        else:
+            outs = (self.run_batch(t) for t in tqdm(tokens, desc="features", unit="batch",
+                                                     disable=not progress or len(tokens) <= 1))
         feats: dict[int, np.ndarray] = {}
         logits: dict[str, dict[int, np.ndarray]] = {h: {} for h in self.names}
-        # sort by length so each batch pads little; results go back by row index
-        order = sorted(need, key=lambda r: len(rows[r]))
-        for start in tqdm(range(0, len(order), self.batch_size), desc="features", unit="batch",
-                          disable=not progress or len(order) <= self.batch_size):
-            idx = order[start:start + self.batch_size]
-            ids, mask = pad_batch([rows[r] for r in idx], router._pad_id)
-            outs = self.session.run(self.outputs, {"input_ids": ids, "attention_mask": mask})
-            f = np.asarray(outs[-1], dtype=np.float32).reshape(len(idx), -1)
+        for idx, (f, heads) in zip(batches, outs, strict=True):
             for k, r in enumerate(idx):
                 feats[r] = f[k]
-                for h, out in zip(self.names, outs, strict=False):
+                for h, out in zip(self.names, heads, strict=True):
                     logits[h][r] = out[k]
         return (np.stack([feats[r] for r in tier_row]),
                 {h: np.stack([v[r] for r in tier_row]).astype(np.float64) for h, v in logits.items()})
@@ -608,12 +630,14 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
     experiment: str = "tierwise-adapt",
     force: bool = False,
     progress: bool = True,
+    run_batches: RunBatches | None = None,
 ) -> AdaptResult:
     """Fit, calibrate, gate and write an adapted bundle (module docstring). Returns what happened.
 
     ``rows``: ``text``, ``cheap_correct`` in [0, 1] (graded ok), optional ``frontier_correct``,
     ``weight`` (e.g. inverse propensity), ``tier``, ``task``, ``group`` and cost columns.
-    The bundle is written only when the gate passes (or ``force``).
+    The bundle is written only when the gate passes (or ``force``). ``run_batches``: where the
+    feature extraction's ONNX batches run (``BundleFeaturizer.transform``; default: here).
     """
 
     from classifier.evaluation import calibration as cal
@@ -649,11 +673,12 @@ def adapt_bundle(  # noqa: C901 - one linear recipe
         pos = tier.index(tier.positive_class or tier.classes[1])
         t0 = time.perf_counter()
         texts = rows["text"].astype(str).tolist()
-        f_all, logits_all = feat.transform(texts, progress=progress)
+        f_all, logits_all = feat.transform(texts, progress=progress, run_batches=run_batches)
         base_f = base_logits = None
         if base_rows is not None and base_weight > 0 and len(base_rows):
             base_rows = base_rows.reset_index(drop=True)
-            base_f, base_logits = feat.transform(base_rows["text"].astype(str).tolist(), progress=progress)
+            base_f, base_logits = feat.transform(base_rows["text"].astype(str).tolist(), progress=progress,
+                                                 run_batches=run_batches)
         timings["features_s"] = time.perf_counter() - t0
         parent_temp = feat.router.temperatures[tier_name]
         parent_bias = feat.router.biases.get(tier_name)
@@ -888,6 +913,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the run or register the bundle")
     parser.add_argument("--registered-name", default="tierwise-adapted", help="MLflow registered model name")
     parser.add_argument("--force", action="store_true", help="write the bundle even when the release gate fails")
+    from classifier.scale.engine import add_engine_arguments  # options only: Ray is not imported
+
+    add_engine_arguments(parser)  # --engine ray: feature extraction on the cluster (classifier/scale/adapt.py)
 
 
 def run_adapt(args: argparse.Namespace) -> int:
@@ -908,12 +936,22 @@ def run_adapt(args: argparse.Namespace) -> int:
     prices = Prices.from_yaml(args.prices) if args.prices and Path(args.prices).is_file() else None
     cfg = AdaptConfig(use_cluster_prior=not args.no_cluster_prior, use_base_logit=not args.no_base_logit,
                       n_clusters=args.clusters, seed=args.seed)
-    result = adapt_bundle(args.bundle, rows, args.out, config=cfg, base_rows=base, base_weight=args.base_weight,
-                          calibration_share=args.calibration_share, holdout_share=args.holdout_share,
-                          budget=args.budget, alpha=args.alpha, delta=args.delta,
-                          max_regression=args.max_regression, hard_targets=args.hard_targets, prices=prices,
-                          threads=args.threads, mlflow=not args.no_mlflow, registered_name=args.registered_name,
-                          force=args.force)
+    options = {"config": cfg, "base_rows": base, "base_weight": args.base_weight,
+               "calibration_share": args.calibration_share, "holdout_share": args.holdout_share,
+               "budget": args.budget, "alpha": args.alpha, "delta": args.delta, "max_regression": args.max_regression,
+               "hard_targets": args.hard_targets, "prices": prices, "threads": args.threads,
+               "mlflow": not args.no_mlflow, "registered_name": args.registered_name, "force": args.force}
+    if getattr(args, "engine", "local") == "ray":
+        from classifier.scale.adapt import ray_feature_batches
+        from classifier.scale.engine import actor_count, check_engine_args, ray_session
+
+        check_engine_args(args)
+        with ray_session(args.address, args.ray_cpus) as ray:
+            runner = ray_feature_batches(args.bundle, actors=actor_count(ray, args.threads, args.actors),
+                                         threads=args.threads)
+            result = adapt_bundle(args.bundle, rows, args.out, run_batches=runner, **options)
+    else:
+        result = adapt_bundle(args.bundle, rows, args.out, **options)
     m = result.metrics
 
     def f(x: Any) -> str:
