@@ -203,6 +203,7 @@ def test_loss_falls_and_model_dir_is_written(tmp_path, data_dir, tiny_model_dir)
         np.testing.assert_allclose(got[head], probs[head], atol=1e-5)
 
 
+@pytest.mark.slow  # three training runs
 def test_training_is_seeded(tmp_path, data_dir, tiny_model_dir):
     from classifier.training.trainer import Trainer
 
@@ -255,6 +256,7 @@ def test_resume_refuses_a_changed_config(tmp_path, data_dir, tiny_model_dir):
         Trainer(cfg.replace(resume_from="auto", lr=5e-4)).fit()
 
 
+@pytest.mark.slow  # a training loop
 def test_early_stopping_keeps_best_weights(tmp_path, data_dir, tiny_model_dir):
     from classifier.training.trainer import Trainer
 
