@@ -28,7 +28,7 @@ demo: $(STAMP)
 full: $(STAMP)
 	$(BIN)/python -m scripts.demo --full
 
-# Everything (about 2 minutes on 2 idle cores; the browser test needs Chromium).
+# Everything (about 8 minutes on 2 idle cores; the browser test needs Chromium).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
