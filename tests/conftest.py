@@ -109,14 +109,27 @@ def _build_tiny_for_cache(out: Path) -> dict:
 def _cached_tiny(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     """A session copy of the cached tiny artefacts (rebuilt first when stale), or None when the
     cache is off (TIERWISE_TEST_CACHE unset, or pytest's cache provider disabled)."""
+    import fcntl
+    import shutil
+
+    if os.environ.get(CACHE_ENV) != "1" or getattr(config, "cache", None) is None:
+        return None
+    cache = Path(config.cache.mkdir("tierwise-tiny"))
+    with open(cache / "lock", "w") as lock:  # two sessions at once: one builds, the other waits
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = _fresh_tiny_cache(cache)
+        copy = tmp_path_factory.mktemp("tiny-cached")
+        shutil.copytree(built, copy, dirs_exist_ok=True)
+    return copy
+
+
+def _fresh_tiny_cache(cache: Path) -> Path:
+    """The folder of cached tiny artefacts under ``cache``, rebuilt first when stale."""
     import json
     import shutil
     import subprocess
     import sys
 
-    if os.environ.get(CACHE_ENV) != "1" or getattr(config, "cache", None) is None:
-        return None
-    cache = Path(config.cache.mkdir("tierwise-tiny"))
     record_path, built = cache / "record.json", cache / "artifacts"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     fresh = (record is not None and built.is_dir() and record["inputs"] == _tiny_inputs(record["modules"])
@@ -137,9 +150,7 @@ def _cached_tiny(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
         record = json.loads(proc.stdout.strip().splitlines()[-1])
         work.rename(built)
         record_path.write_text(json.dumps(record, indent=1))
-    copy = tmp_path_factory.mktemp("tiny-cached")
-    shutil.copytree(built, copy, dirs_exist_ok=True)
-    return copy
+    return built
 
 
 @pytest.fixture(scope="session")
