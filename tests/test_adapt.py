@@ -108,6 +108,7 @@ def mlflow_store(monkeypatch, tmp_path) -> str:
     return uri
 
 
+@pytest.mark.slow  # fits, exports and registers a bundle (~6 s)
 def test_adapt_bundle_end_to_end(tiny_bundle, tmp_path, mlflow_store):
     from classifier import tracking
     from classifier.serving.bundle import sha256_file, verify_bundle

@@ -26,6 +26,7 @@ def report(tiny_bundle, tmp_path_factory):
     return build_report(ReportConfig(bundle=bundle, data=data_dir, n_boot=0, baseline_router=False)), data
 
 
+@pytest.mark.slow  # builds a whole report (~6 s)
 def test_task_prior_and_budgets_are_in_the_report(report):
     from classifier.data.schema import LabelSchema
     from classifier.evaluation.baselines import TaskPriorBaseline

@@ -114,6 +114,7 @@ def test_keyword_rules_fire():
     assert keyword_frontier_score("Prove step by step that " + "x " * 200) > keyword_frontier_score("hi")
 
 
+@pytest.mark.slow  # fits every baseline
 def test_baselines_beat_majority_and_report_routing(frame):
     report = evaluate_baselines(frame, SCHEMA, PRICES)
     assert set(report["results"]) == {"test", "ood"}

@@ -177,6 +177,7 @@ def test_pii_detector_restricts_to_self_hosted(raw: dict) -> None:
     assert d.tier == "self_hosted" and d.rule == "sensitivity:pii:restrict:detector:us-ssn"
 
 
+@pytest.mark.slow  # hypothesis property
 def test_decide_and_decide_batch_agree_with_detections(raw: dict) -> None:
     schema = LabelSchema.default()
     hits = st.lists(st.sampled_from([CRED_HIT, PII_HIT]), max_size=2)

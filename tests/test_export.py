@@ -55,6 +55,7 @@ def test_bundle_layout_manifest_and_fp32_parity(tiny_bundle: Path) -> None:
     assert calibration["temperatures"] == {"tier": 1.0, "task": 1.0, "sensitivity": 1.0}
 
 
+@pytest.mark.slow  # loads the torch model (imports transformers)
 def test_onnx_graph_has_dynamic_axes_and_matches_torch_on_new_shapes(tiny_bundle: Path, tiny_model_dir: Path) -> None:
     import onnx
     import onnxruntime as ort

@@ -149,6 +149,7 @@ def test_deadline_must_be_a_positive_number(tiny_bundle: Path, bad) -> None:
         Router.load(tiny_bundle, deadline_ms=bad)
 
 
+@pytest.mark.slow  # live server
 def test_server_keeps_serving_through_faults(router: Router, tiny_bundle: Path) -> None:
     good = router._session
     router._session = misnamed_session(tiny_bundle)

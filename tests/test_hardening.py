@@ -181,6 +181,7 @@ def test_mixed_scripts_and_emoji_are_classified(router: Router, client: httpx.Cl
     assert [d["tier"] for d in resp.json()["decisions"]] == [d.tier for d in batch[:MAX_BATCH]]
 
 
+@pytest.mark.slow  # the model over very long prompts
 def test_very_long_prompts_are_cut_and_flagged(router: Router, client: httpx.Client) -> None:
     limit = router.max_chars
     long_words = "word " * 400_000  # 2 MB: cut to the view's max_chars, then read in windows

@@ -57,6 +57,7 @@ def built(multi_turn_only: Path) -> tuple[pd.DataFrame, dict]:
     return frame, wrappers.build_wrapped(frame, multi_turn_only)
 
 
+@pytest.mark.slow  # needs the shared data set (BFCL)
 def test_every_test_prompt_is_wrapped_request_last_with_1000_tokens(built) -> None:
     frame, sets = built
     test_ids = set(frame.loc[frame["split"] == "test", "id"])
@@ -113,6 +114,7 @@ def test_identical_collisions_counts_shared_probabilities() -> None:
     assert long_prompts.identical_collisions(np.array([0.4, 0.4]), np.array([0.5, 0.5])) == 0
 
 
+@pytest.mark.slow  # the model over 1000-token prompts (~6 s)
 def test_evaluate_and_report_section_with_the_tiny_bundle(built, tiny_bundle: Path, tmp_path: Path) -> None:
     from classifier.evaluation.prices import Prices
 

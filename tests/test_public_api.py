@@ -28,6 +28,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # a child interpreter
 def test_public_names_import_without_torch() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          check=True)

@@ -125,6 +125,7 @@ def dataset(bundle, tmp_path) -> Path:
     return out
 
 
+@pytest.mark.slow  # the calibrate command end to end (~3.5 s)
 def test_calibrate_budget_quality_loss_writes_its_threshold(bundle, dataset, tmp_path, capsys):
     from classifier.cli import main as cli_main
     from classifier.serving.runtime import Router

@@ -318,6 +318,7 @@ def test_route_input_with_messages(router: Router, tmp_path: Path) -> None:
 
 
 # -- any JSON at all: parsing never crashes, route answers -------------------------------------------
+@pytest.mark.slow  # hypothesis property
 def test_any_json_body_is_parsed_or_refused_never_crashes(router: Router) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st

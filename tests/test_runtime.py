@@ -213,6 +213,7 @@ def test_write_bundle_by_role(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 # -- archives -------------------------------------------------------------------------------------
+@pytest.mark.slow  # unpacks and loads the bundle twice
 def test_load_from_tar_gz_equals_directory(tiny_bundle: Path, router: Router, tmp_path: Path) -> None:
     archive = bundle_io.pack(tiny_bundle, tmp_path / "tiny.tar.gz")
     with Router.load(archive) as packed:
@@ -262,6 +263,7 @@ def test_archive_with_a_link_is_refused(tmp_path: Path) -> None:
 
 
 # -- runtime --------------------------------------------------------------------------------------
+@pytest.mark.slow  # a child interpreter
 def test_runtime_never_imports_torch_or_transformers(tiny_bundle: Path) -> None:
     code = (
         "import sys, json\n"

@@ -272,6 +272,7 @@ def test_attack_manifest_hard_link_is_refused(tiny_bundle: Path, tmp_path: Path)
 
 
 # -- bounded loading ------------------------------------------------------------------------------
+@pytest.mark.slow  # child process
 def test_attack_sparse_40gb_member_is_refused_with_little_memory(tiny_bundle: Path, tmp_path: Path) -> None:
     """Attack 5: a small .tar.gz holding a sparse 40 GB model.onnx (GNU tar --sparse)."""
     if shutil.which("tar") is None:
@@ -292,6 +293,7 @@ def test_attack_sparse_40gb_member_is_refused_with_little_memory(tiny_bundle: Pa
     print(f"sparse 40 GB member: refused, peak RSS {result['peak_mb']:.0f} MB")
 
 
+@pytest.mark.slow  # child process
 def test_sparse_40gb_file_in_a_directory_is_refused_from_its_size(tiny_bundle: Path, tmp_path: Path) -> None:
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
@@ -303,6 +305,7 @@ def test_sparse_40gb_file_in_a_directory_is_refused_from_its_size(tiny_bundle: P
     assert result["peak_mb"] < PEAK_RSS_LIMIT_MB, result
 
 
+@pytest.mark.slow  # child process
 def test_attack_40gb_header_without_data_is_refused_from_the_header(tiny_bundle: Path, tmp_path: Path) -> None:
     """A crafted header claiming 40 GB: refused before a byte of data is read."""
     archive = archive_with(tiny_bundle, tmp_path / "huge.tar.gz", {"model.onnx": (40 * GiB, None)})
@@ -312,6 +315,7 @@ def test_attack_40gb_header_without_data_is_refused_from_the_header(tiny_bundle:
     assert result["peak_mb"] < PEAK_RSS_LIMIT_MB, result
 
 
+@pytest.mark.slow  # child process per case, 1 GiB gzipped
 @pytest.mark.parametrize("manifest_first", [True, False])
 def test_attack_1gib_zero_member_is_refused_before_extraction(tiny_bundle: Path, tmp_path: Path,
                                                               manifest_first: bool) -> None:
@@ -492,12 +496,15 @@ def test_audit_keys_and_checkpoints_must_live_outside_the_log_directory(tmp_path
 
 
 # -- the server -----------------------------------------------------------------------------------
+@pytest.mark.slow  # live server
 def test_server_publishes_trust_and_checkpoints(signed: Path, keys, tmp_path: Path) -> None:
     key = load_key(audit_io.generate_key(tmp_path / "secrets" / "audit.key"))
     log = tmp_path / "logs" / "audit.jsonl"
     cps = tmp_path / "anchor" / "cp.jsonl"
     app = create_app(signed, audit_log=log, trusted_keys=[keys[1]], audit_key=key, prompt_key=key[::-1],
-                     audit_checkpoints=cps, checkpoint_every=3, checkpoint_seconds=30)
+                     audit_checkpoints=cps, checkpoint_every=3,
+                     # the timer must not add a checkpoint while the test runs (a loaded machine took > 30 s)
+                     checkpoint_seconds=3600)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         ready = client.get("/readyz").json()
         assert ready["trust"]["signature_verified"] is True and ready["warnings"] == []
@@ -513,6 +520,7 @@ def test_server_publishes_trust_and_checkpoints(signed: Path, keys, tmp_path: Pa
     assert verify(log, key=key, checkpoints=cps).ok
 
 
+@pytest.mark.slow  # live server
 def test_server_without_keys_warns_in_readyz(tiny_bundle: Path, tmp_path: Path) -> None:
     app = create_app(tiny_bundle, audit_log=tmp_path / "audit.jsonl", trusted_keys=[])
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
@@ -521,6 +529,7 @@ def test_server_without_keys_warns_in_readyz(tiny_bundle: Path, tmp_path: Path) 
     assert any("not keyed" in w for w in warnings) and any("unsalted" in w for w in warnings)
 
 
+@pytest.mark.slow  # CLI subprocess
 def test_serve_with_trusted_key_refuses_an_unsigned_bundle(tiny_bundle: Path, keys) -> None:
     proc = subprocess.run([sys.executable, "-m", "classifier.cli", "serve", str(tiny_bundle), "--port", "1",
                            "--trusted-key", str(keys[1])], cwd=ROOT, capture_output=True, text=True, timeout=120)

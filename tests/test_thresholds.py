@@ -54,6 +54,7 @@ def test_passing_count_is_the_clopper_pearson_boundary(n, alpha, delta):
     assert clopper_pearson_upper(c + 1, n, 1 - delta) > alpha
 
 
+@pytest.mark.slow  # Monte Carlo over hundreds of calibration splits
 def test_ltt_threshold_controls_true_risk_over_repeated_splits():
     """P(misroute risk at the chosen threshold > alpha) <= delta, measured over 200 splits."""
     rng = np.random.default_rng(2024)
@@ -76,6 +77,7 @@ def test_ltt_threshold_controls_true_risk_over_repeated_splits():
     assert np.mean(shares) > 0.8 * (3 * t_star**2 - 2 * t_star**3)
 
 
+@pytest.mark.slow  # Monte Carlo over hundreds of calibration splits
 def test_crc_threshold_controls_expected_risk():
     rng = np.random.default_rng(7)
     alpha = 0.05
@@ -158,6 +160,7 @@ def test_invalid_settings_are_config_errors(bad):
         fit_tier_threshold(s, y[:-1])
 
 
+@pytest.mark.slow  # Monte Carlo over repeated splits
 def test_recall_gate_reaches_its_target_over_repeated_splits():
     """Recall on fresh positives >= target in at least 1 - delta of 200 calibration draws."""
     rng = np.random.default_rng(11)

@@ -203,6 +203,7 @@ def test_loss_falls_and_model_dir_is_written(tmp_path, data_dir, tiny_model_dir)
         np.testing.assert_allclose(got[head], probs[head], atol=1e-5)
 
 
+@pytest.mark.slow  # three training runs
 def test_training_is_seeded(tmp_path, data_dir, tiny_model_dir):
     from classifier.training.trainer import Trainer
 
@@ -245,6 +246,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, data_dir, ti
     assert [h["step"] for h in resumed.history_] == [h["step"] for h in full.history_]
 
 
+@pytest.mark.slow  # a training loop and its resume
 def test_resume_refuses_a_changed_config(tmp_path, data_dir, tiny_model_dir):
     from classifier.errors import ConfigError
     from classifier.training.trainer import Trainer
@@ -255,6 +257,7 @@ def test_resume_refuses_a_changed_config(tmp_path, data_dir, tiny_model_dir):
         Trainer(cfg.replace(resume_from="auto", lr=5e-4)).fit()
 
 
+@pytest.mark.slow  # a training loop
 def test_early_stopping_keeps_best_weights(tmp_path, data_dir, tiny_model_dir):
     from classifier.training.trainer import Trainer
 
@@ -268,6 +271,7 @@ def test_early_stopping_keeps_best_weights(tmp_path, data_dir, tiny_model_dir):
     assert trainer.metrics_["validation"] is not None
 
 
+@pytest.mark.slow  # training loops
 def test_injected_model_and_errors_name_the_field(tmp_path, data_dir, tiny_tokenizer_path, tiny_model_dir):
     from classifier.data.schema import LabelSchema
     from classifier.errors import ConfigError, DataError
