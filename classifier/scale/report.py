@@ -332,6 +332,7 @@ def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, pri
     from classifier.scale.engine import actor_count
     from classifier.scale.io import IO_CONCURRENCY, read_records
     from classifier.scale.route import DRIFT_CHUNK, route_dataset
+    from classifier.scale.stats import unpickled
     from classifier.serving.runtime import Router
 
     with Router.load(bundle, threads=1) as router:  # the schema, policy and calibration the workers score with
@@ -347,11 +348,8 @@ def report_stats(path: str | Path, bundle: str | Path, *, split: str | None, pri
                                fn_kwargs={"schema": schema, "policy": policy, "prices": Prices.from_yaml(prices),
                                           "calibration": calibration, "n_boot": n_boot, "seed": seed, "top_k": top_k})
     total = ReportSummary(top_k=top_k)
-    # one block's summary at a time: each holds 2^16-bin histograms (~1 MB a head), and batches
-    # of 64 took the driver to 896 MB over 1M prompts
-    for batch in parts.iter_batches(batch_format="pandas", batch_size=1):
-        for blob in batch["summary"]:
-            total.merge(pickle.loads(blob))  # noqa: S301 - our own workers' output
+    for part in unpickled(parts, "summary"):
+        total.merge(part)
     if total.n == 0:
         raise DataError(f"{path}: no records" + (f" with split == {split!r}" if split else ""))
     return total, router
