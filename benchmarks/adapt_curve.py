@@ -195,8 +195,12 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             entry = {}
             for k in ("auroc", "apgr", "saving_at_quality"):
                 vals = [r[m].get(k) for r in sub if r[m].get(k) is not None]
-                entry[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if vals else None
+                entry[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "runs": len(vals)} if vals else None
             table[str(n)][m] = entry
+        # the tiers' quality gap on each run's evaluated rows (the same for every router of a run):
+        # APGR is left out of a run where it is within 2 standard errors of 0
+        gaps = [(r["base"].get("quality_gap"), r["base"].get("quality_gap_se")) for r in sub]
+        table[str(n)]["_quality_gap"] = [{"gap": g, "se": se} for g, se in gaps if g is not None]
     return table
 
 
@@ -357,12 +361,28 @@ def summary_markdown(result: dict[str, Any]) -> str:
         if summ:
             lines += [f"### {bundle}: learning curve on the ood split's held-out tasks (mean ± sd, 3 seeds)", "",
                       "| N | router | tier AUROC | APGR | saving @95% quality |", "|---|---|---|---|---|"]
+            notes = []
             for n, per in summ.items():
+                gaps = per.get("_quality_gap") or []
                 for m, e in per.items():
+                    if m.startswith("_"):
+                        continue
+
                     def fmt(x: Any) -> str:
                         return "-" if not x else f"{x['mean']:.3f} ± {x['std']:.3f}"
-                    lines.append(f"| {n} | {m} | {fmt(e['auroc'])} | {fmt(e['apgr'])} | {fmt(e['saving_at_quality'])} |")
+
+                    a = e["apgr"]
+                    apgr_cell = ("n/a" if not a else fmt(a) + (f" ({a['runs']} of {len(gaps)} runs)"
+                                                               if gaps and a.get("runs", len(gaps)) < len(gaps) else ""))
+                    lines.append(f"| {n} | {m} | {fmt(e['auroc'])} | {apgr_cell} | {fmt(e['saving_at_quality'])} |")
+                if gaps:
+                    notes.append(f"N={n}: frontier-minus-cheap quality " + ", ".join(
+                        f"{g['gap']:+.3f} ± {g['se']:.3f}" for g in gaps))
             lines.append("")
+            if notes:
+                lines += ["APGR is shown only for runs whose evaluated rows have a tiers' quality gap at least 2 "
+                          "standard errors from 0 (`costs.apgr_defined`); per run, gap ± standard error: "
+                          + "; ".join(notes) + ".", ""]
         if "budget" in res:
             from classifier.evaluation.quality_budget import budget_table
 

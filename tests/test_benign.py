@@ -17,12 +17,14 @@ from classifier.data.benign import (
     planted,
 )
 from classifier.data.builder import DEFAULT_CONFIG, REAL_TRAFFIC_COLUMNS, BuildConfig, build_dataset
+from classifier.data.named import PUBLIC_FIGURES, curated_bfcl_prompts, public_figure_prompts
 from classifier.data.normalize import dedup_key
 from classifier.data.splits import find_leaks
 from classifier.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-NEW_SOURCES = {"real_prompt", "code_negative", "generated_negative", "tool_schema_negative"}
+NEW_SOURCES = {"real_prompt", "code_negative", "generated_negative", "tool_schema_negative", "named_negative",
+               "bfcl_curated_negative"}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,34 @@ def test_planted_copies_fit_the_window_and_keep_their_label() -> None:
         assert r["sensitivity"] == "credential" and "wJalrXUtnFEMI" in r["text"]
         assert len(r["text"]) <= BenignConfig().planted_max_chars + 2
         assert "SELECT 1" not in r["text"] and "held-out key" not in r["text"]
+
+
+def test_public_figure_requests_are_benign_named_and_split_by_unit() -> None:
+    config = BenignConfig(named_prompts=300)
+    rows = public_figure_prompts(5, config)
+    assert rows == public_figure_prompts(5, config) and len(rows) == 300
+    assert {r["sensitivity"] for r in rows} == {"none"} and {r["split"] for r in rows} <= set(BENIGN_FRACTIONS)
+    names = [n for people in PUBLIC_FIGURES.values() for n in people]
+    # every row names somebody, and nothing in it is contact data or an id
+    assert all(any(n in r["text"] for n in names) for r in rows)
+    assert not any(may_be_sensitive(r["text"]) for r in rows)
+    assert find_leaks(rows, ["group"]) == {}
+    assert len({r["split"] for r in rows}) == len(BENIGN_FRACTIONS)
+
+
+def test_curated_bfcl_turns_skip_contact_details(tmp_path) -> None:
+    (tmp_path / "bfcl").mkdir()
+    lines = [
+        {"id": "simple_1", "question": [[{"role": "user", "content": "Find movies directed by Sofia Coppola."}]]},
+        {"id": "simple_2", "question": [[{"role": "user", "content": "Email bob@corp.example.com the report."}]]},
+        {"id": "simple_3", "question": "not a list of turns"},
+    ]
+    import json
+
+    (tmp_path / "bfcl" / "BFCL_v4_simple_python.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken")
+    rows = curated_bfcl_prompts(tmp_path, 1)
+    assert [r["text"] for r in rows] == ["Find movies directed by Sofia Coppola."]
+    assert rows[0]["sensitivity"] == "none" and rows[0]["source"] == "bfcl_curated_negative"
 
 
 @pytest.mark.slow

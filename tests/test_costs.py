@@ -12,11 +12,13 @@ from classifier.errors import ConfigError, DataError
 from classifier.evaluation.costs import (
     RoutingOutcomes,
     apgr,
+    apgr_defined,
     apply_threshold,
     cost_at_quality,
     cpt,
     frontier_quality_target,
     oracle_scores,
+    quality_gap,
     random_router,
     reference_routers,
     route_metrics,
@@ -232,3 +234,23 @@ def test_price_file_errors(tmp_path):
         Prices.from_yaml(bad)
     with pytest.raises(ConfigError, match="models is missing"):
         Prices.from_dict({"currency": "USD"})
+
+
+def test_apgr_is_defined_only_when_the_tiers_differ_beyond_sampling_error():
+    # a clear gap (frontier right on 70% more prompts): defined
+    assert apgr_defined(_random_outcomes(400, seed=3))
+    # 1,000 prompts, frontier and cheap differ on 20 each way: the gap is 0, APGR would be noise
+    rng = np.random.default_rng(0)
+    qc = (rng.random(1000) < 0.5).astype(float)
+    qf = qc.copy()
+    flip = rng.permutation(1000)[:40]
+    qf[flip[:20]], qc[flip[:20]] = 1.0, 0.0
+    qf[flip[20:]], qc[flip[20:]] = 0.0, 1.0
+    o = RoutingOutcomes(qc, qf, np.ones(1000), np.full(1000, 5.0), qc < 1)
+    gap, se = quality_gap(o)
+    assert gap == pytest.approx(0.0) and se > 0
+    assert not apgr_defined(o)
+    # the same flips all one way: a 2-point gap on 1,000 prompts is 4.5 standard errors
+    qf2 = np.maximum(qc, qf)
+    assert apgr_defined(RoutingOutcomes(qc, qf2, np.ones(1000), np.full(1000, 5.0), qc < 1))
+    assert quality_gap(RoutingOutcomes(qc[:1], qf[:1], np.ones(1), np.ones(1), qc[:1] < 1))[1] == np.inf

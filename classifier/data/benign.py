@@ -81,6 +81,8 @@ class BenignConfig(TypedConfig):
     generated_per_kind: NonNegativeInt = 250
     bfcl_schemas: NonNegativeInt = 600
     planted_per_class: NonNegativeInt = 1500  # training pii/credential texts planted in a benign context
+    named_prompts: NonNegativeInt = 1500  # ordinary requests naming public figures (classifier/data/named.py)
+    curated_bfcl: bool = True  # BFCL simple_python/irrelevance user turns (not the live ones: those are evaluation)
     max_chars: int = Field(1500, ge=200)
     # a planted text must fit the model's training window (128 tokens, ~3-4 characters a token in
     # code): past it the label would describe text the model never sees
@@ -438,7 +440,10 @@ def planted(sens_rows: Sequence[Mapping[str, Any]], contexts: Sequence[Mapping[s
 
     Labels are unchanged (the sensitive text is there); task and tier are null (the request around
     it is someone else's). Only training rows are used on both sides."""
-    ctx = [c["text"] for c in contexts if c.get("split") == "train"]
+    # contexts of the kinds planted since v8 (named and curated BFCL rows are left out, so the
+    # planted rows of earlier builds are unchanged)
+    ctx = [c["text"] for c in contexts if c.get("split") == "train"
+           and c.get("source") not in ("named_negative", "bfcl_curated_negative")]
     if not ctx:
         return []
     out: list[dict[str, Any]] = []
@@ -476,12 +481,21 @@ def generate_benign(root: Path, rejects: RejectLog, *, seed: int, config: Benign
     other = other_language_prompts(seed, config)
     gen = generated_prompts(seed, config)
     tools = tool_schema_prompts(root, seed, config)
-    rows = real_train + code + other + gen + tools
+    from classifier.data.named import curated_bfcl_prompts, public_figure_prompts
+
+    # the evaluation set wins a collision: a curated BFCL request equal to a held-out live one is
+    # not trained on, so the real-traffic set stays the same prompts as in earlier builds
+    held_out = {dedup_key(r["text"]) for r in real_eval}
+    named = [r for r in public_figure_prompts(seed, config) if dedup_key(r["text"]) not in held_out]
+    curated = [r for r in (curated_bfcl_prompts(root, seed) if config.curated_bfcl else [])
+               if dedup_key(r["text"]) not in held_out]
+    rows = real_train + code + other + gen + tools + named + curated
     from collections import Counter
 
     stats = {
         "real_prompts_train": len(real_train), "real_traffic_eval": len(real_eval), "code": len(code),
         "other_languages": len(other), "generated": len(gen), "tool_schemas": len(tools),
+        "named_public_figures": len(named), "bfcl_curated": len(curated),
         "by_split": dict(Counter(r["split"] for r in rows)),
         "eval_by_source": dict(Counter(r["source"] for r in real_eval)),
     }

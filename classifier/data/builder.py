@@ -295,7 +295,8 @@ def build_dataset(config: BuildConfig) -> BuildResult:
             known = {dedup_key(r["text"]) for r in list(kept) + list(sens.rows)}
             benign_cfg = config.benign
             if limit is not None:  # a slice: a few of each kind, enough to exercise the code
-                kinds = ("code_snippets", "other_language_snippets", "generated_per_kind", "bfcl_schemas", "planted_per_class")
+                kinds = ("code_snippets", "other_language_snippets", "generated_per_kind", "bfcl_schemas", "planted_per_class",
+                         "named_prompts")
                 benign_cfg = benign_cfg.model_copy(update={k: min(getattr(benign_cfg, k), limit) for k in kinds})
             benign_rows, real_eval, stats["benign"] = generate_benign(
                 root, rejects, seed=config.seed, config=benign_cfg, existing_keys=known)

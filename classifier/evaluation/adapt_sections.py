@@ -80,13 +80,14 @@ def clusters_markdown(section: dict[str, Any]) -> str:
 def _router_numbers(outcomes: Any, scores: np.ndarray, quality_ratio: float) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
-    from classifier.evaluation.costs import apgr, cost_at_quality, frontier_quality_target
+    from classifier.evaluation.costs import apgr, apgr_defined, cost_at_quality, frontier_quality_target
 
     y = np.asarray(outcomes.needs_frontier, dtype=bool)
     cq = cost_at_quality(outcomes, scores, frontier_quality_target(outcomes, quality_ratio))
     a = apgr(outcomes, scores)
     return {"auroc": float(roc_auc_score(y, scores)) if 0 < y.sum() < y.size else None,
-            "apgr": None if not np.isfinite(a) else float(a),
+            # None when the tiers' quality gap is within sampling error (APGR would be noise)
+            "apgr": None if not (np.isfinite(a) and apgr_defined(outcomes)) else float(a),
             "saving_at_quality": cq.get("saving") if cq.get("reachable") else None}
 
 

@@ -67,6 +67,9 @@ __all__ = [
 ]
 
 _EPS = 1e-12
+# APGR is reported only where the tiers' quality gap is this many standard errors from 0 (see
+# ``apgr_defined``): about a 95% two-sided test that the gap is not 0.
+APGR_MIN_GAP_Z = 2.0
 SWEEP_COLUMNS = [
     "threshold", "frontier_share", "cheap_share", "quality", "pgr", "cost", "relative_cost",
     "misroute_rate", "conditional_misroute_rate",
@@ -274,6 +277,23 @@ def sweep_from_sums(thr: np.ndarray, k: np.ndarray, gain_q: np.ndarray, gain_c: 
         "misroute_rate": misroutes / n,
         "conditional_misroute_rate": misroutes / n_frontier if n_frontier else np.nan,
     })[SWEEP_COLUMNS]
+
+
+def quality_gap(outcomes: RoutingOutcomes) -> tuple[float, float]:
+    """All-frontier minus all-cheap quality and its standard error (paired over the same prompts)."""
+    d = np.asarray(outcomes.frontier_correct, dtype=np.float64) - np.asarray(outcomes.cheap_correct, dtype=np.float64)
+    if d.size < 2:
+        return (float(d.mean()) if d.size else math.nan), math.inf
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+
+
+def apgr_defined(outcomes: RoutingOutcomes, z: float = APGR_MIN_GAP_Z) -> bool:
+    """Whether APGR means anything on these prompts: the tiers' quality gap is at least ``z``
+    standard errors from 0. PGR divides by that gap; when it is within sampling error (cheap as
+    good as frontier, as on the ood split's held-out tasks: 1.5 points), APGR swings by whole
+    units between samples of the same traffic and ranks routers by noise."""
+    gap, se = quality_gap(outcomes)
+    return bool(np.isfinite(gap) and abs(gap) > z * se)
 
 
 def apgr(outcomes: RoutingOutcomes, p_frontier: np.ndarray) -> float:

@@ -589,7 +589,7 @@ def evaluate_scores(rows: pd.DataFrame, p_frontier: np.ndarray, prices: Any | No
                     quality_ratio: float = 0.95) -> dict[str, Any]:
     """Tier AUROC on ``rows`` and, where both outcomes and prices are known, APGR and the saving at
     ``quality_ratio`` of all-frontier quality."""
-    from classifier.evaluation.costs import RoutingOutcomes, summarize_router
+    from classifier.evaluation.costs import RoutingOutcomes, apgr_defined, quality_gap, summarize_router
 
     out: dict[str, Any] = {"n": int(len(rows)), "auroc": _auroc(_needs_frontier(rows), p_frontier)}
     if prices is not None and {"frontier_correct", "input_tokens", "cheap_model"} <= set(rows.columns):
@@ -598,7 +598,11 @@ def evaluate_scores(rows: pd.DataFrame, p_frontier: np.ndarray, prices: Any | No
         if len(o):
             r = summarize_router(o, np.asarray(p_frontier)[o.rows], quality_ratio=quality_ratio)
             cq = r["cost_at_quality"]
-            out.update({"apgr": r["apgr"], "saving_at_quality": cq.get("saving") if cq.get("reachable") else None,
+            gap, se = quality_gap(o)
+            # APGR divides by the tiers' quality gap: within sampling error it is noise (None here,
+            # with the gap, so a reader sees why)
+            out.update({"quality_gap": gap, "quality_gap_se": se, "apgr_defined": apgr_defined(o),
+                        "apgr": r["apgr"] if apgr_defined(o) else None, "saving_at_quality": cq.get("saving") if cq.get("reachable") else None,
                         "cheap_share_at_quality": cq.get("cheap_share") if cq.get("reachable") else None})
     return out
 
