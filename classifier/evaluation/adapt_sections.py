@@ -80,7 +80,12 @@ def clusters_markdown(section: dict[str, Any]) -> str:
 def _router_numbers(outcomes: Any, scores: np.ndarray, quality_ratio: float) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
-    from classifier.evaluation.costs import apgr, apgr_defined, cost_at_quality, frontier_quality_target
+    from classifier.evaluation.costs import (
+        apgr,
+        apgr_defined,
+        cost_at_quality,
+        frontier_quality_target,
+    )
 
     y = np.asarray(outcomes.needs_frontier, dtype=bool)
     cq = cost_at_quality(outcomes, scores, frontier_quality_target(outcomes, quality_ratio))

@@ -589,7 +589,12 @@ def evaluate_scores(rows: pd.DataFrame, p_frontier: np.ndarray, prices: Any | No
                     quality_ratio: float = 0.95) -> dict[str, Any]:
     """Tier AUROC on ``rows`` and, where both outcomes and prices are known, APGR and the saving at
     ``quality_ratio`` of all-frontier quality."""
-    from classifier.evaluation.costs import RoutingOutcomes, apgr_defined, quality_gap, summarize_router
+    from classifier.evaluation.costs import (
+        RoutingOutcomes,
+        apgr_defined,
+        quality_gap,
+        summarize_router,
+    )
 
     out: dict[str, Any] = {"n": int(len(rows)), "auroc": _auroc(_needs_frontier(rows), p_frontier)}
     if prices is not None and {"frontier_correct", "input_tokens", "cheap_model"} <= set(rows.columns):
