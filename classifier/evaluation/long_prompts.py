@@ -17,8 +17,9 @@ requests (benign test prompts as filler) at 0, 25, 50, 75 and 100% of the text a
 characters, and writes the recall per position (class recall: ``p(class) >= threshold``; gated:
 any sensitive class detected, so the policy keeps it off external tiers) under the router's
 view and head-only, with the unplanted prompts and the filler alone as references
-(``--out``, default ``evaluation/positions.json``). The runtime's detectors, where a bundle has
-them, are not part of these numbers: this is the model.
+(``--out``, default ``evaluation/positions.json``). Those numbers are the model's; ``shipped``
+adds what ``Router.route`` decides on the same requests, with the bundle's detectors and policy
+(what the issue's position goal is measured on).
 
 Windows shared by several requests (a k-shot prefix, the filler before a planted secret) are run
 once. What this module leaves out: training-time wrapping and the HTML rendering
@@ -32,7 +33,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -315,14 +316,44 @@ def position_sweep(router: Any, frame: pd.DataFrame, *, n_per_class: int = 40, s
                 router, [{"sensitivity": router.schema.head(router._sens_head).negative_class}],
                 p[-1:]).get("benign_flag_rate", 0.0) > 0),
         }
+    out["shipped"] = shipped_decisions(router, items[:len(positions) * n + n], secrets,
+                                       [name for name, _ in positions] + ["unplanted"])
     out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def shipped_decisions(router: Any, items: Sequence[Any], secrets: Sequence[Mapping[str, Any]],
+                      names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What the router itself decides on each planted request (``Router.route``: the model view,
+    the bundle's detectors and the policy), per position: ``detected_<class>`` (the class's model
+    probability at its threshold, or a detector hit of that class) and ``gated_<class>`` (a
+    sensitivity rule decided the request, so it stays off external tiers)."""
+    policy = router.policy
+    sens = router._sens_head
+    n = len(secrets)
+    decisions = router.route(list(items))
+    out: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(names):
+        block = decisions[k * n:(k + 1) * n]
+        m: dict[str, Any] = {}
+        for c, t in policy.sensitivity_thresholds.items():
+            rows = [i for i, s in enumerate(secrets) if s["sensitivity"] == c]
+            if not rows:
+                continue
+            det = [block[i].probabilities.get(sens, {}).get(c, 0.0) >= t
+                   or any(d.get("class") == c for d in block[i].detections) for i in rows]
+            gated = [block[i].blocked or block[i].rule.startswith("sensitivity:") for i in rows]
+            m[f"detected_{c}"] = float(np.mean(det))
+            m[f"gated_{c}"] = float(np.mean(gated))
+            m[f"n_{c}"] = len(rows)
+        out[name] = m
     return out
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
 def _common(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory or .tar.gz")
-    parser.add_argument("--data", type=Path, default=Path("data/build/dataset.parquet"), help="the built data set")
+    parser.add_argument("--data", type=Path, default=Path("data/build"), help="the built data set (directory or parquet)")
     parser.add_argument("--out", type=Path, default=Path(out), help=f"JSON result (default {out})")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
@@ -350,10 +381,11 @@ def add_positions_arguments(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, pd.DataFrame]:
     from classifier.serving.runtime import Router
 
-    if not args.data.is_file():
-        raise DataError(f"{args.data} not found: run `tierwise data build` first")
+    from classifier.data.reader import read_dataset
+
+    frame = read_dataset(args.data)  # a build directory or the parquet file, as the other commands
     view = json.loads(args.view) if args.view else None
-    return Router.load(args.bundle, threads=args.threads, view=view), pd.read_parquet(args.data)
+    return Router.load(args.bundle, threads=args.threads, view=view), frame
 
 
 def _write(doc: dict[str, Any], path: Path) -> None:
@@ -397,6 +429,10 @@ def run_positions(args: argparse.Namespace) -> int:
             lines.append(f"{view:<12} {name:<10} {m.get('recall_credential', float('nan')):>11.3f} "
                          f"{m.get('gated_credential', float('nan')):>11.3f} {m.get('recall_pii', float('nan')):>11.3f} "
                          f"{m.get('gated_pii', float('nan')):>10.3f}")
+    for name, m in doc.get("shipped", {}).items():
+        lines.append(f"{'shipped':<12} {name:<10} {m.get('detected_credential', float('nan')):>11.3f} "
+                     f"{m.get('gated_credential', float('nan')):>11.3f} {m.get('detected_pii', float('nan')):>11.3f} "
+                     f"{m.get('gated_pii', float('nan')):>10.3f}")
     sys.stdout.write("\n".join(lines) + f"\nwritten to {args.out}\n")
     return 0
 
