@@ -379,9 +379,8 @@ def add_positions_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, pd.DataFrame]:
-    from classifier.serving.runtime import Router
-
     from classifier.data.reader import read_dataset
+    from classifier.serving.runtime import Router
 
     frame = read_dataset(args.data)  # a build directory or the parquet file, as the other commands
     view = json.loads(args.view) if args.view else None
