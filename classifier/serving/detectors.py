@@ -45,6 +45,7 @@ import binascii
 import functools
 import hashlib
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -232,6 +233,7 @@ _HEX_BLOB = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{2}){12,}(?![0-9A-Za-z])"
 _URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _SPLIT_RUN = re.compile(r"(?<![\w+/=.-])(?:[\w+/=.-]{1,12}(?:[ \t]{1,2}|[ \t]*\r?\n[ \t]*)){2,}[\w+/=.-]{1,}")
 _WHITESPACE = re.compile(r"\s+")
+_LONG_TOKEN = re.compile(r"\S{24,}")  # \S is str.split()'s complement (both use str.isspace)
 _MAX_DECODE = 4096  # characters of one blob decoded at most (bounded work per blob)
 
 
@@ -266,7 +268,7 @@ def decoded_views(view: View) -> list[View]:
     """Views of the base64, hex and URL-encoded blobs in ``view``, each mapped to its blob's span."""
     text = view.text
     out: list[View] = []
-    if len(text) >= 24 and any(len(tok) >= 24 for tok in text.split()):
+    if len(text) >= 24 and _LONG_TOKEN.search(text):  # a whitespace-free run of >= 24 characters
         for m in _B64_BLOB.finditer(text):
             blob = m.group(0)
             # a plain word or identifier is not base64 worth decoding: it needs a digit or +/ and mixed case
@@ -989,9 +991,22 @@ class Detectors:
                         i += 1
                     starts += [(i, 0), (i, q - acc)]
                 for i, skip in dict.fromkeys(starts):
+                    # one view of tokens[i:] joined; tokens[i:j] joined is its prefix of length
+                    # ends[j - i - 1] (building a view per j made long prose quadratic in Python)
+                    v = joined_view(base, tokens[i:], skip=skip)
+                    ends = list(itertools.accumulate(len(t[0]) for t in tokens[i:]))
+                    lower = v.text.lower()
+                    # keyword positions found once; a prefix holds those that end inside it. Exact
+                    # for Aho-Corasick (every occurrence) when lower-casing keeps every length; the
+                    # other engines search each prefix as before.
+                    exact = self._finder.engine == "ahocorasick" and len(lower) == len(v.text)
+                    where_all = self._finder.find(lower) if exact else None
                     for j in range(len(tokens), i, -1):
-                        v = joined_view(base, tokens[i:j], skip=skip)
-                        hits = [(r.id, a, b) for r in rules for a, b in self._match_rule(r, v.text)]
+                        end = max(0, ends[j - i - 1] - skip)
+                        text = v.text[:end]
+                        where = None if where_all is None else {
+                            w: kept for w, qs in where_all.items() if (kept := [q for q in qs if q + len(w) <= end])}
+                        hits = [(r.id, a, b) for r in rules for a, b in self._match_rule(r, text, where)]
                         if hits:
                             for rid, a, b in hits:
                                 oa, ob = v.span(a, b)
