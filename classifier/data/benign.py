@@ -481,21 +481,12 @@ def generate_benign(root: Path, rejects: RejectLog, *, seed: int, config: Benign
     other = other_language_prompts(seed, config)
     gen = generated_prompts(seed, config)
     tools = tool_schema_prompts(root, seed, config)
-    from classifier.data.named import curated_bfcl_prompts, public_figure_prompts
-
-    # the evaluation set wins a collision: a curated BFCL request equal to a held-out live one is
-    # not trained on, so the real-traffic set stays the same prompts as in earlier builds
-    held_out = {dedup_key(r["text"]) for r in real_eval}
-    named = [r for r in public_figure_prompts(seed, config) if dedup_key(r["text"]) not in held_out]
-    curated = [r for r in (curated_bfcl_prompts(root, seed) if config.curated_bfcl else [])
-               if dedup_key(r["text"]) not in held_out]
-    rows = real_train + code + other + gen + tools + named + curated
+    rows = real_train + code + other + gen + tools
     from collections import Counter
 
     stats = {
         "real_prompts_train": len(real_train), "real_traffic_eval": len(real_eval), "code": len(code),
         "other_languages": len(other), "generated": len(gen), "tool_schemas": len(tools),
-        "named_public_figures": len(named), "bfcl_curated": len(curated),
         "by_split": dict(Counter(r["split"] for r in rows)),
         "eval_by_source": dict(Counter(r["source"] for r in real_eval)),
     }

@@ -51,6 +51,7 @@ from classifier.data import card as card_mod
 from classifier.data import sources as src
 from classifier.data.benign import BenignConfig, generate_benign, planted
 from classifier.data.dedup import DedupConfig, deduplicate
+from classifier.data.named import named_rows
 from classifier.data.normalize import dedup_key, estimate_tokens, text_id
 from classifier.data.sensitivity import SensitivityConfig, generate
 from classifier.data.splits import (
@@ -300,6 +301,9 @@ def build_dataset(config: BuildConfig) -> BuildResult:
                 benign_cfg = benign_cfg.model_copy(update={k: min(getattr(benign_cfg, k), limit) for k in kinds})
             benign_rows, real_eval, stats["benign"] = generate_benign(
                 root, rejects, seed=config.seed, config=benign_cfg, existing_keys=known)
+            extra, counts = named_rows(root, config.seed, benign_cfg, real_eval)  # benign requests naming people
+            benign_rows += extra
+            stats["benign"].update(counts)
             planted_rows = planted(sens.rows, benign_rows, config.seed, benign_cfg) if benign_cfg.enabled else []
             stats["benign"]["planted"] = len(planted_rows)
 

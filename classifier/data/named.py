@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from classifier.data.benign import BenignConfig, _rng, _row, _split_of, may_be_sensitive
-from classifier.data.normalize import clean_text
+from classifier.data.normalize import clean_text, dedup_key
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +185,17 @@ def curated_bfcl_prompts(root: Path, seed: int) -> list[dict[str, Any]]:
             unit = f"bfcl-curated:{item.get('id')}"
             out.append(_row(text, "bfcl_curated_negative", f"bfcl:{path.stem}", _split_of(seed, unit), unit, None))
     return out
+
+
+def named_rows(root: Path, seed: int, config: BenignConfig,
+               held_out: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(rows, counts): public-figure requests and curated BFCL turns, leaving out any text of the
+    held-out real-traffic set (``held_out``): the evaluation set wins a collision, so it stays the
+    same prompts as in builds without these rows."""
+    if not config.enabled:
+        return [], {}
+    keys = {dedup_key(r["text"]) for r in held_out}
+    named = [r for r in public_figure_prompts(seed, config) if dedup_key(r["text"]) not in keys]
+    curated = [r for r in (curated_bfcl_prompts(root, seed) if config.curated_bfcl else [])
+               if dedup_key(r["text"]) not in keys]
+    return named + curated, {"named_public_figures": len(named), "bfcl_curated": len(curated)}
