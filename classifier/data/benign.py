@@ -37,7 +37,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -113,6 +113,22 @@ def may_be_sensitive(text: str) -> bool:
     return bool(_EMAIL.search(text) or _PHONE.search(text) or _KEYLIKE.search(text))
 
 
+def bfcl_user_turns(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """(item, its last user turn, cleaned) of each BFCL JSON line in ``path``; lines that do not
+    parse or hold no non-empty user string are skipped."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        turns = (item.get("question") or []) if isinstance(item, dict) else []
+        users = [m.get("content") for turn in (turns if isinstance(turns, list) else [])
+                 for m in (turn if isinstance(turn, list) else [])
+                 if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)]
+        if users and users[-1].strip():
+            yield item, clean_text(users[-1])
+
+
 def _row(text: str, source: str, source_task: str, split: str, group: str, task: str | None = None) -> dict[str, Any]:
     return {"text": text, "source": source, "source_task": source_task, "split": split, "group": group,
             "task": task, "sensitivity": "none", "tier": None, "tier_outcome": None, "output_tokens": None}
@@ -143,17 +159,7 @@ def real_prompts(root: Path, rejects: RejectLog, seed: int, config: BenignConfig
             split = _split_of(seed, unit)
             train.append(_row(r["text"], "real_prompt", r["source_task"], split, unit, r.get("task")))
     for path in sorted((root / "bfcl").glob("BFCL_v4_live_*.json")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            turns = item.get("question") or []
-            users = [m.get("content") for turn in turns for m in turn
-                     if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)]
-            if not users or not users[-1].strip():
-                continue
-            text = clean_text(users[-1])
+        for item, text in bfcl_user_turns(path):
             key = dedup_key(text)
             if key in seen:
                 continue

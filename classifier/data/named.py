@@ -23,14 +23,20 @@ English.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from classifier.data.benign import BenignConfig, _rng, _row, _split_of, may_be_sensitive
-from classifier.data.normalize import clean_text, dedup_key
+from classifier.data.benign import (
+    BenignConfig,
+    _rng,
+    _row,
+    _split_of,
+    bfcl_user_turns,
+    may_be_sensitive,
+)
+from classifier.data.normalize import dedup_key
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +178,7 @@ def curated_bfcl_prompts(root: Path, seed: int) -> list[dict[str, Any]]:
         if not path.is_file():
             log.warning("%s not found: no curated BFCL negatives from it", path)
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                item = json.loads(line)
-                turns = item["question"][0]
-                text = next(m["content"] for m in reversed(turns) if m.get("role") == "user")
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
-                continue
-            text = clean_text(str(text))
+        for item, text in bfcl_user_turns(path):
             if not text or may_be_sensitive(text):
                 continue
             unit = f"bfcl-curated:{item.get('id')}"

@@ -604,10 +604,11 @@ def evaluate_scores(rows: pd.DataFrame, p_frontier: np.ndarray, prices: Any | No
             r = summarize_router(o, np.asarray(p_frontier)[o.rows], quality_ratio=quality_ratio)
             cq = r["cost_at_quality"]
             gap, se = quality_gap(o)
+            defined = apgr_defined(o)
             # APGR divides by the tiers' quality gap: within sampling error it is noise (None here,
             # with the gap, so a reader sees why)
-            out.update({"quality_gap": gap, "quality_gap_se": se, "apgr_defined": apgr_defined(o),
-                        "apgr": r["apgr"] if apgr_defined(o) else None, "saving_at_quality": cq.get("saving") if cq.get("reachable") else None,
+            out.update({"quality_gap": gap, "quality_gap_se": se, "apgr_defined": defined,
+                        "apgr": r["apgr"] if defined else None, "saving_at_quality": cq.get("saving") if cq.get("reachable") else None,
                         "cheap_share_at_quality": cq.get("cheap_share") if cq.get("reachable") else None})
     return out
 
