@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import functools
 import hashlib
 import ipaddress
@@ -54,7 +55,7 @@ import re
 import threading
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,7 +154,7 @@ def canonical(text: str) -> View:
     starts: list[int] = []
     ends: list[int] = []
     i = 0
-    for m in _changing().finditer(text):
+    for m in _changes(text):
         a = m.start()
         if a > i:
             out.append(text[i:a])
@@ -206,6 +207,25 @@ def _changing() -> re.Pattern[str]:
     return re.compile(r"\\u[0-9a-fA-F]{4}|[" + "".join(ranges) + "]")
 
 
+@functools.lru_cache(maxsize=1)
+def _candidates() -> re.Pattern[str]:
+    """Where ``_changing`` can match: non-ASCII characters, its ASCII members and escapes. Its
+    class has hundreds of ranges, which ``re`` tries one by one at every character; this class is
+    two ranges, so long ASCII-heavy prompts pay for the big class only at their odd characters."""
+    big = _changing()
+    ascii_members = "".join(f"\\x{o:02x}" for o in range(128) if big.match(chr(o)))
+    return re.compile(r"\\u[0-9a-fA-F]{4}|[" + ascii_members + r"\x80-\U0010ffff]")
+
+
+def _changes(text: str) -> Iterator[re.Match[str]]:
+    """The matches of ``_changing`` in ``text``, left to right (the same as its ``finditer``)."""
+    big = _changing()
+    for c in _candidates().finditer(text):
+        m = big.match(text, c.start())
+        if m is not None:
+            yield m
+
+
 def _class_range(lo: int, hi: int) -> str:
     esc = lambda o: f"\\U{o:08x}"  # noqa: E731
     return esc(lo) if lo == hi else f"{esc(lo)}-{esc(hi)}"
@@ -233,6 +253,7 @@ _HEX_BLOB = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{2}){12,}(?![0-9A-Za-z])"
 _URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _SPLIT_RUN = re.compile(r"(?<![\w+/=.-])(?:[\w+/=.-]{1,12}(?:[ \t]{1,2}|[ \t]*\r?\n[ \t]*)){2,}[\w+/=.-]{1,}")
 _WHITESPACE = re.compile(r"\s+")
+_NON_SPACE = re.compile(r"\S+")
 _LONG_TOKEN = re.compile(r"\S{24,}")  # \S is str.split()'s complement (both use str.isspace)
 _MAX_DECODE = 4096  # characters of one blob decoded at most (bounded work per blob)
 
@@ -308,16 +329,42 @@ def _blob_view(base: View, decoded: str, a: int, b: int) -> View:
     return View(inner.text, [oa] * n, [ob] * n)
 
 
-def split_runs(view: View) -> list[list[tuple[str, int, int]]]:
+def split_runs(view: View, keep: Callable[[int, str], bool] | None = None) -> list[list[tuple[str, int, int]]]:
     """Runs of short chunks split by spaces or newlines (``AKIA IOSF ODNN ...``): each run as its
-    tokens (text, start, end) in ``view`` coordinates."""
+    tokens (text, start, end) in ``view`` coordinates. ``keep`` (given a run's start and its text
+    without whitespace, runs in order) skips runs early: in prose nearly every sentence is a run."""
     out: list[list[tuple[str, int, int]]] = []
     for m in _SPLIT_RUN.finditer(view.text):
-        tokens = [(c.group(0), m.start() + c.start(), m.start() + c.end()) for c in re.finditer(r"\S+", m.group(0))]
-        joined = "".join(t[0] for t in tokens)
-        if len(joined) >= 16:
-            out.append(tokens[:64])
+        run = m.group(0)
+        joined = "".join(run.split())  # \S+ tokens joined: str.split and \S agree on whitespace
+        if len(joined) < 16 or (keep is not None and not keep(m.start(), joined)):
+            continue
+        tokens = [(c.group(0), m.start() + c.start(), m.start() + c.end()) for c in _NON_SPACE.finditer(run)]
+        out.append(tokens[:64])
     return out
+
+
+def _runs_holding(text: str, where: Mapping[str, list[int]]) -> Callable[[int, str], bool]:
+    """A ``split_runs`` filter: does a run (start in ``text``, its text without whitespace) hold a
+    whole keyword occurrence of ``where`` (keyword -> positions in ``text`` without whitespace)?
+    A run's non-space characters are one stretch of that text; the filter tracks where it starts."""
+    spans = sorted((q, q + len(w)) for w, qs in where.items() for q in qs)
+    firsts = [a for a, _ in spans]
+    state = [0, 0]  # position in text, non-space characters before it
+
+    def keep(start: int, joined: str) -> bool:
+        prev, off = state
+        off += len("".join(text[prev:start].split()))
+        state[0], state[1] = start, off
+        end = off + len(joined)
+        for a, b in spans[bisect.bisect_left(firsts, off):]:
+            if a >= end:
+                return False
+            if b <= end:
+                return True
+        return False
+
+    return keep
 
 
 def joined_view(view: View, tokens: list[tuple[str, int, int]], skip: int = 0) -> View:
@@ -950,8 +997,10 @@ class Detectors:
             # a key split by spaces or newlines: its keyword appears only once whitespace is gone
             lower = base.text.lower()
             compact = "".join(lower.split())
-            if self._distinct_finder.find(compact):
-                self._scan_split(base, found)
+            where = self._distinct_finder.find(compact)
+            if where:
+                # keyword positions index the lower-cased text; usable for runs only if it kept every length
+                self._scan_split(base, found, where if len(lower) == len(base.text) else None)
         if self._spelled and self.pii_rules:
             for v in spelled_views(base):
                 self._scan_view(v, found, credentials=False, pii=True, only_distinctive=False)
@@ -972,11 +1021,15 @@ class Detectors:
                 hits.append(Hit(rule, cls, a, b))
         return hits
 
-    def _scan_split(self, base: View, found: list[tuple[str, str, int, int]]) -> None:
+    def _scan_split(self, base: View, found: list[tuple[str, str, int, int]],
+                    where: Mapping[str, list[int]] | None = None) -> None:
         """Keys split into chunks: for each distinctive keyword in a run's joined text, join from
         the keyword on, and try ends from the longest down (prose after the key would otherwise
-        glue onto it and break the rule's word boundary); the first end that matches wins."""
-        for tokens in split_runs(base):
+        glue onto it and break the rule's word boundary); the first end that matches wins.
+        ``where``: the keywords' positions in the whole text without whitespace, so that only
+        runs holding one are looked at (in prose nearly every sentence is a run)."""
+        keep = None if where is None else _runs_holding(base.text, where)
+        for tokens in split_runs(base, keep=keep):
             joined = "".join(t[0] for t in tokens).lower()
             for w, positions in self._distinct_finder.find(joined).items():
                 rules = [r for r in self._by_keyword[w] if r.distinctive]

@@ -74,6 +74,7 @@ from classifier.serving.detectors import DETECTORS_FILE, Detectors, Hit
 from classifier.serving.policy import Decision, Policy, PolicyEngine
 from classifier.serving.request import Request, RequestError, parse_request, plain
 from classifier.serving.view import ModelView, Segments, sensitivity_windows, tier_rows
+from classifier.serving.word_cache import WordCache
 
 logger = logging.getLogger(__name__)
 
@@ -455,6 +456,8 @@ class Router:
         full.no_truncation()
         full.no_padding()
         self._tok_full = full
+        # exact per-word cache for ASCII text (None for tokenizers it does not know): the hot path
+        self._words = WordCache.for_tokenizer(full)
         cls_id, sep_id = full.token_to_id("[CLS]"), full.token_to_id("[SEP]")
         self._cls = [] if cls_id is None else [cls_id]
         self._sep = [] if sep_id is None else [sep_id]
@@ -522,11 +525,24 @@ class Router:
         return dataclasses.replace(req, full_text=new, spans=spans, tools_span=tools), cut, bool(removed)
 
     def _tokenise(self, req: Request) -> tuple[list[int], tuple[int, int]]:
-        """The ids of ``full_text`` (tokenised once, no special tokens) and the request's token range."""
+        """The ids of ``full_text`` (tokenised once, no special tokens) and the request's token range.
+
+        ASCII text goes through the exact per-word cache (``word_cache``), the rest through the
+        tokenizer; both give the same ids (a differential test holds them equal)."""
+        a0, b0 = req.request_span
+        whole = req.is_plain or (a0 == 0 and b0 >= len(req.full_text))
+        if self._words is not None:
+            if whole:
+                fast = self._words.ids(req.full_text)
+                if fast is not None:
+                    return fast, (0, len(fast))
+            else:
+                cut = self._words.ids_at(req.full_text, (a0, b0))
+                if cut is not None:
+                    return cut[0], (cut[1][0], cut[1][1])
         enc = self._tok_full.encode(req.full_text, add_special_tokens=False)
         ids = enc.ids
-        a0, b0 = req.request_span
-        if req.is_plain or (a0 == 0 and b0 >= len(req.full_text)):
+        if whole:
             return ids, (0, len(ids))
         starts = [o[0] for o in enc.offsets]
         return ids, (bisect.bisect_left(starts, a0), bisect.bisect_left(starts, b0))
