@@ -254,7 +254,6 @@ _URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _SPLIT_RUN = re.compile(r"(?<![\w+/=.-])(?:[\w+/=.-]{1,12}(?:[ \t]{1,2}|[ \t]*\r?\n[ \t]*)){2,}[\w+/=.-]{1,}")
 _WHITESPACE = re.compile(r"\s+")
 _NON_SPACE = re.compile(r"\S+")
-_LONG_TOKEN = re.compile(r"\S{24,}")  # \S is str.split()'s complement (both use str.isspace)
 _MAX_DECODE = 4096  # characters of one blob decoded at most (bounded work per blob)
 
 
@@ -289,7 +288,9 @@ def decoded_views(view: View) -> list[View]:
     """Views of the base64, hex and URL-encoded blobs in ``view``, each mapped to its blob's span."""
     text = view.text
     out: list[View] = []
-    if len(text) >= 24 and _LONG_TOKEN.search(text):  # a whitespace-free run of >= 24 characters
+    # a whitespace-free run of >= 24 characters (str.split in C: a regex \S{24,} retries at every
+    # character of every word and cost more than the rest of this function on ordinary prose)
+    if len(text) >= 24 and max(map(len, text.split()), default=0) >= 24:
         for m in _B64_BLOB.finditer(text):
             blob = m.group(0)
             # a plain word or identifier is not base64 worth decoding: it needs a digit or +/ and mixed case
