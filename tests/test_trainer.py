@@ -348,3 +348,15 @@ def test_class_weight_modes_balanced_and_its_square_root():
     assert torch.allclose(balanced["tier"], torch.tensor([4 / 6, 4 / 2]))
     assert torch.allclose(root["tier"], balanced["tier"].sqrt())
     assert root["task"] is None and root["sensitivity"] is None  # heads not named are unweighted
+
+
+def test_goals_selection_counts_a_gate_head_by_its_recall_at_precision() -> None:
+    from classifier.training.trainer import selection_score
+
+    metrics = {"tier": {"auroc": 0.7, "macro_f1": 0.6}, "task": {"macro_f1": 0.9},
+               "sensitivity": {"auroc": 0.99, "macro_f1": 0.95, "recall_at_p95_pii": 0.5,
+                               "recall_at_p95_credential": 0.9}}
+    assert selection_score(metrics, "auroc_or_macro_f1") == pytest.approx((0.7 + 0.9 + 0.99) / 3)
+    assert selection_score(metrics, "goals") == pytest.approx((0.7 + 0.9 + 0.7) / 3)
+    metrics["sensitivity"]["recall_at_p95_pii"] = float("nan")  # a class absent from the split
+    assert selection_score(metrics, "goals") == pytest.approx((0.7 + 0.9 + 0.9) / 3)

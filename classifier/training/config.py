@@ -78,9 +78,10 @@ class LoopConfig(BaseModel):
     # -- early stopping and checkpoints ---------------------------------------------------------
     patience: int = Field(2, ge=0, description="validations without improvement before stopping; 0 disables early stopping")
     min_delta: float = Field(0.0, ge=0.0, description="a validation improves on the best score only by more than this")
-    early_stopping_metric: Literal["auroc_or_macro_f1", "macro_f1", "auroc", "accuracy"] = Field(
+    early_stopping_metric: Literal["auroc_or_macro_f1", "goals", "macro_f1", "auroc", "accuracy"] = Field(
         "auroc_or_macro_f1", description="mean over heads on the validation split of: auroc_or_macro_f1 (AUROC for "
-        "binary and gate heads, macro-F1 otherwise), macro_f1, auroc or accuracy; calibration-free")
+        "binary and gate heads, macro-F1 otherwise), goals (the same, but a gate head by its recall at precision "
+        "0.95, averaged over its sensitive classes), macro_f1, auroc or accuracy; calibration-free")
     eval_every_steps: int = Field(0, ge=0, description="validate every N optimiser steps as well as at epoch ends (0 = epoch ends only)")
     checkpoint_every_steps: int = Field(0, ge=0, description="write a resumable checkpoint every N steps (0 = at epoch ends only)")
     resume_from: str | None = Field(None, description="checkpoint directory to resume from, or 'auto' for the newest of this run")

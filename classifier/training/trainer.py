@@ -228,10 +228,21 @@ def multitask_loss(
 
 def selection_score(metrics: dict[str, dict[str, float]], metric: str) -> float:
     """Mean over heads of ``metric`` (``auroc_or_macro_f1``: AUROC where the head has one, else
-    macro-F1); NaN when no head has it."""
+    macro-F1); NaN when no head has it.
+
+    ``goals`` is ``auroc_or_macro_f1`` except that a gate head (one with ``recall_at_p95_*``)
+    counts by its mean recall at precision 0.95 over its sensitive classes: what its release goal
+    measures. A gate head's AUROC saturates near 1 within an epoch while that recall still grows,
+    and the tier head starts to overfit then, so the plain mean stops training too early for it."""
     values = []
     for m in metrics.values():
-        v = m.get("auroc", m.get("macro_f1")) if metric == "auroc_or_macro_f1" else m.get(metric)
+        gate = [v for k, v in m.items() if k.startswith("recall_at_p95_") and math.isfinite(v)]
+        if metric == "goals" and gate:
+            v = float(np.mean(gate))
+        elif metric in ("auroc_or_macro_f1", "goals"):
+            v = m.get("auroc", m.get("macro_f1"))
+        else:
+            v = m.get(metric)
         if v is not None and math.isfinite(v):
             values.append(float(v))
     return float(np.mean(values)) if values else float("nan")
