@@ -220,7 +220,6 @@ class Router:
         self._tokenizer = tokenizer
         self._opened = opened
         self._outputs = [output_name(h) for h in self.head_names]
-        self._max_chars = self.input_limits.max_chars
         self._max_batch = self.input_limits.max_batch
         # sha256 of manifest.json: names this exact bundle (model, tokenizer, policy, calibration)
         self.bundle_hash = bundle_io.sha256_file(bundle_dir / bundle_io.MANIFEST_FILE)
@@ -325,36 +324,6 @@ class Router:
         self.close()
 
     # -- numbers -------------------------------------------------------------------------------
-    def clean(self, text: str) -> tuple[str, bool, bool]:
-        """The part of one valid prompt the model reads: cut to ``max_chars`` characters, control
-        characters deleted. Returns (text, cut, had_control_characters)."""
-        cut = len(text) > self._max_chars
-        if cut:
-            text = text[:self._max_chars]
-        if _CONTROL.search(text) is None:
-            return text, cut, False
-        return _CONTROL.sub("", text), cut, True
-
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Token ids and attention mask ([n, seq] int64, padded to the longest) and a per-row
-        ``truncated`` mask. ``texts`` must be valid strings (see :func:`check_text`); they are
-        cleaned (:meth:`clean`) first."""
-        cleaned = [self.clean(t) for t in texts]
-        ids, mask, truncated = self._encode_clean([c[0] for c in cleaned])
-        cut = np.fromiter((c[1] for c in cleaned), dtype=bool, count=len(cleaned))
-        return ids, mask, truncated | cut
-
-    def _encode_clean(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``encode`` of already cleaned texts; the mask says where the tokenizer cut."""
-        if len(texts) == 1:
-            encs = [self._tokenizer.encode(texts[0])]
-        else:
-            encs = self._tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encs], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        truncated = np.fromiter((bool(e.overflowing) for e in encs), dtype=bool, count=len(encs))
-        return ids, mask, truncated
-
     def _run(self, ids: np.ndarray, mask: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if deadline is None:
@@ -382,26 +351,6 @@ class Router:
             if not np.isfinite(out).all():
                 raise ValueError(f"output {output_name(h)!r} holds non-finite logits")
         return outs
-
-    def _logits_with_flags(self, texts: Sequence[str], deadline: float | None = None,
-                           cleaned: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        encode = self._encode_clean if cleaned else self.encode
-        n = len(texts)
-        if n <= self._max_batch:
-            ids, mask, truncated = encode(texts)
-            outs = self._run(ids, mask, deadline)
-            return dict(zip(self.head_names, outs, strict=True)), truncated
-        # large inputs: sort by length so each chunk pads little, then restore the order
-        order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=n), kind="stable")
-        result = {h: np.empty((n, self.schema.head(h).num_classes), dtype=np.float32) for h in self.head_names}
-        truncated = np.zeros(n, dtype=bool)
-        for start in range(0, n, self._max_batch):
-            idx = order[start:start + self._max_batch]
-            ids, mask, trunc = encode([texts[i] for i in idx])
-            for h, out in zip(self.head_names, self._run(ids, mask, deadline), strict=True):
-                result[h][idx] = out
-            truncated[idx] = trunc
-        return result, truncated
 
     def _checked(self, texts: Any) -> list[Request]:
         """The parsed requests of a ``logits``/``predict_proba`` argument; ``InputError`` names a bad item."""
