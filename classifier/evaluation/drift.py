@@ -107,11 +107,6 @@ def psi(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
-    return counts / max(1, counts.sum())
-
-
 def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
     """Two-sided p-value of the pooled two-proportion z-test (1.0 when undefined)."""
     if n1 == 0 or n2 == 0:
@@ -477,14 +472,6 @@ def _tier_rule(policy: Any, schema: Any, ref: Any, cur: Any) -> tuple[str, str, 
         return None
     t = float(policy.tier_threshold) if policy is not None else (logged[head][1] if head in logged else None)
     return head, pos, t
-
-
-def _task_labels(d: Decisions, head: str, classes: Sequence[str]) -> pd.Series:
-    p = d.probs(head, classes)
-    ok = np.isfinite(p).all(axis=1)
-    labels = np.full(len(p), "unknown", dtype=object)
-    labels[ok] = np.array(list(classes), dtype=object)[p[ok].argmax(axis=1)]
-    return pd.Series(labels)
 
 
 def _change_words(a: float, b: float) -> str:

@@ -220,22 +220,6 @@ def read_records(paths: Sequence[str | Path], *, align: int = 64, block_records:
     return ray.data.read_datasource(source, num_cpus=0, override_num_blocks=len(chunks), concurrency=IO_CONCURRENCY)
 
 
-def jsonl_datasink(path: str | Path, column: str = "json") -> Any:
-    """A Ray datasink writing ``column`` (strings) as JSON lines, one ``.jsonl`` file per block."""
-    from ray.data.datasource import BlockBasedFileDatasink
-
-    class JsonLinesDatasink(BlockBasedFileDatasink):
-        def __init__(self, out: str) -> None:
-            super().__init__(out, file_format="jsonl")
-
-        def write_block_to_file(self, block: Any, file: Any) -> None:
-            values = block.to_arrow().column(column).to_pylist()
-            if values:
-                file.write(("\n".join(values) + "\n").encode("utf-8"))
-
-    return JsonLinesDatasink(str(path))
-
-
 def decode_record(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(record, error) of one JSON line; Parquet decision columns stored as JSON text are decoded."""
     try:

@@ -374,10 +374,6 @@ def joined_view(view: View, tokens: list[tuple[str, int, int]], skip: int = 0) -
     return _sub_view(view, pieces)
 
 
-def _per_char(view: View, pieces: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
-    return [(ch, a + k, a + k + 1) for piece, a, _ in pieces for k, ch in enumerate(piece)]
-
-
 _DIGIT_WORDS = {"zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                 "six": "6", "seven": "7", "eight": "8", "nine": "9"}
 _DIGIT_WORD = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)"
@@ -1148,7 +1144,3 @@ class Detectors:
                 continue
             out.append((a, b))
         return out
-
-
-def hits_to_dicts(hits: Sequence[Hit]) -> list[dict[str, Any]]:
-    return [h.to_dict() for h in hits]

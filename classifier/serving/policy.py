@@ -442,9 +442,6 @@ class Policy(_Section):
                 return t
         raise PolicyError(f"no tier named {name!r}; the policy has {self.tier_names}")
 
-    def tier_index(self, name: str) -> int:
-        return self.tier_names.index(name)
-
     # -- reading and writing -----------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> Policy:
