@@ -95,7 +95,7 @@ class StaticStudent(nn.Module):
 
         At a prompt of ~100 tokens the graph's cost is mostly ONNX Runtime's per-node overhead, so
         it is written with few nodes: GELU is opset 20's ``Gelu`` (exact, as torch's), not five
-        Erf-pattern nodes, and the heads are one matrix product split into their outputs.
+        Erf-pattern nodes.
         """
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -144,17 +144,17 @@ class StaticStudent(nn.Module):
                 helper.make_node("Gelu", ["h1"], ["h"], approximate="none"),
             ]
             feat = "h"
-        heads = [self.heads[name] for name in self.head_names]
-        inits += [t("W_heads", torch.cat([h.weight for h in heads], dim=0).T.contiguous()),
-                  t("b_heads", torch.cat([h.bias for h in heads])),
-                  numpy_helper.from_array(np.array([h.out_features for h in heads], dtype=np.int64), "head_sizes")]
-        nodes += [
-            helper.make_node("MatMul", [feat, "W_heads"], ["z_heads"]),
-            helper.make_node("Add", ["z_heads", "b_heads"], ["logits_heads"]),
-            helper.make_node("Split", ["logits_heads", "head_sizes"], [f"logits_{n}" for n in self.head_names], axis=1),
-        ]
-        outputs = [helper.make_tensor_value_info(f"logits_{n}", TensorProto.FLOAT, ["batch", h.out_features])
-                   for n, h in zip(self.head_names, heads, strict=True)]
+        # one MatMul + Add per head, on purpose: ``tierwise adapt`` finds the trunk's output as the
+        # last tensor every head's logits depend on (a fused product of all heads would be it)
+        outputs = []
+        for name in self.head_names:
+            head = self.heads[name]
+            inits += [t(f"W_{name}", head.weight.T.contiguous()), t(f"b_{name}", head.bias)]
+            nodes += [
+                helper.make_node("MatMul", [feat, f"W_{name}"], [f"z_{name}"]),
+                helper.make_node("Add", [f"z_{name}", f"b_{name}"], [f"logits_{name}"]),
+            ]
+            outputs.append(helper.make_tensor_value_info(f"logits_{name}", TensorProto.FLOAT, ["batch", head.out_features]))
         inputs = [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
