@@ -137,3 +137,12 @@ def test_real_prompts_with_the_pretrained_tokenizer(shared_data: Path) -> None:
             assert got == tok.encode(text, add_special_tokens=False).ids, text[:80]
             answered += 1
     assert answered >= 0.98 * len(texts)
+
+
+def test_long_chunks_are_answered_but_not_cached(tok: Tokenizer) -> None:
+    cache = WordCache.for_tokenizer(tok)
+    blob = "a" * 5000
+    cjk = "中文" * 300
+    text = f"see {blob} and {cjk} end"
+    assert cache.ids(text) == tok.encode(text, add_special_tokens=False).ids
+    assert blob not in cache._cache and cjk not in cache._cache and "see" in cache._cache

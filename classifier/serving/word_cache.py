@@ -38,6 +38,7 @@ _WORD = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
 _ODD = re.compile(r"[^\x20-\x7e\t\n\r]")
 _PLAIN = re.compile(r"[\x20-\x7e\t\n\r]*")
 _CHUNK_END = re.compile(r"[^ \t\n\r]*")
+_MAX_KEY = 100  # characters of a cached word or chunk (WordPiece's own limit per word)
 
 
 def _runs(text: str) -> list[tuple[int, int]]:
@@ -61,11 +62,12 @@ class WordCache:
     ``ids(text)`` equals ``tokenizer.encode(text, add_special_tokens=False).ids`` wherever it
     answers (``ids_at`` also gives the token index of character positions between words); it
     answers ``None`` only for text that holds an added token. The cache holds at most
-    ``max_words`` entries; past that, new words are looked up every time (no eviction, so a
-    flood of unique words cannot thrash the common ones).
+    ``max_words`` entries of at most 100 characters each (a few tens of MB at most); past that,
+    new words are looked up every time (no eviction, so a flood of unique words cannot thrash
+    the common ones).
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_words: int = 200_000) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_words: int = 100_000) -> None:
         self._tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: never truncate or pad
         self._tok.no_truncation()
         self._tok.no_padding()
@@ -77,7 +79,7 @@ class WordCache:
                        if added else None)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Tokenizer, max_words: int = 200_000) -> WordCache | None:
+    def for_tokenizer(cls, tokenizer: Tokenizer, max_words: int = 100_000) -> WordCache | None:
         """A cache for ``tokenizer`` if it is a lowercasing BERT WordPiece pipeline, else None."""
         try:
             spec = json.loads(tokenizer.to_str())
@@ -93,7 +95,9 @@ class WordCache:
         return len(self._cache)
 
     def _remember(self, key: str, ids: tuple[int, ...]) -> tuple[int, ...]:
-        if len(self._cache) < self._max_words:
+        # only word-sized keys: a long chunk (a paragraph of CJK, a base64 blob) seldom repeats,
+        # and caching it would let a few requests fill memory
+        if len(key) <= _MAX_KEY and len(self._cache) < self._max_words:
             self._cache[key] = ids
         return ids
 
