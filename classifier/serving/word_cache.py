@@ -25,10 +25,9 @@ Left out: truncation, padding and special tokens (the runtime adds ``[CLS]``/``[
 
 from __future__ import annotations
 
-import json
 import re
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 # after lowercasing: a run of letters/digits, or one ASCII punctuation character (BertPreTokenizer
 # splits every punctuation character off on its own); whitespace separates and is dropped
@@ -68,26 +67,25 @@ class WordCache:
     """
 
     def __init__(self, tokenizer: Tokenizer, max_words: int = 100_000) -> None:
-        self._tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: never truncate or pad
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        self._model = self._tok.model
+        if tokenizer.truncation is not None or tokenizer.padding is not None:
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy that never truncates or pads
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+        self._tok = tokenizer
+        self._model = tokenizer.model
         self._max_words = max_words
         self._cache: dict[str, tuple[int, ...]] = {}
-        added = [t.content for t in self._tok.get_added_tokens_decoder().values()]
+        added = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
         self._added = (re.compile("|".join(re.escape(a) for a in sorted(added, key=len, reverse=True)), re.IGNORECASE)
                        if added else None)
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Tokenizer, max_words: int = 100_000) -> WordCache | None:
         """A cache for ``tokenizer`` if it is a lowercasing BERT WordPiece pipeline, else None."""
-        try:
-            spec = json.loads(tokenizer.to_str())
-        except ValueError:
-            return None
-        norm, pre, model = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-        if (norm.get("type") != "BertNormalizer" or not norm.get("lowercase") or not norm.get("clean_text")
-                or pre.get("type") != "BertPreTokenizer" or model.get("type") != "WordPiece"):
+        norm = tokenizer.normalizer
+        if not (isinstance(norm, normalizers.BertNormalizer) and norm.lowercase and norm.clean_text
+                and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+                and isinstance(tokenizer.model, models.WordPiece)):
             return None
         return cls(tokenizer, max_words)
 
@@ -119,19 +117,8 @@ class WordCache:
 
     def ids(self, text: str) -> list[int] | None:
         """The token ids of ``text`` without special tokens, or None where the tokenizer must answer."""
-        if self._added is not None and self._added.search(text) is not None:
-            return None
-        out: list[int] = []
-        if _PLAIN.fullmatch(text) is not None:  # the common case: printable ASCII only
-            self._ascii(out, text)
-            return out
-        pos = 0
-        for a, b in _runs(text):
-            self._ascii(out, text[pos:a])
-            self._run(out, text[a:b])
-            pos = b
-        self._ascii(out, text[pos:])
-        return out
+        got = self.ids_at(text, ())
+        return None if got is None else got[0]
 
     def ids_at(self, text: str, cuts: tuple[int, ...]) -> tuple[list[int], list[int]] | None:
         """(token ids of ``text``, the index of the first token at or after each cut), or None.
