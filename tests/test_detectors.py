@@ -205,3 +205,39 @@ def test_false_flags_on_real_prompts(det: Detectors, shared_data: Path) -> None:
     flagged = [p for p in prompts if det.scan(p)]
     # read: the one flagged v0.1 prompt lists fabricated records (a card, a phone) on purpose
     assert len(flagged) / len(prompts) <= 0.01, [p[:80] for p in flagged]
+
+
+# -- bare provider tokens (rules derived from gitleaks' own secret patterns) ----------------------
+PLAID = "access-sandbox-35336eb5-80c2-139d-4206-9f7e0f51e01e"  # fabricated, plaid-api-token's shape
+PREFECT = "pnu_HHFcvcm1dUgJ5tMvpfVq5dKg7Z24zrsoMgAs"  # fabricated, prefect-api-token's shape
+
+
+def test_bare_rules_find_provider_tokens_without_the_providers_name(det: Detectors) -> None:
+    # gitleaks needs "plaid" in the text and a closing quote or space after a unique token
+    assert rules_of(det.scan(f"What kind of key is this? {PLAID}")) == {"plaid-api-token-bare"}
+    assert rules_of(det.scan(f"request headers={{'X-Api-Key': '{PLAID}'}}")) == {"plaid-api-token-bare"}
+    assert rules_of(det.scan(f"see the log (auth {PREFECT})")) == {"prefect-api-token-bare"}
+    assert rules_of(det.scan("What is this? test_23bdf08f14e11b0d77cffd2ed484db43fcd")) == {"lob-api-key-bare"}
+
+
+def test_a_span_both_rules_find_is_one_hit_named_by_gitleaks_rule(det: Detectors) -> None:
+    hits = det.scan(f"PLAID_ACCESS_TOKEN={PLAID}")
+    assert [h.rule for h in hits] == ["plaid-api-token"]
+
+
+def test_bare_rules_leave_defanged_and_prefixless_values_alone(det: Detectors) -> None:
+    assert det.scan('"apiKey": "NRAK-xemx1x1x1x1x1x1x1x1x1x1x1x1"') == []  # low entropy: a placeholder
+    assert det.scan("md5 of the file: 05097bccd95fbbe6da7f9109bcc4ba2b") == []  # no prefix: a hash looks the same
+    assert det.scan("the access-control header and a pat on the back") == []
+
+
+def test_bare_rules_are_derived_only_from_the_helpers_shapes(rules_doc: dict, shared_data: Path) -> None:
+    bare = {r["id"]: r for r in rules_doc["credential"]["rules"] if r.get("derived_from")}
+    assert "plaid-api-token-bare" in bare and "linear-client-secret-bare" not in bare
+    assert all(min(len(w) for w in r["keywords"]) >= D.BARE_MIN_PREFIX and r["entropy"] >= D.BARE_MIN_ENTROPY
+               for r in bare.values())
+    assert D._secret_group(r"(?i)\b(pnu_[a-z]{36})(?:[\x60'" + '"' + r"\s;]|\\[nr]|$)") == ("(?i)", "pnu_[a-z]{36}")
+    assert D._secret_group(r"-----BEGIN PRIVATE KEY-----[\s\S]*?KEY-----") is None
+    plain = build_rules(shared_data / "gitleaks" / "gitleaks.toml", bare=False)
+    assert not any(r.get("derived_from") for r in plain["credential"]["rules"])
+    assert Detectors(plain).scan(f"What kind of key is this? {PLAID}") == []

@@ -741,11 +741,116 @@ def _scan_dob(text: str, out: list[tuple[str, int, int]]) -> None:
 # ------------------------------------------------------------------------------------------
 # The rule file
 # ------------------------------------------------------------------------------------------
-def build_rules(gitleaks_toml: str | Path, *, pii: Sequence[str] = PII_RULES) -> dict[str, Any]:
+# gitleaks' rule helpers write the secret as the last group: ``...[\x60'"\s=]{0,5}(SECRET)`` after a
+# provider name and an operator (semi-generic), or ``\b(SECRET)`` (unique token), then this tail
+_GITLEAKS_TAIL = "(?:[\\x60'\"\\s;]|\\\\[nr]|$)"
+_SEMI_GENERIC_HEAD = "[\\x60'\"\\s=]{0,5}("
+# a bare token may also sit in brackets or a list: ``(auth pnu_...)``, ``[hf_...]``, ``key,``
+_BARE_TAIL = "(?:[\\x60'\"\\s;,)\\]}>]|\\\\[nr]|$)"
+BARE_MIN_PREFIX = 3  # literal characters a secret must start with to be found without its provider's name
+BARE_MIN_WIDTH = 16  # and characters it must have at least
+BARE_MIN_ENTROPY = 3.0  # and bits per character (Shannon) at least
+
+
+def _secret_group(regex: str) -> tuple[str, str] | None:
+    """(flags, SECRET) of a rule regex written by gitleaks' semi-generic or unique-token helper, else None."""
+    flags = "(?i)" if regex.startswith("(?i)") else ""
+    for tail in (_GITLEAKS_TAIL, "\\b"):
+        if regex.endswith(")" + tail):
+            body = regex[: -len(tail) - 1]
+            break
+    else:
+        return None
+    if _SEMI_GENERIC_HEAD in body:
+        secret = body.split(_SEMI_GENERIC_HEAD, 1)[1]
+    elif body.startswith(flags + "\\b("):
+        secret = body[len(flags) + 3:]
+    else:
+        return None
+    depth, k = 0, 0
+    while k < len(secret):  # the group must be balanced, or this is not the helper's shape
+        if secret[k] == "\\":
+            k += 2
+            continue
+        depth += {"(": 1, ")": -1}.get(secret[k], 0)
+        if depth < 0:
+            return None
+        k += 1
+    return (flags, secret) if depth == 0 else None
+
+
+def _literal_prefixes(secret: str) -> list[str]:
+    """The literal starts a secret pattern has: ``["access-"]`` for ``access-(?:sandbox|...)``,
+    ``["live_", "test_"]`` for ``(live|test)_[a-f0-9]{35}``; ``[""]`` when it starts with a class."""
+    m = re.match(r"\((?:\?:)?([A-Za-z0-9_]+(?:\|[A-Za-z0-9_]+)+)\)", secret)
+    if m is not None:  # a group of plain alternatives first
+        rest = _literal_prefix(secret[m.end():]) if secret[m.end():m.end() + 1] not in "?*{" else ""
+        return [alt + rest for alt in m.group(1).split("|")]
+    return [_literal_prefix(secret)]
+
+
+def _literal_prefix(secret: str) -> str:
+    out: list[str] = []
+    k = 0
+    while k < len(secret):
+        c = secret[k]
+        if c == "\\" and k + 1 < len(secret) and secret[k + 1] in "-_.":
+            out.append(secret[k + 1])
+            k += 2
+        elif c.isalnum() or c in "_-":
+            out.append(c)
+            k += 1
+        else:
+            if c in "?*{" and out:  # the last character is optional or repeated: not literal
+                out.pop()
+            break
+    return "".join(out)
+
+
+def bare_rules(rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rules that find a provider's token **without** the provider's name beside it.
+
+    gitleaks gates many rules on a name in context (``plaid``, ``airtable``, ``yandex``): a Plaid
+    ``access-sandbox-<uuid>`` token pasted alone into a prompt, or in a log header, is not reported,
+    and a unique-token rule misses ``(auth pnu_...)`` because ``)`` is not in its closing set. For
+    every rule whose secret starts with >= ``BARE_MIN_PREFIX`` literal characters and is at least
+    ``BARE_MIN_WIDTH`` long, this adds ``<id>-bare``: ``\\b(SECRET)`` with the closing set widened by
+    ``,)]}>``, keyed on that literal prefix, with the rule's allowlists and an entropy of at least
+    ``BARE_MIN_ENTROPY``. Secrets without
+    a distinctive prefix (a bare 32-hex string: an MD5 hash looks the same) get no bare rule.
+    """
+    from re import (
+        _parser as sre,  # the standard library's own regex parser: a pattern's minimum width
+    )
+
+    out: list[dict[str, Any]] = []
+    for r in rules:
+        found = _secret_group(r["regex"])
+        if found is None:
+            continue
+        flags, secret = found
+        prefixes = _literal_prefixes(secret)
+        if min(len(p) for p in prefixes) < BARE_MIN_PREFIX:
+            continue
+        try:
+            if sre.parse(go_to_python_regex(secret)).getwidth()[0] < BARE_MIN_WIDTH:
+                continue
+        except Exception:  # noqa: BLE001 - a pattern the parser cannot size gets no bare rule
+            continue
+        out.append({"id": f"{r['id']}-bare", "derived_from": r["id"],
+                    "regex": f"{flags}\\b({secret}){_BARE_TAIL}", "keywords": sorted({p.lower() for p in prefixes}),
+                    # a real token is random; a defanged one (``NRAK-x1x1x1...``) is not
+                    "secretGroup": 1, "entropy": max(float(r.get("entropy") or 0.0), BARE_MIN_ENTROPY),
+                    "allowlists": r.get("allowlists", [])})
+    return out
+
+
+def build_rules(gitleaks_toml: str | Path, *, pii: Sequence[str] = PII_RULES, bare: bool = True) -> dict[str, Any]:
     """The ``detectors.json`` document from a gitleaks config: rules (Go regexes, keywords,
     entropy, secretGroup, allowlists), the global allowlist, the personal-data rules, and where
     they came from (file name, sha256, gitleaks ``minVersion``). Rules without a regex (path-only)
-    and rules whose regex Python cannot compile are left out and listed in ``skipped``."""
+    and rules whose regex Python cannot compile are left out and listed in ``skipped``. With
+    ``bare``, the rules of ``bare_rules`` are added (``derived_from`` names their gitleaks rule)."""
     path = Path(gitleaks_toml)
     try:
         raw = path.read_bytes()
@@ -775,6 +880,14 @@ def build_rules(gitleaks_toml: str | Path, *, pii: Sequence[str] = PII_RULES) ->
             skipped[rid] = str(exc)
             continue
         rules.append(entry)
+    if bare:
+        for entry in bare_rules(rules):
+            try:
+                _compile(entry["regex"], f"rules.{entry['id']}")
+            except ConfigError as exc:
+                skipped[entry["id"]] = str(exc)
+                continue
+            rules.append(entry)
     glob = config.get("allowlist") or {}
     unknown = [p for p in pii if p not in ALL_PII_RULES]
     if unknown:
@@ -935,6 +1048,8 @@ class Detectors:
         except ConfigError as exc:
             raise BundleError(str(exc)) from None
         self.rules = rules
+        # ``<id>-bare`` -> ``<id>`` (``bare_rules``): a span both report is one hit, the gitleaks rule's
+        self._parent = {r["id"]: r["derived_from"] for r in cred.get("rules", []) if r.get("derived_from")}
         self._always = [r for r in rules if not r.keywords]
         self._by_keyword: dict[str, list[_SecretRule]] = {}
         for r in rules:
@@ -974,7 +1089,8 @@ class Detectors:
         return self._finder.engine
 
     def info(self) -> dict[str, Any]:
-        return {"version": self.version, "credential_rules": len(self.rules), "pii_rules": sorted(self.pii_rules),
+        return {"version": self.version, "credential_rules": len(self.rules), "bare_rules": len(self._parent),
+                "pii_rules": sorted(self.pii_rules),
                 "keyword_engine": self.keyword_engine,
                 "compiled_from": self.doc.get("compiled_from")}
 
@@ -1012,7 +1128,11 @@ class Detectors:
             return []
         seen: set[tuple[str, int, int]] = set()
         hits: list[Hit] = []
+        spans = {(rule, a, b) for rule, _, a, b in found} if self._parent else ()
         for rule, cls, a, b in sorted(found, key=lambda h: (h[2], h[3], h[0])):
+            parent = self._parent.get(rule) if self._parent else None
+            if parent is not None and (parent, a, b) in spans:
+                continue
             if (rule, a, b) not in seen:
                 seen.add((rule, a, b))
                 hits.append(Hit(rule, cls, a, b))

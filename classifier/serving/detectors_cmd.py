@@ -22,6 +22,8 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle directory")
     parser.add_argument("--gitleaks", type=Path, default=None,
                         help="gitleaks.toml to compile the rules from (default: $TIERWISE_SHARED_DATA/gitleaks/gitleaks.toml)")
+    parser.add_argument("--no-bare", dest="bare", action="store_false",
+                        help="gitleaks' rules only: no '<id>-bare' rules for provider tokens without the provider's name")
     parser.add_argument("--pii", default=None, metavar="A,B",
                         help="personal-data rules to ship (default: every rule but date-of-birth, which is opt-in: "
                              "a date alone is a quasi-identifier; add it with e.g. --pii email,phone,date-of-birth)")
@@ -42,7 +44,7 @@ def run_install(args: argparse.Namespace) -> int:
         raise BundleError(f"{args.bundle}: not a bundle directory (unpack an archive first)")
     source = args.gitleaks or default_gitleaks_path()
     pii = PII_RULES if args.pii is None else tuple(x.strip() for x in args.pii.split(",") if x.strip())
-    data = rules_bytes(build_rules(source, pii=pii))
+    data = rules_bytes(build_rules(source, pii=pii, bare=args.bare))
     detectors = Detectors.from_bytes(data)  # what the runtime will load: check it compiles before writing
     old = bundle_io.verify_bundle(args.bundle).files.get(DETECTORS_FILE)
     manifest = bundle_io.update_bundle_file(args.bundle, DETECTORS_FILE, data)

@@ -214,6 +214,17 @@ class Router:
                 b.setflags(write=False)
                 self.biases[h] = b
         self._calibration = [(h, self.temperatures[h], self.biases.get(h)) for h in self.head_names]
+        # every head's calibrated softmax in one pass over [n, sum C]: the arithmetic of
+        # ``numeric.softmax`` per head (equal within 1e-15: numpy's vector exp may round the last
+        # bit differently), in a sixth of the numpy calls
+        sizes = [schema.head(h).num_classes for h in self.head_names]
+        starts = np.cumsum([0, *sizes])
+        self._columns = [(h, int(a), int(b)) for h, a, b in zip(self.head_names, starts[:-1], starts[1:], strict=True)]
+        self._starts = starts[:-1]
+        self._head_of_col = np.repeat(np.arange(len(sizes)), sizes)
+        self._t_cols = np.repeat([self.temperatures[h] for h in self.head_names], sizes).astype(np.float64)
+        self._b_cols = np.concatenate([self.biases[h] if h in self.biases else np.zeros(c)
+                                       for h, c in zip(self.head_names, sizes, strict=True)])
         self.policy = policy
         self.engine = PolicyEngine(policy, schema)
         self._session = session
@@ -385,7 +396,18 @@ class Router:
 
     def proba_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calibrated softmax ``softmax(logits / T + b)`` (float64, the input is left alone)."""
-        return {h: softmax(logits[h], t, b) for h, t, b in self._calibration}
+        parts = [logits[h] for h in self.head_names]
+        if not all(isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[0] == parts[0].shape[0]
+                   and x.shape[1] == b - a for x, (_, a, b) in zip(parts, self._columns, strict=True)):
+            return {h: softmax(logits[h], t, b) for h, t, b in self._calibration}
+        z = np.concatenate(parts, axis=1, dtype=np.float64)
+        z /= self._t_cols
+        z += self._b_cols
+        if z.shape[0]:
+            z -= np.maximum.reduceat(z, self._starts, axis=1)[:, self._head_of_col]
+            np.exp(z, out=z)
+            z /= np.add.reduceat(z, self._starts, axis=1)[:, self._head_of_col]
+        return {h: z[:, a:b] for h, a, b in self._columns}
 
     def predict_proba(self, texts: Any) -> dict[str, np.ndarray]:
         """Calibrated probabilities per head, [n, C], rows sum to 1 (pooled over windows by the view)."""
