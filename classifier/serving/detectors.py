@@ -816,12 +816,12 @@ def bare_rules(rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     every rule whose secret starts with >= ``BARE_MIN_PREFIX`` literal characters and is at least
     ``BARE_MIN_WIDTH`` long, this adds ``<id>-bare``: ``\\b(SECRET)`` with the closing set widened by
     ``,)]}>``, keyed on that literal prefix, with the rule's allowlists and an entropy of at least
-    ``BARE_MIN_ENTROPY``. Secrets without
-    a distinctive prefix (a bare 32-hex string: an MD5 hash looks the same) get no bare rule.
+    ``BARE_MIN_ENTROPY``. Secrets without a distinctive prefix (a bare 32-hex string: an MD5 hash looks the same) get no bare rule.
     """
-    from re import (
-        _parser as sre,  # the standard library's own regex parser: a pattern's minimum width
-    )
+    try:  # the standard library's own regex parser sizes a pattern (Python >= 3.11; sre_parse before)
+        from re import _parser as sre
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as sre
 
     out: list[dict[str, Any]] = []
     for r in rules:
