@@ -56,7 +56,7 @@ import threading
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -444,6 +444,21 @@ class _Allowlist:
     regexes: tuple[re.Pattern[str], ...]
     target: str  # secret | match | line
     stopwords: tuple[str, ...]
+    _auto: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # generic-api-key has 1,446 stopwords: one Aho-Corasick pass over the secret, not 1,446
+        # substring tests (same answer: is any stopword a substring)
+        if len(self.stopwords) > 32 and all(self.stopwords):
+            try:
+                import ahocorasick
+            except ImportError:
+                return
+            auto = ahocorasick.Automaton()
+            for w in self.stopwords:
+                auto.add_word(w, w)
+            auto.make_automaton()
+            self._auto = auto
 
     def allows(self, secret: str, match: str, line: str) -> bool:
         if self.regexes:
@@ -452,6 +467,8 @@ class _Allowlist:
                 return True
         if self.stopwords:
             low = secret.lower()
+            if self._auto is not None:
+                return next(self._auto.iter(low), None) is not None
             if any(w in low for w in self.stopwords):
                 return True
         return False
@@ -1163,21 +1180,24 @@ class Detectors:
                 for i, skip in dict.fromkeys(starts):
                     # one view of tokens[i:] joined; tokens[i:j] joined is its prefix of length
                     # ends[j - i - 1] (building a view per j made long prose quadratic in Python)
-                    v = joined_view(base, tokens[i:], skip=skip)
+                    # the joined text only; its map back to ``base`` (a Python list per character)
+                    # is built once a rule matches, not for every start that finds nothing
+                    full = "".join(t[0] for t in tokens[i:])[skip:]
                     ends = list(itertools.accumulate(len(t[0]) for t in tokens[i:]))
-                    lower = v.text.lower()
+                    lower = full.lower()
                     # keyword positions found once; a prefix holds those that end inside it. Exact
                     # for Aho-Corasick (every occurrence) when lower-casing keeps every length; the
                     # other engines search each prefix as before.
-                    exact = self._finder.engine == "ahocorasick" and len(lower) == len(v.text)
+                    exact = self._finder.engine == "ahocorasick" and len(lower) == len(full)
                     where_all = self._finder.find(lower) if exact else None
                     for j in range(len(tokens), i, -1):
                         end = max(0, ends[j - i - 1] - skip)
-                        text = v.text[:end]
+                        text = full[:end]
                         where = None if where_all is None else {
                             w: kept for w, qs in where_all.items() if (kept := [q for q in qs if q + len(w) <= end])}
                         hits = [(r.id, a, b) for r in rules for a, b in self._match_rule(r, text, where)]
                         if hits:
+                            v = joined_view(base, tokens[i:], skip=skip)
                             for rid, a, b in hits:
                                 oa, ob = v.span(a, b)
                                 found.append((rid, CREDENTIAL, oa, ob))
