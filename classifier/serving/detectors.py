@@ -1058,7 +1058,8 @@ class Detectors:
                     distinctive=(not rid.startswith("generic") and bool(kws) and min(len(w) for w in kws) >= 3
                                  and not strip_prefix(r["regex"])[1]),
                     prefix=strip_prefix(r["regex"])[1],
-                    anchored=_starts_with_keyword(r["regex"], kws),
+                    # a bare rule's every match starts with one of its keywords (its literal prefixes)
+                    anchored=_starts_with_keyword(r["regex"], kws) or (bool(r.get("derived_from")) and bool(kws)),
                 ))
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed credential rules ({exc!r})") from None
