@@ -201,3 +201,42 @@ def test_decide_and_decide_batch_agree_with_detections(raw: dict) -> None:
         assert singles == vectorised
 
     prop()
+
+
+def test_repeated_system_prompt_is_scanned_once_and_hits_index_the_request(bundle_with_rules: Path) -> None:
+    system = "You are a support agent for an airline. Follow the booking rules below. " * 20
+    system += f"\nDeploy with AWS_ACCESS_KEY_ID={AWS}\n"  # a key the operator left in the prompt
+    with Router.load(bundle_with_rules) as router:
+        spans = []
+        for i in range(3):  # an agent: the same system prompt, a new user turn each call
+            body = {"messages": [{"role": "system", "content": system},
+                                 {"role": "user", "content": f"Change my flight number {i} to Friday."}]}
+            d = router.route(body)
+            full = router.parse(body)[0].full_text
+            spans.append([(h["rule"], h["start"], h["end"]) for h in d.detections])
+            assert [full[h["start"]:h["end"]] for h in d.detections] == [AWS]
+        assert spans[0] == spans[1] == spans[2]
+        assert router._scan_piece.cache_info().hits == 2  # scanned once, reused twice
+        # a key in the user turn is found at its offset in the whole request, after the system prompt
+        body = {"messages": [{"role": "system", "content": system},
+                             {"role": "user", "content": f"my key is {AWS}, is it leaked?"}]}
+        full = router.parse(body)[0].full_text
+        found = sorted(h["start"] for h in router.route(body).detections)
+        assert found == [full.index(AWS), full.rindex(AWS)] and found[0] < found[1]
+        router.detectors = None  # new detectors (here: none) never see the old ones' cache
+        assert router.route(body).detections == []
+
+
+def test_row_cache_gives_the_logits_of_a_fresh_run(bundle_with_rules: Path) -> None:
+    system = "Answer in the style of a patient teacher and cite the syllabus section. " * 60
+    with Router.load(bundle_with_rules) as router:
+        bodies = [{"messages": [{"role": "system", "content": system},
+                                {"role": "user", "content": f"Explain topic {i} of the syllabus."}]} for i in range(3)]
+        assert router._row_cache is not None
+        cached = [router.logits(b) for b in bodies]
+        assert len(router._row_cache._items) > 2  # the system prompt's windows, and each request's own
+        router._row_cache = None
+        fresh = [router.logits(b) for b in bodies]
+        for c, f in zip(cached, fresh, strict=True):
+            for h in router.head_names:
+                np.testing.assert_allclose(c[h], f[h], atol=1e-5)

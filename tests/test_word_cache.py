@@ -146,3 +146,25 @@ def test_long_chunks_are_answered_but_not_cached(tok: Tokenizer) -> None:
     text = f"see {blob} and {cjk} end"
     assert cache.ids(text) == tok.encode(text, add_special_tokens=False).ids
     assert blob not in cache._cache and cjk not in cache._cache and "see" in cache._cache
+
+
+@pytest.mark.slow  # hypothesis: 60 requests, a router each
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(sorted(TINY_WORDS) + ["café", "naïve", "中文", ",", "\u00a0", "\t", "x" * 30]),
+                         min_size=0, max_size=160).map(" ".join), min_size=1, max_size=4),
+       st.booleans())
+def test_a_long_chat_request_tokenised_piece_by_piece_is_tokenised_whole(tiny_bundle: Path, texts: list[str],
+                                                                        tools: bool) -> None:
+    from classifier.serving.request import parse_request
+    from classifier.serving.runtime import Router
+
+    roles = ["system", "user", "assistant", "user"]
+    body = {"messages": [{"role": roles[i % 4], "content": t} for i, t in enumerate(texts)]}
+    if tools:
+        body["tools"] = [{"type": "function", "function": {"name": "lookup", "description": texts[0][:200],
+                                                           "parameters": {"type": "object"}}}]
+    req = parse_request(body)
+    with Router.load(tiny_bundle) as router:
+        assert router._tokenise_pieces(req) == router._tokenise_whole(req)
+        for _ in range(2):  # the cached pieces give the same
+            assert router._tokenise(req) == router._tokenise_whole(req)

@@ -51,12 +51,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import json
 import logging
 import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,12 @@ FLAG_FALLBACK = "fallback"
 FLAG_CONTROL_CHARS = "control_chars"
 FLAG_LONG_REQUEST = "long_request"
 INPUT_NAMES = ("input_ids", "attention_mask")
+# Agents send the same system prompt and tool schemas on every call. A piece of a request this
+# long (the tool schemas, one message) has its detector hits kept for reuse, and the logits of a
+# long request's model rows are kept too, so a repeated prefix is scanned and run once (LRU).
+SCAN_CACHE_MIN_CHARS = 1000
+SCAN_CACHE_SIZE = 64
+ROW_CACHE_SIZE = 4096
 
 # C0 and C1 control characters and DEL, except tab, newline and carriage return
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -198,7 +206,7 @@ class Router:
         view: ModelView | Mapping[str, Any] | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
-        self.detectors = detectors
+        self.detectors = detectors  # (a property: setting it empties the scan cache)
         self.source = source or bundle_dir
         self.manifest = manifest
         self.input_limits = manifest.input_limits
@@ -228,9 +236,12 @@ class Router:
         self.policy = policy
         self.engine = PolicyEngine(policy, schema)
         self._session = session
+        # int8 bundles quantise activations per batch, so a row's logits depend on its batch: no reuse
+        self._row_cache = _RowCache(ROW_CACHE_SIZE) if manifest.quantization is None else None
         self._tokenizer = tokenizer
         self._opened = opened
         self._outputs = [output_name(h) for h in self.head_names]
+        self._num_classes = [schema.head(h).num_classes for h in self.head_names]
         self._max_batch = self.input_limits.max_batch
         # sha256 of manifest.json: names this exact bundle (model, tokenizer, policy, calibration)
         self.bundle_hash = bundle_io.sha256_file(bundle_dir / bundle_io.MANIFEST_FILE)
@@ -238,6 +249,17 @@ class Router:
         self.deadline_ms = _check_deadline(deadline_ms)
         self._watchdog = _Watchdog(period=min(1.0, (self.deadline_ms or 1000.0) / 4000.0))
         self._init_view(view)
+
+    @property
+    def detectors(self) -> Detectors | None:
+        """The deterministic detectors (None: off). Assigning new ones empties the scan cache."""
+        return self._detectors
+
+    @detectors.setter
+    def detectors(self, value: Detectors | None) -> None:
+        self._detectors = value
+        self._scan_piece = None if value is None else functools.lru_cache(maxsize=SCAN_CACHE_SIZE)(
+            lambda text: tuple(value.scan(text)))
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -429,6 +451,7 @@ class Router:
         self._tok_full = full
         # exact per-word cache for ASCII text (None for tokenizers it does not know): the hot path
         self._words = WordCache.for_tokenizer(full)
+        self._piece_ids_cached = functools.lru_cache(maxsize=SCAN_CACHE_SIZE)(self._piece_ids)
         cls_id, sep_id = full.token_to_id("[CLS]"), full.token_to_id("[SEP]")
         self._cls = [] if cls_id is None else [cls_id]
         self._sep = [] if sep_id is None else [sep_id]
@@ -499,7 +522,37 @@ class Router:
         """The ids of ``full_text`` (tokenised once, no special tokens) and the request's token range.
 
         ASCII text goes through the exact per-word cache (``word_cache``), the rest through the
-        tokenizer; both give the same ids (a differential test holds them equal)."""
+        tokenizer; both give the same ids (a differential test holds them equal). A long chat
+        request is tokenised piece by piece (``_tokenise_pieces``), its long pieces cached."""
+        if not req.is_plain and len(req.full_text) >= SCAN_CACHE_MIN_CHARS:
+            return self._tokenise_pieces(req)
+        return self._tokenise_whole(req)
+
+    def _tokenise_pieces(self, req: Request) -> tuple[list[int], tuple[int, int]]:
+        """``_tokenise`` of a chat request as the concatenation of its pieces' ids (tool schemas,
+        then each message). Exact: the pieces are joined by a blank line, and BERT's tokenizer
+        splits at whitespace before anything else, so no token crosses two pieces. A piece of
+        ``SCAN_CACHE_MIN_CHARS`` or more keeps its ids in an LRU (the system prompt of an agent)."""
+        text = req.full_text
+        ids: list[int] = []
+        span = (0, 0)
+        for k, (a, b) in enumerate((req.tools_span, *req.spans)):
+            got: Sequence[int] = ()
+            if b > a:
+                got = self._piece_ids_cached(text[a:b]) if b - a >= SCAN_CACHE_MIN_CHARS else self._piece_ids(text[a:b])
+            if k - 1 == req.request_index:
+                span = (len(ids), len(ids) + len(got))
+            ids.extend(got)
+        return ids, span
+
+    def _piece_ids(self, text: str) -> tuple[int, ...]:
+        if self._words is not None:
+            fast = self._words.ids(text)
+            if fast is not None:
+                return tuple(fast)
+        return tuple(self._tok_full.encode(text, add_special_tokens=False).ids)
+
+    def _tokenise_whole(self, req: Request) -> tuple[list[int], tuple[int, int]]:
         a0, b0 = req.request_span
         whole = req.is_plain or (a0 == 0 and b0 >= len(req.full_text))
         if self._words is not None:
@@ -550,6 +603,28 @@ class Router:
         return rows, groups, flags
 
     def _run_rows(self, rows: list[list[int]], deadline: float | None) -> dict[str, np.ndarray]:
+        """Raw logits per head [R, C] of model rows; rows of a long request seen lately come from
+        the row cache (the same numbers: a fp32 row's logits do not depend on its batch)."""
+        if self._row_cache is None or len(rows) < 2:
+            return self._run_rows_now(rows, deadline)
+        keys = [tuple(row) for row in rows]
+        cached = self._row_cache.get_many(keys)
+        todo = [i for i, c in enumerate(cached) if c is None]
+        out = {h: np.empty((len(rows), c), dtype=np.float32) for h, c in zip(self.head_names, self._num_classes,
+                                                                              strict=True)}
+        if todo:
+            fresh = self._run_rows_now([rows[i] for i in todo], deadline)
+            for h in self.head_names:
+                out[h][todo] = fresh[h]
+            self._row_cache.put_many([keys[i] for i in todo], [tuple(fresh[h][k].copy() for h in self.head_names)
+                                                                for k in range(len(todo))])
+        for i, c in enumerate(cached):
+            if c is not None:
+                for h, v in zip(self.head_names, c, strict=True):
+                    out[h][i] = v
+        return out
+
+    def _run_rows_now(self, rows: list[list[int]], deadline: float | None) -> dict[str, np.ndarray]:
         """Raw logits per head [R, C] of model rows (padded per chunk of at most ``max_batch``)."""
         r = len(rows)
         if r == 1:
@@ -620,13 +695,13 @@ class Router:
         n = len(texts)
         out: list[Decision | None] = [None] * n
         good: list[int] = []
-        raw: list[str] = []  # each request's whole text as received: what the detectors scan
+        raw: list[Request] = []  # each request as received (not cut at max_chars): what the detectors scan
         cleaned: list[Request] = []
         flags: list[list[str]] = []
         for i, t in enumerate(texts):
             req, problem = self.parse(t)
             if req is not None:
-                full = req.full_text  # before the cut at max_chars: detectors scan all of it
+                full = req  # before the cut at max_chars: detectors scan all of it
                 req, cut, control = self._clean_request(req)
                 if control and _VISIBLE.search(req.full_text) is None:
                     problem = f"nothing visible in the first {self.max_chars} characters once control characters are removed"
@@ -645,11 +720,11 @@ class Router:
         return out  # type: ignore[return-value]
 
     def _decide(self, reqs: list[Request], flags: list[list[str]], start: float,
-                raw: list[str] | None = None) -> list[Decision]:
+                raw: list[Request] | None = None) -> list[Decision]:
         deadline = None if self.deadline_ms is None else start + self.deadline_ms / 1000.0
         detections: list[list[Hit]] | None = None
         try:
-            detections = self._scan(raw if raw is not None else [r.full_text for r in reqs])
+            detections = self._scan(raw if raw is not None else reqs)
             _, probs, view_flags = self._request_scores(reqs, deadline)
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the answer came after the deadline")
@@ -671,13 +746,30 @@ class Router:
             d.detections = [h.to_dict() for h in hits]  # recorded for the audit trail
         return out
 
-    def _scan(self, texts: Sequence[str]) -> list[list[Hit]] | None:
-        """Detector hits per prompt over the **whole** prompt as received (not the model's window,
-        not cut at ``max_chars``): offsets index the prompt the caller sent. None when the bundle
-        has no detector rules (the policy then sees no detections)."""
-        if self.detectors is None:
+    def _scan(self, reqs: Sequence[Request]) -> list[list[Hit]] | None:
+        """Detector hits per request over the **whole** request as received (not the model's
+        window, not cut at ``max_chars``): offsets index its ``full_text``. None when the bundle has
+        no detector rules (the policy then sees no detections).
+
+        Each piece of a chat request (the tool schemas, each message) is scanned on its own, as
+        gitleaks scans each file on its own: a rule needs its keyword in the same piece, and no hit
+        spans two pieces. A piece of ``SCAN_CACHE_MIN_CHARS`` or more keeps its hits in an LRU of
+        ``SCAN_CACHE_SIZE`` pieces, so the system prompt an agent repeats is scanned once."""
+        if self._detectors is None:
             return None
-        return [self.detectors.scan(t) for t in texts]
+        out: list[list[Hit]] = []
+        for req in reqs:
+            text = req.full_text
+            pieces = [(0, len(text))] if req.is_plain else [req.tools_span, *req.spans]
+            hits: list[Hit] = []
+            for a, b in pieces:
+                if b <= a:
+                    continue
+                piece = text[a:b]
+                found = self._scan_piece(piece) if b - a >= SCAN_CACHE_MIN_CHARS else self._detectors.scan(piece)
+                hits += found if a == 0 else [Hit(h.rule, h.cls, h.start + a, h.end + a) for h in found]
+            out.append(hits)
+        return out
 
     def safe_decision(self, reason: str, flags: Sequence[str] = ()) -> Decision:
         """The policy's explicit escalate decision (for callers that fail before ``route``)."""
@@ -706,6 +798,33 @@ class Router:
                           "add them with `tierwise detectors install BUNDLE`"},
             "view": self.view.to_dict(),
         }
+
+
+class _RowCache:
+    """Logits of model rows seen lately, keyed by the row's token ids (LRU, thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[int, ...], tuple[np.ndarray, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[tuple[int, ...]]) -> list[tuple[np.ndarray, ...] | None]:
+        with self._lock:
+            out = []
+            for k in keys:
+                v = self._items.get(k)
+                if v is not None:
+                    self._items.move_to_end(k)
+                out.append(v)
+            return out
+
+    def put_many(self, keys: Sequence[tuple[int, ...]], values: Sequence[tuple[np.ndarray, ...]]) -> None:
+        with self._lock:
+            for k, v in zip(keys, values, strict=True):
+                self._items[k] = v
+                self._items.move_to_end(k)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 def _check_deadline(deadline_ms: Any) -> float | None:
