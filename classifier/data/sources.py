@@ -253,6 +253,24 @@ def _csv_records(path: Path, root: Path) -> tuple[list[str], list[list[str]]]:
 
 # ---------------------------------------------------------------------------------------------
 # RouteLLM
+def _routellm_row(rec: list[str], fields: int, rel: str, n: int, rejects: RejectLog,
+                  kind: str | None = None) -> tuple[str, bool, bool] | None:
+    """(prompt, cheap correct, frontier correct) of a RouteLLM CSV record (prompt, cheap, frontier,
+    ...), or None with the reason in ``rejects``."""
+    if len(rec) < fields:
+        rejects.add(rel, n, f"{len(rec)} fields, expected {fields}")
+        return None
+    cheap, frontier = _bool(rec[1]), _bool(rec[2])
+    if cheap is None or frontier is None:
+        rejects.add(rel, n, f"correctness {rec[1]!r}/{rec[2]!r} is not True/False")
+        return None
+    text = normalize_prompt(rec[0], kind)
+    if not text:
+        rejects.add(rel, n, "empty prompt")
+        return None
+    return text, cheap, frontier
+
+
 def read_routellm_mmlu(root: Path, rejects: RejectLog, limit: int | None = None) -> list[dict[str, Any]]:
     """One row per MMLU question; ``limit`` is spread over the 57 subject files."""
     files = sorted((root / "routellm" / "mmlu" / "responses").glob("mmlu_*.csv"))
@@ -269,17 +287,10 @@ def read_routellm_mmlu(root: Path, rejects: RejectLog, limit: int | None = None)
             rejects.add(rel, 0, f"header {header[:3]} is not {expected}; whole file skipped")
             continue
         for n, rec in take(list(enumerate(records, start=1)), per_file):
-            if len(rec) < 3:
-                rejects.add(rel, n, f"{len(rec)} fields, expected 3")
+            row = _routellm_row(rec, 3, rel, n, rejects, "mmlu")
+            if row is None:
                 continue
-            cheap, frontier = _bool(rec[1]), _bool(rec[2])
-            if cheap is None or frontier is None:
-                rejects.add(rel, n, f"correctness {rec[1]!r}/{rec[2]!r} is not True/False")
-                continue
-            text = normalize_prompt(rec[0], "mmlu")
-            if not text:
-                rejects.add(rel, n, "empty prompt")
-                continue
+            text, cheap, frontier = row
             out.append({
                 "text": text, "source": "routellm_mmlu", "source_task": f"mmlu_{subject}",
                 "task": mmlu_task(subject), "cheap_model": CHEAP_MODEL, "frontier_model": FRONTIER_MODEL,
@@ -299,17 +310,10 @@ def read_routellm_gsm8k(root: Path, rejects: RejectLog, limit: int | None = None
         raise DataError(f"{rel}: header {header[:5]} is not {expected}")
     out: list[dict[str, Any]] = []
     for n, rec in take(list(enumerate(records, start=1)), limit):
-        if len(rec) < 5:
-            rejects.add(rel, n, f"{len(rec)} fields, expected 5")
+        row = _routellm_row(rec, 5, rel, n, rejects)
+        if row is None:
             continue
-        cheap, frontier = _bool(rec[1]), _bool(rec[2])
-        if cheap is None or frontier is None:
-            rejects.add(rel, n, f"correctness {rec[1]!r}/{rec[2]!r} is not True/False")
-            continue
-        text = normalize_prompt(rec[0])
-        if not text:
-            rejects.add(rel, n, "empty prompt")
-            continue
+        text, cheap, frontier = row
         out_tokens = round((estimate_tokens(rec[3]) + estimate_tokens(rec[4])) / 2)
         out.append({
             "text": text, "source": "routellm_gsm8k", "source_task": "gsm8k", "task": "math_reasoning",

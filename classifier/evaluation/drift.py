@@ -474,6 +474,15 @@ def _tier_rule(policy: Any, schema: Any, ref: Any, cur: Any) -> tuple[str, str, 
     return head, pos, t
 
 
+def _share_change(k1: int, n1: int, k2: int, n2: int, min_change: float, significance: float) -> dict[str, Any]:
+    """A share's reference and current value, change, two-proportion p-value, and whether it
+    drifted: moved by at least ``min_change`` and significant at ``significance``."""
+    a, b = k1 / n1, k2 / n2
+    p = two_proportion_p(k1, n1, k2, n2)
+    return {"reference": a, "current": b, "change": b - a, "p_value": p,
+            "drift": abs(b - a) >= min_change and p < significance}
+
+
 def _change_words(a: float, b: float) -> str:
     return "rose" if b > a else "fell"
 
@@ -512,11 +521,9 @@ def compare(ref: Decisions | DriftSummary, cur: Decisions | DriftSummary, *, con
     tiers.append(BLOCKED)
     mix = []
     for t in tiers:
-        k1, k2 = rs.tiers.get(t, 0), cs.tiers.get(t, 0)
-        a, b = k1 / n_r, k2 / n_c
-        p = two_proportion_p(k1, n_r, k2, n_c)
-        drift = abs(b - a) >= config.min_change and p < config.significance
-        mix.append({"tier": t, "reference": a, "current": b, "change": b - a, "p_value": p, "drift": drift})
+        mix.append({"tier": t, **_share_change(rs.tiers.get(t, 0), n_r, cs.tiers.get(t, 0), n_c,
+                                              config.min_change, config.significance)})
+        a, b, drift = mix[-1]["reference"], mix[-1]["current"], mix[-1]["drift"]
         if drift:
             what = "blocked requests" if t == BLOCKED else f"prompts routed to the {t} tier"
             findings.append({"kind": "tier_mix", "tier": t, "reference": a, "current": b,
@@ -569,11 +576,9 @@ def compare(ref: Decisions | DriftSummary, cur: Decisions | DriftSummary, *, con
     # flags -----------------------------------------------------------------------------------
     flags = []
     for f in FLAG_NAMES:
-        k1, k2 = rs.flags.get(f, 0), cs.flags.get(f, 0)
-        a, b = k1 / n_r, k2 / n_c
-        p = two_proportion_p(k1, n_r, k2, n_c)
-        drift = abs(b - a) >= config.min_flag_change and p < config.significance
-        flags.append({"flag": f, "reference": a, "current": b, "change": b - a, "p_value": p, "drift": drift})
+        flags.append({"flag": f, **_share_change(rs.flags.get(f, 0), n_r, cs.flags.get(f, 0), n_c,
+                                                config.min_flag_change, config.significance)})
+        a, b, drift = flags[-1]["reference"], flags[-1]["current"], flags[-1]["drift"]
         if drift and f != BLOCKED:  # blocked already speaks through the tier mix
             findings.append({"kind": "flag", "flag": f, "reference": a, "current": b,
                              "message": f"decisions flagged {f} {_change_words(a, b)} from {_pct(a)} to {_pct(b)}"})

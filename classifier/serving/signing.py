@@ -114,31 +114,29 @@ def generate_keypair(out_prefix: str | Path) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def load_private_key(path: str | Path) -> Any:
+def _load_pem(path: Path, private: bool) -> Any:
+    """An Ed25519 key from a PEM file; ``ConfigError`` says which file and what is wrong with it."""
     serialization, ed25519 = _crypto()
-    path = Path(path)
+    what, kind = ("signing", "an unencrypted PEM private") if private else ("trusted", "a PEM public")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+        key = (serialization.load_pem_private_key(data, password=None) if private
+               else serialization.load_pem_public_key(data))
     except OSError as exc:
-        raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} key {path}: {exc.strerror}") from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ConfigError(f"{path}: not an Ed25519 key (make one with tierwise keygen)")
+        raise ConfigError(f"{path}: not {kind} key ({exc})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey):
+        raise ConfigError(f"{path}: not an Ed25519 {'' if private else 'public '}key (make one with tierwise keygen)")
     return key
 
 
+def load_private_key(path: str | Path) -> Any:
+    return _load_pem(Path(path), private=True)
+
+
 def load_public_key(path: str | Path) -> TrustedKey:
-    serialization, ed25519 = _crypto()
-    path = Path(path)
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read trusted key {path}: {exc.strerror}") from None
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: not a PEM public key ({exc})") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ConfigError(f"{path}: not an Ed25519 public key (make one with tierwise keygen)")
+    key = _load_pem(Path(path), private=False)
     return TrustedKey(key, key_id(key), str(path))
 
 
