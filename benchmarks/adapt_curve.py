@@ -21,6 +21,11 @@ Parts (each writes its own key of the JSON; a PNG of the learning curve goes nex
   inverse-propensity weights. The other half evaluates it against the head fitted on full labels.
 * ``timing``: ``AdaptedTierHead.fit`` on 10,000 rows (train split) and the bundle's feature
   throughput; total = features + fit (the bundle write adds seconds).
+* ``alpha``: does the threshold ``tierwise adapt`` calibrates on a team's calibration rows keep
+  the risk within alpha on the team's held-out rows? The test split's and the ``ood`` split's
+  outcome-labelled prompts as a team's rows, both budgets at alpha 0.05 (delta 0.05), 3 seeds of
+  the row split: ``adapt_bundle`` (no MLflow, written to a temporary folder) and the held-out
+  misroute rate and quality loss at the calibrated threshold. Not in the default ``--parts``.
 
 Features and logits are cached per bundle manifest under ``--cache`` (never in git). Runs on
 the lead's full models by passing their bundles.
@@ -283,6 +288,30 @@ def part_timing(bundle: str, frame: pd.DataFrame, cache: Path, n: int = 10_000) 
             "note": "features timed on 500 prompts and scaled; fit timed on 10,000 rows"}
 
 
+def part_alpha(bundle: str, frame: pd.DataFrame, alpha: float = 0.05, seeds: tuple[int, ...] = (0, 1, 2)
+               ) -> dict[str, Any]:
+    import tempfile
+
+    from classifier.training.adapt import AdaptConfig, adapt_bundle
+
+    out: dict[str, Any] = {"alpha": alpha, "delta": 0.05, "runs": []}
+    for split in ("test", "ood"):
+        rows = frame[(frame["split"] == split) & frame["cheap_correct"].notna() & frame["frontier_correct"].notna()]
+        rows = rows[["text", "cheap_correct", "frontier_correct"]].reset_index(drop=True)
+        for budget in ("misroute", "quality-loss"):
+            for seed in seeds:
+                with tempfile.TemporaryDirectory() as tmp:
+                    r = adapt_bundle(bundle, rows, Path(tmp) / "adapted", config=AdaptConfig(seed=seed), budget=budget,
+                                     alpha=alpha, mlflow=False, force=True, progress=False)
+                m = r.metrics
+                held, cal = m["holdout_threshold"], m["threshold"]
+                risk = held["misroute_rate"] if budget == "misroute" else held.get("quality_loss")
+                out["runs"].append({"rows": split, "budget": budget, "seed": seed, "n": m["rows"],
+                                    "threshold": cal["threshold"], "calibration": cal, "holdout": held,
+                                    "holdout_risk": risk, "within_alpha": risk is not None and risk <= alpha})
+    return out
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -344,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["explore"] = part_explore(bundle, frame, prices, cache)
             elif part == "timing":
                 res["timing"] = part_timing(bundle, frame, cache)
+            elif part == "alpha":
+                res["alpha"] = part_alpha(bundle, frame)
             else:
                 raise SystemExit(f"unknown part {part!r}")
             logger.info("%s %s done in %.0fs", bundle, part, time.perf_counter() - t0)
