@@ -240,3 +240,20 @@ def test_row_cache_gives_the_logits_of_a_fresh_run(bundle_with_rules: Path) -> N
         for c, f in zip(cached, fresh, strict=True):
             for h in router.head_names:
                 np.testing.assert_allclose(c[h], f[h], atol=1e-5)
+
+
+def test_caches_give_the_same_decisions_under_concurrent_calls(bundle_with_rules: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    system = f"You are a travel agent. Book flights and hotels on request. AWS_ACCESS_KEY_ID={AWS} " * 15
+    bodies = [{"messages": [{"role": "system", "content": system},
+                            {"role": "user", "content": f"Find me a hotel in city number {i % 7} for {i} nights."}]}
+              for i in range(40)]
+    with Router.load(bundle_with_rules) as serial_router:
+        serial_router._row_cache = None  # the reference: nothing reused
+        serial_router.detectors = serial_router.detectors  # and an empty scan cache it never uses twice
+        want = [serial_router.route(b).to_dict() for b in bodies]
+    with Router.load(bundle_with_rules) as router, ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda b: router.route(b).to_dict(), bodies * 2))
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("latency_ms", "decided_at", "request_id")}  # noqa: E731
+    assert [strip(d) for d in got] == [strip(d) for d in want * 2]
