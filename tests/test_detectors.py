@@ -241,3 +241,14 @@ def test_bare_rules_are_derived_only_from_the_helpers_shapes(rules_doc: dict, sh
     plain = build_rules(shared_data / "gitleaks" / "gitleaks.toml", bare=False)
     assert not any(r.get("derived_from") for r in plain["credential"]["rules"])
     assert Detectors(plain).scan(f"What kind of key is this? {PLAID}") == []
+
+
+def test_literal_prefixes_cover_every_alternative_and_anchor_only_when_all_start_with_a_keyword() -> None:
+    assert D._literal_prefixes("(live|test)_[a-f0-9]{35}") == ["live_", "test_"]
+    assert D._literal_prefixes("abc[0-9]{20}|[a-z]{30}") == ["abc", ""]  # the second has no prefix
+    assert D._top_level_alternatives("a(b|c)[|]d|e") == ["a(b|c)[|]d", "e"]
+    tail = r"(?:[\x60'" + '"' + r"\s;]|\\[nr]|$)"
+    assert D._token_starts_with_keyword(r"\b(ghp_[0-9a-zA-Z]{36})" + tail, ["ghp_"])
+    assert not D._token_starts_with_keyword(r"\b(ghp_[0-9a-z]{36}|[0-9a-f]{40})" + tail, ["ghp_"])
+    assert not D._token_starts_with_keyword(r"(?i)[\w.-]{0,50}?(?:plaid)[\s'" + '"' + r"]{0,3}=(access-[a-f0-9]{8})" + tail,
+                                            ["plaid"])  # semi-generic: the match starts at the name

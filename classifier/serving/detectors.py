@@ -772,7 +772,7 @@ BARE_MIN_ENTROPY = 3.0  # and bits per character (Shannon) at least
 def _secret_group(regex: str) -> tuple[str, str] | None:
     """(flags, SECRET) of a rule regex written by gitleaks' semi-generic or unique-token helper, else None."""
     flags = "(?i)" if regex.startswith("(?i)") else ""
-    for tail in (_GITLEAKS_TAIL, "\\b"):
+    for tail in (_GITLEAKS_TAIL, _BARE_TAIL, "\\b"):
         if regex.endswith(")" + tail):
             body = regex[: -len(tail) - 1]
             break
@@ -796,14 +796,50 @@ def _secret_group(regex: str) -> tuple[str, str] | None:
     return (flags, secret) if depth == 0 else None
 
 
+def _top_level_alternatives(pattern: str) -> list[str]:
+    """``pattern`` split at its ``|`` outside groups and character classes."""
+    out, depth, in_class, start, k = [], 0, False, 0, 0
+    while k < len(pattern):
+        c = pattern[k]
+        if c == "\\":
+            k += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c in "()":
+            depth += 1 if c == "(" else -1
+        elif c == "|" and depth == 0:
+            out.append(pattern[start:k])
+            start = k + 1
+        k += 1
+    return [*out, pattern[start:]]
+
+
 def _literal_prefixes(secret: str) -> list[str]:
-    """The literal starts a secret pattern has: ``["access-"]`` for ``access-(?:sandbox|...)``,
-    ``["live_", "test_"]`` for ``(live|test)_[a-f0-9]{35}``; ``[""]`` when it starts with a class."""
-    m = re.match(r"\((?:\?:)?([A-Za-z0-9_]+(?:\|[A-Za-z0-9_]+)+)\)", secret)
-    if m is not None:  # a group of plain alternatives first
-        rest = _literal_prefix(secret[m.end():]) if secret[m.end():m.end() + 1] not in "?*{" else ""
-        return [alt + rest for alt in m.group(1).split("|")]
-    return [_literal_prefix(secret)]
+    """The literal starts of every match of a secret pattern: ``["access-"]`` for
+    ``access-(?:sandbox|...)``, ``["live_", "test_"]`` for ``(live|test)_[a-f0-9]{35}``, one per
+    top-level alternative; ``""`` for an alternative that starts with a class."""
+    out: list[str] = []
+    for alt in _top_level_alternatives(secret):
+        m = re.match(r"\((?:\?:)?([A-Za-z0-9_]+(?:\|[A-Za-z0-9_]+)+)\)", alt)
+        if m is not None:  # a group of plain alternatives first
+            rest = _literal_prefix(alt[m.end():]) if alt[m.end():m.end() + 1] not in "?*{" else ""
+            out += [a + rest for a in m.group(1).split("|")]
+        else:
+            out.append(_literal_prefix(alt))
+    return out
+
+
+def _token_starts_with_keyword(regex: str, keywords: Sequence[str]) -> bool:
+    """True for a unique-token rule (``\\b(SECRET)...``) every match of which starts with one of
+    its keywords (``ghp_``, ``xox``): it need only be tried where a keyword occurs."""
+    flags = "(?i)" if regex.startswith("(?i)") else ""
+    found = _secret_group(regex) if keywords and regex.startswith(flags + "\\b(") else None
+    if found is None:
+        return False
+    return all(p and any(p.lower().startswith(w) for w in keywords) for p in _literal_prefixes(found[1]))
 
 
 def _literal_prefix(secret: str) -> str:
@@ -1058,8 +1094,9 @@ class Detectors:
                     distinctive=(not rid.startswith("generic") and bool(kws) and min(len(w) for w in kws) >= 3
                                  and not strip_prefix(r["regex"])[1]),
                     prefix=strip_prefix(r["regex"])[1],
-                    # a bare rule's every match starts with one of its keywords (its literal prefixes)
-                    anchored=_starts_with_keyword(r["regex"], kws) or (bool(r.get("derived_from")) and bool(kws)),
+                    # semi-generic rules whose names start with a keyword, and unique tokens (bare
+                    # rules among them) that start with one: tried only at keyword positions
+                    anchored=_starts_with_keyword(r["regex"], kws) or _token_starts_with_keyword(r["regex"], kws),
                 ))
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed credential rules ({exc!r})") from None
