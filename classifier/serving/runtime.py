@@ -524,8 +524,10 @@ class Router:
 
         ASCII text goes through the exact per-word cache (``word_cache``), the rest through the
         tokenizer; both give the same ids (a differential test holds them equal). A long chat
-        request is tokenised piece by piece (``_tokenise_pieces``), its long pieces cached."""
-        if not req.is_plain and len(req.full_text) >= SCAN_CACHE_MIN_CHARS:
+        request is tokenised piece by piece (``_tokenise_pieces``), its long pieces cached, when
+        the tokenizer is BERT's pipeline (the word cache checked it: other tokenizers, such as
+        byte-level BPE, can join a token across whitespace)."""
+        if self._words is not None and not req.is_plain and len(req.full_text) >= SCAN_CACHE_MIN_CHARS:
             return self._tokenise_pieces(req)
         return self._tokenise_whole(req)
 
