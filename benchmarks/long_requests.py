@@ -88,12 +88,12 @@ def _chars_for_tokens(router: Any, filler: str, tokens: int) -> int:
 
 
 def _time(fn: Any, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Wall-clock and this thread's CPU milliseconds of ``fn(item)`` per item (after a warm-up on
-    the first). With one ONNX Runtime thread the work runs on the calling thread, so CPU time is
+    """Wall-clock and this thread's CPU milliseconds of ``fn(item)`` for every item but the first,
+    which is the warm-up (a cold item timed twice would be warm). With one ONNX Runtime thread the work runs on the calling thread, so CPU time is
     the cost even on a machine shared with other jobs (wall time there includes waiting for a core)."""
     fn(items[0])
-    wall, cpu = np.empty(len(items)), np.empty(len(items))
-    for i, item in enumerate(items):
+    wall, cpu = np.empty(len(items) - 1), np.empty(len(items) - 1)
+    for i, item in enumerate(items[1:]):
         t, c = time.perf_counter(), time.thread_time()
         fn(item)
         cpu[i] = time.thread_time() - c

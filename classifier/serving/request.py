@@ -88,6 +88,12 @@ class Request:
         return self.spans[self.request_index] if self.spans else (0, len(self.full_text))
 
     @property
+    def pieces(self) -> tuple[tuple[int, int], ...]:
+        """Spans of the pieces of ``full_text`` in order: the tool schemas (``(0, 0)`` without
+        them), then each message. A blank line (``SEPARATOR``) lies between two pieces."""
+        return (self.tools_span, *self.spans)
+
+    @property
     def request_text(self) -> str:
         """The text tier and task read: the last user turn (else the last message with text)."""
         start, end = self.request_span

@@ -226,7 +226,7 @@ class Router:
         # every head's calibrated softmax in one pass over [n, sum C]: the arithmetic of
         # ``numeric.softmax`` per head (equal within 1e-15: numpy's vector exp may round the last
         # bit differently), in a sixth of the numpy calls
-        sizes = [schema.head(h).num_classes for h in self.head_names]
+        sizes = self._num_classes = [schema.head(h).num_classes for h in self.head_names]
         starts = np.cumsum([0, *sizes])
         self._columns = [(h, int(a), int(b)) for h, a, b in zip(self.head_names, starts[:-1], starts[1:], strict=True)]
         self._starts = starts[:-1]
@@ -242,7 +242,6 @@ class Router:
         self._tokenizer = tokenizer
         self._opened = opened
         self._outputs = [output_name(h) for h in self.head_names]
-        self._num_classes = [schema.head(h).num_classes for h in self.head_names]
         self._max_batch = self.input_limits.max_batch
         # sha256 of manifest.json: names this exact bundle (model, tokenizer, policy, calibration)
         self.bundle_hash = bundle_io.sha256_file(bundle_dir / bundle_io.MANIFEST_FILE)
@@ -378,8 +377,8 @@ class Router:
         # a session must give one [n, C] array per head: anything else is a fault, not logits
         if len(outs) != len(self._outputs):
             raise ValueError(f"the model returned {len(outs)} outputs, expected {len(self._outputs)}")
-        for h, out in zip(self.head_names, outs, strict=True):
-            want = (ids.shape[0], self.schema.head(h).num_classes)
+        for h, c, out in zip(self.head_names, self._num_classes, outs, strict=True):
+            want = (ids.shape[0], c)
             if not isinstance(out, np.ndarray) or out.shape != want:
                 raise ValueError(f"output {output_name(h)!r} has shape {getattr(out, 'shape', None)}, expected {want}")
             if not np.isfinite(out).all():
@@ -539,7 +538,7 @@ class Router:
         text = req.full_text
         ids: list[int] = []
         span = (0, 0)
-        for k, (a, b) in enumerate((req.tools_span, *req.spans)):
+        for k, (a, b) in enumerate(req.pieces):
             got: Sequence[int] = ()
             if b > a:
                 got = self._piece_ids_cached(text[a:b]) if b - a >= SCAN_CACHE_MIN_CHARS else self._piece_ids(text[a:b])
@@ -635,7 +634,7 @@ class Router:
             ids = np.array(rows, dtype=np.int64)
             return dict(zip(self.head_names, self._run(ids, np.ones_like(ids), deadline), strict=True))
         order = sorted(range(r), key=lambda i: len(rows[i])) if r > self._max_batch else list(range(r))
-        out = {h: np.empty((r, self.schema.head(h).num_classes), dtype=np.float32) for h in self.head_names}
+        out = {h: np.empty((r, c), dtype=np.float32) for h, c in zip(self.head_names, self._num_classes, strict=True)}
         for start in range(0, r, self._max_batch):
             idx = order[start:start + self._max_batch]
             ids, mask = pad_batch([rows[i] for i in idx], self._pad_id)
@@ -764,9 +763,8 @@ class Router:
         out: list[list[Hit]] = []
         for req in reqs:
             text = req.full_text
-            pieces = [(0, len(text))] if req.is_plain else [req.tools_span, *req.spans]
             hits: list[Hit] = []
-            for a, b in pieces:
+            for a, b in ((0, len(text)),) if req.is_plain else req.pieces:
                 if b <= a:
                     continue
                 piece = text[a:b]
