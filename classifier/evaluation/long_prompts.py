@@ -3,7 +3,7 @@
 ``tierwise eval long-prompts --bundle B`` builds (if missing) the wrapped sets of
 ``wrappers.py`` under ``--sets-dir`` (default ``data/build/eval``) and scores a seeded sample of
 each kind, wrapped and unwrapped, under every view candidate (``classifier/serving/view.py``):
-tier/task views ``head``, ``head_tail``, ``last_user``, ``last_user_tail``, ``windows_mean``;
+tier/task views ``head``, ``head_tail``, ``last_user``, ``last_user_tail``, ``last_user_para``, ``windows_mean``;
 sensitivity views ``windows_max``, ``head``. Per kind and view it writes (``--out``, default
 ``evaluation/long_prompts.json``): tier AUROC and task macro-F1 wrapped vs unwrapped, the cheap
 share and saving (1 - cost / all-frontier cost, the rows' own token counts) at the bundle's
@@ -46,7 +46,7 @@ from classifier.evaluation.prices import DEFAULT_PRICES_PATH
 
 logger = logging.getLogger(__name__)
 
-TIER_VIEWS = ("head", "head_tail", "last_user", "last_user_tail", "windows_mean")
+TIER_VIEWS = ("head", "head_tail", "last_user", "last_user_tail", "last_user_para", "windows_mean")
 SENS_VIEWS = ("windows_max", "head")
 POSITIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 AT_CHARS = 32_000
@@ -87,7 +87,8 @@ def score_views(router: Any, items: Sequence[Any], *, progress: bool = False,
         ids, span = router._tokenise(req)
         n = len(ids)
         windows, _ = sensitivity_windows(n, w, base)
-        tier_plan = {name: [row_of(ids, s) for s in tier_rows(v, n, span, w, windows)] for name, v in views.items()}
+        tier_plan = {name: [row_of(ids, s) for s in tier_rows(v, n, span, w, windows, router._para_tail(req, span, v))]
+                     for name, v in views.items()}
         sens_plan = {"windows_max": [row_of(ids, s) for s in windows], "head": [row_of(ids, ((0, min(n, w)),))]}
         plans.append((tier_plan, {k: v for k, v in sens_plan.items() if k in sens_views}))
     probs = _run_cached(router, rows, progress)

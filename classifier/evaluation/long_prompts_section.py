@@ -35,7 +35,7 @@ def section(long_prompts: Path = DEFAULT_PATHS[0], positions: Path = DEFAULT_PAT
         return None
     views = out.get("views")
     if views:
-        chosen = views.get("view_default", {}).get("tier", "last_user_tail")
+        chosen = views.get("view_default", {}).get("tier", "last_user_para")
         out["chosen_view"] = chosen
         out["rows"] = [
             {"kind": kind, "view": name, "n": k["n"], **{f"{m}_{side}": v[side].get(m)

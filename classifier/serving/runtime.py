@@ -76,7 +76,7 @@ from classifier.serving import bundle as bundle_io
 from classifier.serving.detectors import DETECTORS_FILE, Detectors, Hit
 from classifier.serving.policy import Decision, Policy, PolicyEngine
 from classifier.serving.request import Request, RequestError, parse_request, plain
-from classifier.serving.view import ModelView, Segments, sensitivity_windows, tier_rows
+from classifier.serving.view import ModelView, Segments, paragraph_tail, sensitivity_windows, tier_rows
 from classifier.serving.word_cache import WordCache
 
 logger = logging.getLogger(__name__)
@@ -573,6 +573,15 @@ class Router:
         starts = [o[0] for o in enc.offsets]
         return ids, (bisect.bisect_left(starts, a0), bisect.bisect_left(starts, b0))
 
+    def _para_tail(self, req: Request, span: tuple[int, int], view: ModelView) -> int | None:
+        """The ``paragraph_tail`` of the request turn for the ``last_user_para`` view (None for
+        other views, a turn that fits a window, or a tokenizer the word cache does not know: only
+        for BERT's pipeline are a paragraph's tokens the same read alone)."""
+        if view.tier != "last_user_para" or self._words is None or span[1] - span[0] <= self.window:
+            return None
+        a, b = req.request_span
+        return paragraph_tail(req.full_text[a:b], lambda t: len(self._piece_ids(t)), self.window - view.head_tokens)
+
     def _rows(self, reqs: Sequence[Request]) -> tuple[list[list[int]], list[tuple[list[int], list[int]]],
                                                       list[list[str]]]:
         """Model rows (token ids with [CLS]/[SEP]) of every request, and per request the rows its
@@ -585,7 +594,7 @@ class Router:
             ids, span = self._tokenise(req)
             n = len(ids)
             windows, unread = sensitivity_windows(n, w, self._view)
-            tier = tier_rows(self._view, n, span, w, windows)
+            tier = tier_rows(self._view, n, span, w, windows, self._para_tail(req, span, self._view))
             index: dict[Segments, int] = {}
             picked: list[list[int]] = [[], []]
             for k, segments_list in enumerate((tier, windows)):

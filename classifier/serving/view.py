@@ -13,6 +13,13 @@ runs on are cut from those ids as lists of ``(lo, hi)`` token slices, each row t
   - ``last_user_tail``: the last user turn whole when it fits a window, else its first
     ``head_tokens`` and its last ``window - head_tokens`` tokens (k-shot prompts flattened into one
     user message end with the question);
+  - ``last_user_para``: as ``last_user_tail``, but the end read is the longest run of whole
+    paragraphs (text after a blank line) that fits ``window - head_tokens`` tokens: a request
+    pasted after examples or context in the same message (``...\n\nNow my question: ...``) is then
+    read from its first word, not from the middle of the text before it. Where the last paragraph
+    alone is longer, its end is read as in ``last_user_tail``. Applies to tokenizers that split at
+    whitespace first (BERT's WordPiece; the runtime checks it), where a paragraph's tokens are the
+    same read alone or in context;
   - ``windows_mean``: every sensitivity window of ``full_text``, probabilities mean-pooled;
 
 - **sensitivity** (``ModelView.sensitivity``) reads everything that will be sent:
@@ -33,13 +40,17 @@ standard library only.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
 from classifier.errors import ConfigError, TypedConfig
 
-TIER_VIEWS = ("head", "head_tail", "last_user", "last_user_tail", "windows_mean")
+TIER_VIEWS = ("head", "head_tail", "last_user", "last_user_tail", "last_user_para", "windows_mean")
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+PARAGRAPH_SCAN_CHARS_PER_TOKEN = 64  # a tail of N tokens is looked for in the last 64 N characters
 SENSITIVITY_VIEWS = ("windows_max", "head")
 
 Segments = tuple[tuple[int, int], ...]  # one model row: token slices of the request's ids
@@ -52,7 +63,7 @@ class ModelView(TypedConfig):
     model_config = ConfigDict(frozen=True, strict=True)
     _path: ClassVar[str] = "view"
 
-    tier: Literal[TIER_VIEWS] = "last_user_tail"
+    tier: Literal[TIER_VIEWS] = "last_user_para"
     sensitivity: Literal[SENSITIVITY_VIEWS] = "windows_max"
     head_tokens: int = Field(32, ge=0)
     overlap: int = Field(16, ge=0)
@@ -93,16 +104,42 @@ def sensitivity_windows(n: int, window: int, view: ModelView) -> tuple[list[Segm
     return [((s, s + window),) for s in starts], unread
 
 
-def head_tail(lo: int, hi: int, window: int, head_tokens: int) -> Segments:
-    """Tokens ``lo:hi`` whole when they fit, else their first ``head_tokens`` and last ones."""
+def head_tail(lo: int, hi: int, window: int, head_tokens: int, tail: int | None = None) -> Segments:
+    """Tokens ``lo:hi`` whole when they fit, else their first ``head_tokens`` and their last
+    ``tail`` (default: the rest of the window)."""
     if hi - lo <= window:
         return ((lo, hi),)
-    return ((lo, lo + head_tokens), (hi - (window - head_tokens), hi))
+    if tail is None or not 0 < tail <= window - head_tokens:
+        tail = window - head_tokens
+    return ((lo, lo + head_tokens), (hi - tail, hi))
+
+
+def paragraph_tail(text: str, count: Callable[[str], int], budget: int) -> int | None:
+    """Tokens of the longest suffix of ``text`` that starts a paragraph (follows a blank line) and
+    has at most ``budget`` tokens; None when there is none (the last paragraph alone is longer, or
+    no blank line in the last ``PARAGRAPH_SCAN_CHARS_PER_TOKEN * budget`` characters).
+
+    ``count`` gives a text's token count; the suffix's count is the sum of its paragraphs' (exact
+    for tokenizers that split at whitespace first)."""
+    if budget <= 0:
+        return None
+    start = max(0, len(text) - PARAGRAPH_SCAN_CHARS_PER_TOKEN * budget)
+    starts = [m.end() for m in _PARAGRAPH.finditer(text, start)]
+    best, total, end = None, 0, len(text)
+    for s in reversed(starts):
+        total += count(text[s:end])
+        if total > budget:
+            break
+        if total > 0:
+            best = total
+        end = s
+    return best
 
 
 def tier_rows(view: ModelView, n: int, request: tuple[int, int], window: int,
-              windows: list[Segments]) -> list[Segments]:
-    """The tier/task rows of a request of ``n`` tokens whose request turn is tokens ``request``."""
+              windows: list[Segments], para_tail: int | None = None) -> list[Segments]:
+    """The tier/task rows of a request of ``n`` tokens whose request turn is tokens ``request``
+    (``para_tail``: the ``paragraph_tail`` of the request turn, read by ``last_user_para``)."""
     kind = view.tier
     if kind == "windows_mean":
         return windows
@@ -115,4 +152,4 @@ def tier_rows(view: ModelView, n: int, request: tuple[int, int], window: int,
         a, b = max(0, n - window), n
     if kind == "last_user":
         return [((a, min(b, a + window)),)]
-    return [head_tail(a, b, window, view.head_tokens)]
+    return [head_tail(a, b, window, view.head_tokens, para_tail if kind == "last_user_para" else None)]

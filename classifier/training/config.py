@@ -40,6 +40,9 @@ ClassWeights = WeightMode | dict[str, WeightMode | dict[str, Weight] | list[Weig
 _NULLS = {"none", "null", "~", ""}
 
 
+# what a model reads of a long prompt in training: the first window, or a tier view of the runtime
+TrainView = Literal["head", "last_user_tail", "last_user_para"]
+
 class LoopConfig(BaseModel):
     """The training loop's settings, shared by teacher and student (each sets its own defaults)."""
 
@@ -52,6 +55,9 @@ class LoopConfig(BaseModel):
     data: str = Field("data/build", min_length=1,
                       description="build directory holding dataset.parquet (with a split column), or the parquet file")
     max_length: int = Field(128, ge=1, le=512, description="tokens per prompt (longer prompts are truncated)")
+    view: TrainView = Field("head", description="what the model reads of a prompt longer than max_length: head = its "
+                            "first max_length tokens; last_user_tail / last_user_para = that serving view "
+                            "(classifier/serving/view.py)")
     max_train_rows: int | None = Field(None, ge=1, description="seeded subsample of the training split; none = all rows")
     max_eval_rows: int | None = Field(None, ge=1, description="seeded subsample of the validation and evaluation splits; none = all rows")
     validation_split: str = Field("validation", min_length=1, description="split used for early stopping and model selection")
@@ -233,6 +239,16 @@ class DistillConfig(LoopConfig):
     context_dilation: int = Field(1, ge=1, description="distance between context taps")
     embedding_lr: float = Field(2e-2, gt=0.0, lt=1.0, description="learning rate of the token table (each row sees few gradients)")
     teacher_batch_size: int = Field(64, ge=1, description="batch size of the teacher's inference")
+    # whole requests (issue 13): train on what the router reads of a request, not on a flat head
+    # measured in session 17 (README, "Whole requests"): neither option beat the head-trained
+    # student on every goal, so the defaults reproduce the shipped student
+    view: TrainView = Field("head", description="what the student reads of a prompt longer than max_length: "
+                            "head = its first max_length tokens; last_user_tail / last_user_para = that serving view "
+                            "(classifier/serving/view.py), so the student trains on what the router reads")
+    traffic_shapes: float = Field(0.0, ge=0.0, le=4.0, description="wrapped copies of training prompts per training "
+                                  "prompt (k-shot examples or pasted context flattened into the user's message, the "
+                                  "prompt last; classifier.training.traffic), each with the teacher's targets for the "
+                                  "prompt alone; 0 = none")
     # the student's own defaults for the shared loop settings: a deliberate mirror of LoopConfig's
     # fields (pydantic changes a default only by redeclaring the whole field, bounds included)
     epochs: int = Field(12, ge=1, description="passes over the training split")

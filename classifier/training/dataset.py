@@ -89,6 +89,42 @@ def _unpadded(tokenizer, max_length: int):
     return tok
 
 
+def serving_view_rows(texts: Sequence[str], tokenizer, max_length: int, view: str) -> list[list[int]]:
+    """The token rows the serving runtime's tier view ``view`` (``head``, ``last_user_tail`` or
+    ``last_user_para``, at the default ``ModelView`` head size) reads of each prompt sent alone:
+    ``[CLS]`` text ``[SEP]``, the text whole when it fits ``max_length - 2`` tokens, else its first
+    window (``head``) or its head and its end. ``classifier.serving.view`` cuts them the same way
+    from the same ids (a test holds the two equal)."""
+    from tokenizers import Tokenizer
+
+    from classifier.serving.view import ModelView, head_tail, paragraph_tail
+    from classifier.serving.word_cache import WordCache
+
+    window = int(max_length) - 2
+    head = ModelView().fitted(window).head_tokens
+    full = Tokenizer.from_str(tokenizer.to_str())
+    full.no_truncation()
+    full.no_padding()
+    # paragraphs are counted alone only where that is exact (the runtime's condition)
+    para = view == "last_user_para" and WordCache.for_tokenizer(full) is not None
+
+    def count(text: str) -> int:
+        return len(full.encode(text, add_special_tokens=False).ids)
+
+    cls_id, sep_id = full.token_to_id("[CLS]"), full.token_to_id("[SEP]")
+    first = [] if cls_id is None else [cls_id]
+    last = [] if sep_id is None else [sep_id]
+    rows = []
+    for text, enc in zip(texts, full.encode_batch(list(texts), add_special_tokens=False), strict=True):
+        ids = enc.ids
+        if view == "head":
+            rows.append(first + ids[:window] + last)
+            continue
+        tail = paragraph_tail(text, count, window - head) if para and len(ids) > window else None
+        rows.append(first + [t for lo, hi in head_tail(0, len(ids), window, head, tail) for t in ids[lo:hi]] + last)
+    return rows
+
+
 def pad_id_of(tokenizer) -> int:
     padding = tokenizer.padding
     if padding:
@@ -103,6 +139,10 @@ class PromptDataset(Dataset):
     ``ids`` is an ``[n, max_length]`` int32 array (rows padded with the pad id), ``lengths`` the
     real token count of each row. ``dataset[i]`` gives one row's tensors; ``collate(indices)``
     a dynamically padded batch.
+
+    ``view``: ``"head"`` reads the first ``max_length`` tokens of each prompt (how the teacher was
+    trained); ``"last_user_tail"`` or ``"last_user_para"`` reads what that tier view of the serving
+    runtime reads of the prompt (``serving_view_rows``), so the model trains on what it is served.
     """
 
     def __init__(
@@ -112,14 +152,18 @@ class PromptDataset(Dataset):
         max_length: int,
         labels: dict[str, np.ndarray] | None = None,
         soft: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        view: str = "head",
     ) -> None:
         self.max_length = int(max_length)
         self.pad_id = pad_id_of(tokenizer)
-        encodings = _unpadded(tokenizer, self.max_length).encode_batch(list(texts))
-        self.lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
-        self.ids = np.full((len(encodings), max(1, int(self.lengths.max(initial=1)))), self.pad_id, dtype=np.int32)
-        for i, e in enumerate(encodings):
-            self.ids[i, : len(e.ids)] = e.ids
+        if view == "head":
+            rows = [e.ids for e in _unpadded(tokenizer, self.max_length).encode_batch(list(texts))]
+        else:
+            rows = serving_view_rows(texts, tokenizer, self.max_length, view)
+        self.lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        self.ids = np.full((len(rows), max(1, int(self.lengths.max(initial=1)))), self.pad_id, dtype=np.int32)
+        for i, r in enumerate(rows):
+            self.ids[i, : len(r)] = r
         self.labels = dict(labels or {})
         self.soft = dict(soft or {})
         for name, arr in self.labels.items():
@@ -127,10 +171,11 @@ class PromptDataset(Dataset):
                 raise ValueError(f"labels for head {name!r} have {len(arr)} rows, texts {len(self)}")
 
     @classmethod
-    def from_frame(cls, frame, schema: LabelSchema, tokenizer, max_length: int) -> PromptDataset:
+    def from_frame(cls, frame, schema: LabelSchema, tokenizer, max_length: int,
+                   view: str = "head") -> PromptDataset:
         return cls(
             frame["text"].tolist(), tokenizer, max_length,
-            labels=head_labels(schema, frame), soft=soft_targets(schema, frame),
+            labels=head_labels(schema, frame), soft=soft_targets(schema, frame), view=view,
         )
 
     def __len__(self) -> int:

@@ -373,7 +373,7 @@ class Trainer:
         """Softmax probabilities per head, ``[len(texts), C]`` in schema class order."""
         from classifier.training.dataset import PromptDataset
 
-        ds = PromptDataset(list(texts), self.tokenizer_, self.config.max_length)
+        ds = PromptDataset(list(texts), self.tokenizer_, self.config.max_length, view=self.config.view)
         return self._predict(ds, batch_size)
 
     # -- what the student does differently (classifier.training.distillation) -----------------------
@@ -392,8 +392,9 @@ class Trainer:
         from classifier.training.dataset import PromptDataset
 
         cfg = self.config
-        train_ds = PromptDataset.from_frame(train, self.schema_, self.tokenizer_, cfg.max_length)
-        valid_ds = PromptDataset.from_frame(valid, self.schema_, self.tokenizer_, cfg.max_length) if len(valid) else None
+        train_ds = PromptDataset.from_frame(train, self.schema_, self.tokenizer_, cfg.max_length, cfg.view)
+        valid_ds = PromptDataset.from_frame(valid, self.schema_, self.tokenizer_, cfg.max_length,
+                                            cfg.view) if len(valid) else None
         return train_ds, valid_ds
 
     def _optimizer(self, params: list[tuple[str, Any]]):
@@ -619,7 +620,8 @@ class Trainer:
             if split == cfg.validation_split and self._best_valid_probs is not None:
                 probs = self._best_valid_probs
             else:
-                ds = self._valid_ds if split == cfg.validation_split else PromptDataset(part["text"].tolist(), self.tokenizer_, cfg.max_length)
+                ds = self._valid_ds if split == cfg.validation_split else PromptDataset(
+                    part["text"].tolist(), self.tokenizer_, cfg.max_length, view=cfg.view)
                 probs = self._predict(ds)
             self.metrics_[split] = evaluate_heads(self.schema_, part, probs)
             self.eval_probs_[split] = probs
