@@ -76,7 +76,13 @@ from classifier.serving import bundle as bundle_io
 from classifier.serving.detectors import DETECTORS_FILE, Detectors, Hit
 from classifier.serving.policy import Decision, Policy, PolicyEngine
 from classifier.serving.request import Request, RequestError, parse_request, plain
-from classifier.serving.view import ModelView, Segments, paragraph_tail, sensitivity_windows, tier_rows
+from classifier.serving.view import (
+    ModelView,
+    Segments,
+    paragraph_tail,
+    sensitivity_windows,
+    tier_rows,
+)
 from classifier.serving.word_cache import WordCache
 
 logger = logging.getLogger(__name__)
