@@ -128,3 +128,27 @@ def test_the_distiller_gives_wrapped_copies_the_prompts_targets(tiny_model_dir, 
     assert (sens[cut] == IGNORE_INDEX).all() and not ds.soft["sensitivity"][1][n:][cut].any()
     kept = ~benign & (sens != IGNORE_INDEX)  # sensitive prompts the view holds whole keep their label
     assert kept.any() and (sens[kept] == base["sensitivity"][origin][kept]).all()
+
+
+def test_the_teacher_trains_on_wrapped_copies_with_their_prompts_soft_targets(tmp_path, tiny_model_dir):
+    """The teacher's loop takes traffic shapes too: 96 prompts + 96 copies at batch 16 make 12 steps
+    an epoch, and a copy carries its prompt's soft tier target."""
+    from test_trainer import tiny_config
+
+    from classifier.data.schema import LabelSchema
+    from classifier.training.dataset import soft_targets
+    from classifier.training.trainer import Trainer
+
+    data = tmp_path / "build"
+    data.mkdir()
+    make_frame().to_parquet(data / "dataset.parquet")
+    cfg = tiny_config(data, tmp_path / "t", tiny_model_dir, epochs=1, traffic_shapes=1.0, view="last_user_para")
+    trainer = Trainer(cfg).fit()
+    assert trainer.global_step_ == 12
+    train = make_frame().query("split == 'train'").reset_index(drop=True)
+    schema = LabelSchema.from_yaml(cfg.schema)
+    targets, present = soft_targets(schema, train)["tier"]
+    train_ds, _ = trainer._datasets(train, train.iloc[:0])
+    copies = train_ds.soft["tier"]
+    np.testing.assert_array_equal(copies[0][len(train):], targets)
+    np.testing.assert_array_equal(copies[1][len(train):], present)

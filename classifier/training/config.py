@@ -58,6 +58,10 @@ class LoopConfig(BaseModel):
     view: TrainView = Field("head", description="what the model reads of a prompt longer than max_length: head = its "
                             "first max_length tokens; last_user_tail / last_user_para = that serving view "
                             "(classifier/serving/view.py)")
+    traffic_shapes: float = Field(0.0, ge=0.0, le=4.0, description="wrapped copies of training prompts per training "
+                                  "prompt (k-shot examples or pasted context flattened into the user's message, the "
+                                  "prompt last; classifier.training.traffic), each with the prompt's labels and soft "
+                                  "targets (the student's: the teacher's on the prompt alone); 0 = none")
     max_train_rows: int | None = Field(None, ge=1, description="seeded subsample of the training split; none = all rows")
     max_eval_rows: int | None = Field(None, ge=1, description="seeded subsample of the validation and evaluation splits; none = all rows")
     validation_split: str = Field("validation", min_length=1, description="split used for early stopping and model selection")
@@ -245,10 +249,7 @@ class DistillConfig(LoopConfig):
     view: TrainView = Field("head", description="what the student reads of a prompt longer than max_length: "
                             "head = its first max_length tokens; last_user_tail / last_user_para = that serving view "
                             "(classifier/serving/view.py), so the student trains on what the router reads")
-    traffic_shapes: float = Field(0.0, ge=0.0, le=4.0, description="wrapped copies of training prompts per training "
-                                  "prompt (k-shot examples or pasted context flattened into the user's message, the "
-                                  "prompt last; classifier.training.traffic), each with the teacher's targets for the "
-                                  "prompt alone; 0 = none")
+
     # the student's own defaults for the shared loop settings: a deliberate mirror of LoopConfig's
     # fields (pydantic changes a default only by redeclaring the whole field, bounds included)
     epochs: int = Field(12, ge=1, description="passes over the training split")

@@ -129,59 +129,14 @@ class StudentDistiller(Trainer):
         labels = head_labels(self.schema_, train)
         soft = {n: (p, np.ones(len(train), dtype=bool)) for n, p in self._teacher_soft.items()}
         if cfg.traffic_shapes > 0:
-            texts, labels, soft = self._with_traffic_shapes(train, texts, labels, soft)
+            from classifier.training.traffic import with_traffic_shapes
+
+            texts, labels, soft = with_traffic_shapes(train, texts, labels, soft, schema=self.schema_,
+                                                      tokenizer=self.tokenizer_, config=cfg)
         train_ds = PromptDataset(texts, self.tokenizer_, cfg.max_length, labels=labels, soft=soft,
                                  view=cfg.view)
         return train_ds, PromptDataset(valid["text"].tolist(), self.tokenizer_, cfg.max_length,
                                        view=cfg.view)
-
-    def _with_traffic_shapes(self, train, texts, labels, soft):
-        """Add wrapped copies of training prompts (``classifier.training.traffic``) with their
-        prompt's labels and the teacher's distribution on the prompt alone: the student learns to
-        read the request out of the view of a long message. The sensitivity head keeps a copy's
-        label only where it still holds for what the view reads: a benign prompt behind benign
-        context is benign whatever is cut, a sensitive one only when the view holds it whole."""
-        from tokenizers import Tokenizer
-
-        from classifier.training.dataset import IGNORE_INDEX, serving_view_rows
-        from classifier.training.traffic import flat_wrappers
-
-        cfg = self.config
-        sens = self.schema_.head("sensitivity") if "sensitivity" in self.schema_ else None
-        wrapped = flat_wrappers(train, per_row=cfg.traffic_shapes, seed=cfg.seed,
-                                sensitivity_column=sens.column if sens else "sensitivity",
-                                negative=(sens.negative_class if sens else None) or "none")
-        if wrapped.empty:
-            return texts, labels, soft
-        origin = wrapped["origin"].to_numpy()
-        keep_sens = np.ones(len(wrapped), dtype=bool)
-        if sens is not None:
-            # a sensitive prompt keeps its label where the view reads all of it: the copy's row
-            # ends with the prompt's own row body (the prompt's tokens are the same read alone)
-            prompts = [t[-c:] for t, c in zip(wrapped["text"], wrapped["prompt_chars"], strict=True)]
-            rows = serving_view_rows(wrapped["text"].tolist(), self.tokenizer_, cfg.max_length, cfg.view)
-            full = Tokenizer.from_str(self.tokenizer_.to_str())
-            full.no_truncation()
-            full.no_padding()
-            alone = [e.ids for e in full.encode_batch(prompts, add_special_tokens=False)]
-            neg = list(sens.classes).index(sens.negative_class) if sens.negative_class in sens.classes else -1
-            benign = labels[sens.name][origin] == neg
-            whole = np.array([0 < len(a) <= len(r) - 2 and r[len(r) - 1 - len(a):len(r) - 1] == a
-                              for r, a in zip(rows, alone, strict=True)])
-            keep_sens = benign | whole
-        log.info("traffic shapes: %d wrapped copies (%s); sensitivity labels kept on %d",
-                 len(wrapped), wrapped["kind"].value_counts().to_dict(), int(keep_sens.sum()))
-        new_labels = {}
-        for name, y in labels.items():
-            extra = y[origin].copy()
-            if sens is not None and name == sens.name:
-                extra[~keep_sens] = IGNORE_INDEX
-            new_labels[name] = np.concatenate([y, extra])
-        new_soft = {}
-        for name, (p, mask) in soft.items():
-            extra_mask = mask[origin] & (keep_sens if sens is not None and name == sens.name else True)
-            new_soft[name] = (np.concatenate([p, p[origin]]), np.concatenate([mask, extra_mask]))
-        return list(texts) + wrapped["text"].tolist(), new_labels, new_soft
 
     def _optimizer(self, params):
         import torch

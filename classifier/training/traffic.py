@@ -19,12 +19,17 @@ templates here differ from the evaluation wrappers' (``classifier.evaluation.wra
 sets are built from the test and validation splits and BFCL's multi-turn files: evaluation
 wrappers are never training wrappers.
 
-What this module leaves out: the targets (the distiller gives each copy the teacher's distribution
-on the prompt alone) and turns as separate messages (the tier view then reads the prompt alone,
-so such copies would repeat the prompt's own row).
+``with_traffic_shapes`` adds the copies to a training set: each copy takes its prompt's labels and
+soft targets (the student's: the teacher's distribution on the prompt alone); a sensitive prompt's
+copy keeps its sensitivity label only where the training view reads the prompt whole.
+
+What this module leaves out: turns as separate messages (the tier view then reads the prompt
+alone, so such copies would repeat the prompt's own row).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,3 +114,55 @@ def flat_wrappers(train: pd.DataFrame, *, per_row: float, seed: int, sensitivity
         out["kind"].append(kind)
         out["prompt_chars"].append(len(prompt))
     return pd.DataFrame(out, columns=cols)
+
+
+def with_traffic_shapes(train: pd.DataFrame, texts: list[str], labels: dict[str, np.ndarray],
+                        soft: dict[str, tuple[np.ndarray, np.ndarray]], *, schema: Any, tokenizer: Any,
+                        config: Any) -> tuple[list[str], dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``texts``, ``labels`` and ``soft`` (per head: targets and presence) of ``train`` plus
+    ``config.traffic_shapes`` wrapped copies per prompt (``flat_wrappers``), seeded by
+    ``config.seed``. A copy takes its prompt's labels and soft targets; the sensitivity head keeps
+    a copy's label only where it still holds for what ``config.view`` reads: a benign prompt behind
+    benign context is benign whatever is cut, a sensitive one only when the view holds it whole."""
+    import logging
+
+    from tokenizers import Tokenizer
+
+    from classifier.training.dataset import IGNORE_INDEX, serving_view_rows
+
+    sens = schema.head("sensitivity") if "sensitivity" in schema else None
+    wrapped = flat_wrappers(train, per_row=config.traffic_shapes, seed=config.seed,
+                            sensitivity_column=sens.column if sens else "sensitivity",
+                            negative=(sens.negative_class if sens else None) or "none")
+    if wrapped.empty:
+        return texts, labels, soft
+    origin = wrapped["origin"].to_numpy()
+    keep = np.ones(len(wrapped), dtype=bool)
+    if sens is not None:
+        # the copy's row ends with the prompt's own ids when the view reads it whole (BERT's tokens
+        # of a text after whitespace are the same read alone)
+        prompts = [t[-c:] for t, c in zip(wrapped["text"], wrapped["prompt_chars"], strict=True)]
+        rows = serving_view_rows(wrapped["text"].tolist(), tokenizer, config.max_length, config.view)
+        full = Tokenizer.from_str(tokenizer.to_str())
+        full.no_truncation()
+        full.no_padding()
+        alone = [e.ids for e in full.encode_batch(prompts, add_special_tokens=False)]
+        neg = list(sens.classes).index(sens.negative_class) if sens.negative_class in sens.classes else -1
+        benign = labels[sens.name][origin] == neg
+        whole = np.array([0 < len(a) <= len(r) - 2 and r[len(r) - 1 - len(a):len(r) - 1] == a
+                          for r, a in zip(rows, alone, strict=True)])
+        keep = benign | whole
+    logging.getLogger(__name__).info("traffic shapes: %d wrapped copies (%s); sensitivity labels kept on %d",
+                                     len(wrapped), wrapped["kind"].value_counts().to_dict(), int(keep.sum()))
+    is_sens = (lambda name: sens is not None and name == sens.name)  # noqa: E731
+    new_labels = {}
+    for name, y in labels.items():
+        extra = y[origin].copy()
+        if is_sens(name):
+            extra[~keep] = IGNORE_INDEX
+        new_labels[name] = np.concatenate([y, extra])
+    new_soft = {}
+    for name, (p, mask) in soft.items():
+        extra_mask = mask[origin] & keep if is_sens(name) else mask[origin]
+        new_soft[name] = (np.concatenate([p, p[origin]]), np.concatenate([mask, extra_mask]))
+    return list(texts) + wrapped["text"].tolist(), new_labels, new_soft

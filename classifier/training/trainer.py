@@ -392,7 +392,16 @@ class Trainer:
         from classifier.training.dataset import PromptDataset
 
         cfg = self.config
-        train_ds = PromptDataset.from_frame(train, self.schema_, self.tokenizer_, cfg.max_length, cfg.view)
+        if cfg.traffic_shapes > 0:
+            from classifier.training.dataset import head_labels, soft_targets
+            from classifier.training.traffic import with_traffic_shapes
+
+            texts, labels, soft = with_traffic_shapes(
+                train, train["text"].tolist(), head_labels(self.schema_, train), soft_targets(self.schema_, train),
+                schema=self.schema_, tokenizer=self.tokenizer_, config=cfg)
+            train_ds = PromptDataset(texts, self.tokenizer_, cfg.max_length, labels=labels, soft=soft, view=cfg.view)
+        else:
+            train_ds = PromptDataset.from_frame(train, self.schema_, self.tokenizer_, cfg.max_length, cfg.view)
         valid_ds = PromptDataset.from_frame(valid, self.schema_, self.tokenizer_, cfg.max_length,
                                             cfg.view) if len(valid) else None
         return train_ds, valid_ds
