@@ -55,6 +55,9 @@ class LoopConfig(BaseModel):
     data: str = Field("data/build", min_length=1,
                       description="build directory holding dataset.parquet (with a split column), or the parquet file")
     max_length: int = Field(128, ge=1, le=512, description="tokens per prompt (longer prompts are truncated)")
+    # whole requests (issue 13). Session 17 measured students trained on the serving view and on
+    # traffic shapes (README, "Whole requests"): none beat the head-trained student on every goal,
+    # so the defaults reproduce the shipped models
     view: TrainView = Field("head", description="what the model reads of a prompt longer than max_length: head = its "
                             "first max_length tokens; last_user_tail / last_user_para = that serving view "
                             "(classifier/serving/view.py)")
@@ -243,13 +246,6 @@ class DistillConfig(LoopConfig):
     context_dilation: int = Field(1, ge=1, description="distance between context taps")
     embedding_lr: float = Field(2e-2, gt=0.0, lt=1.0, description="learning rate of the token table (each row sees few gradients)")
     teacher_batch_size: int = Field(64, ge=1, description="batch size of the teacher's inference")
-    # whole requests (issue 13): train on what the router reads of a request, not on a flat head
-    # measured in session 17 (README, "Whole requests"): neither option beat the head-trained
-    # student on every goal, so the defaults reproduce the shipped student
-    view: TrainView = Field("head", description="what the student reads of a prompt longer than max_length: "
-                            "head = its first max_length tokens; last_user_tail / last_user_para = that serving view "
-                            "(classifier/serving/view.py), so the student trains on what the router reads")
-
     # the student's own defaults for the shared loop settings: a deliberate mirror of LoopConfig's
     # fields (pydantic changes a default only by redeclaring the whole field, bounds included)
     epochs: int = Field(12, ge=1, description="passes over the training split")
