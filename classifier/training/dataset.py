@@ -79,12 +79,16 @@ def soft_targets(schema: LabelSchema, frame) -> dict[str, tuple[np.ndarray, np.n
 
 
 # -- tokenisation and batches -------------------------------------------------------------------
-def _unpadded(tokenizer, max_length: int):
-    """A copy of ``tokenizer`` that truncates to ``max_length`` and does not pad (we pad per batch)."""
+def unpadded_copy(tokenizer, max_length: int | None):
+    """A copy of ``tokenizer`` that does not pad (we pad per batch) and truncates to ``max_length``
+    (``None``: does not truncate)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer.to_str())
-    tok.enable_truncation(max_length=max_length)
+    if max_length is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(max_length=max_length)
     tok.no_padding()
     return tok
 
@@ -95,16 +99,12 @@ def serving_view_rows(texts: Sequence[str], tokenizer, max_length: int, view: st
     ``[CLS]`` text ``[SEP]``, the text whole when it fits ``max_length - 2`` tokens, else its first
     window (``head``) or its head and its end. ``classifier.serving.view`` cuts them the same way
     from the same ids (a test holds the two equal)."""
-    from tokenizers import Tokenizer
-
     from classifier.serving.view import ModelView, head_tail, paragraph_tail
     from classifier.serving.word_cache import WordCache
 
     window = int(max_length) - 2
     head = ModelView().fitted(window).head_tokens
-    full = Tokenizer.from_str(tokenizer.to_str())
-    full.no_truncation()
-    full.no_padding()
+    full = unpadded_copy(tokenizer, None)
     # paragraphs are counted alone only where that is exact (the runtime's condition)
     para = view == "last_user_para" and WordCache.for_tokenizer(full) is not None
 
@@ -157,7 +157,7 @@ class PromptDataset(Dataset):
         self.max_length = int(max_length)
         self.pad_id = pad_id_of(tokenizer)
         if view == "head":
-            rows = [e.ids for e in _unpadded(tokenizer, self.max_length).encode_batch(list(texts))]
+            rows = [e.ids for e in unpadded_copy(tokenizer, self.max_length).encode_batch(list(texts))]
         else:
             rows = serving_view_rows(texts, tokenizer, self.max_length, view)
         self.lengths = np.array([len(r) for r in rows], dtype=np.int64)

@@ -126,9 +126,7 @@ def with_traffic_shapes(train: pd.DataFrame, texts: list[str], labels: dict[str,
     benign context is benign whatever is cut, a sensitive one only when the view holds it whole."""
     import logging
 
-    from tokenizers import Tokenizer
-
-    from classifier.training.dataset import IGNORE_INDEX, serving_view_rows
+    from classifier.training.dataset import IGNORE_INDEX, serving_view_rows, unpadded_copy
 
     sens = schema.head("sensitivity") if "sensitivity" in schema else None
     wrapped = flat_wrappers(train, per_row=config.traffic_shapes, seed=config.seed,
@@ -143,10 +141,7 @@ def with_traffic_shapes(train: pd.DataFrame, texts: list[str], labels: dict[str,
         # of a text after whitespace are the same read alone)
         prompts = [t[-c:] for t, c in zip(wrapped["text"], wrapped["prompt_chars"], strict=True)]
         rows = serving_view_rows(wrapped["text"].tolist(), tokenizer, config.max_length, config.view)
-        full = Tokenizer.from_str(tokenizer.to_str())
-        full.no_truncation()
-        full.no_padding()
-        alone = [e.ids for e in full.encode_batch(prompts, add_special_tokens=False)]
+        alone = [e.ids for e in unpadded_copy(tokenizer, None).encode_batch(prompts, add_special_tokens=False)]
         neg = list(sens.classes).index(sens.negative_class) if sens.negative_class in sens.classes else -1
         benign = labels[sens.name][origin] == neg
         whole = np.array([0 < len(a) <= len(r) - 2 and r[len(r) - 1 - len(a):len(r) - 1] == a
