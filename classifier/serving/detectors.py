@@ -477,7 +477,9 @@ class _SecretRule:
     generic: bool
     distinctive: bool
     prefix: int = 0  # characters of [\w.-] gitleaks' lazy prefix may add before the match
-    anchored: bool = False  # every match starts with one of the keywords (semi-generic rules)  # has a keyword specific enough to scan joined views with
+    anchored: bool = False  # every match starts with one of the keywords (semi-generic rules)
+    # the regex without its tail (``end_free_core``): rules out a split-key run in one search
+    core: re.Pattern[str] | None = None
 
 
 # gitleaks' "semi-generic" rules start with a lazy prefix that only widens the reported match;
@@ -511,6 +513,17 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
         return re.compile(go_to_python_regex(pattern), re.ASCII)
     except (re.error, OverflowError, RecursionError) as exc:
         raise ConfigError(f"{where}: regex does not compile in Python ({exc})") from None
+
+
+def _compile_core(regex: str) -> re.Pattern[str] | None:
+    """``end_free_core(regex)`` compiled like the rule itself, or None."""
+    core = end_free_core(regex)
+    if core is None:
+        return None
+    try:
+        return _compile(core, "core")
+    except ConfigError:
+        return None
 
 
 def _starts_with_keyword(pattern: str, keywords: Sequence[str]) -> bool:
@@ -786,6 +799,52 @@ def _secret_group(regex: str) -> tuple[str, str] | None:
             return None
         k += 1
     return (flags, secret) if depth == 0 else None
+
+
+# What gitleaks rules ask of the character after a key: a delimiter, a word boundary or the end
+# of the text. Only these tails are stripped for ``end_free_core``; any other tail keeps the rule
+# out of the split-key prefilter (the search then tries every end, as before).
+_END_TAILS = (_GITLEAKS_TAIL, _BARE_TAIL, "(?:[\\x60'\"\\s;]|\\\\[nr]|$|\\b)", "(?:[^\\w-]|\\z)",
+              "(?:[^a-zA-Z0-9+/]|\\z)", "(?:\\s|\\z)", "(?:\\B|\\s|\\z)", "(?:[\\/|\\#|\\?|:]|$)", "\\b")
+_LEADING_GROUPS = re.compile(r"(?:\((?:\?[a-zA-Z-]*[:)])?)*")
+
+
+def end_free_core(regex: str) -> str | None:
+    """``regex`` (Go syntax) without the condition it puts on what follows a key, or None when
+    that cannot be done safely. The split-key search tries a rule on every prefix of a joined run
+    (a prefix ends where the text "ends", which a tail like ``(?:\\s|$)`` or ``\\b`` then
+    accepts); a match on any prefix is a match of this core on the whole run, so a core that finds
+    nothing there rules the rule out for every prefix at once. That holds when nothing left in the
+    core looks ahead, which is checked: a core with ``$``, ``\\Z``, ``\\B``, a lookahead, or
+    ``\\b`` anywhere but before its first character gives None."""
+    core = regex
+    for tail in _END_TAILS:
+        if core.endswith(tail) and not core.endswith("\\" + tail):
+            core = core[: -len(tail)]
+            break
+    lead = _LEADING_GROUPS.match(core)
+    k, in_class = (lead.end() if lead else 0), False
+    if core[k:k + 2] == "\\b":  # a word boundary before the first character looks back and at it
+        k += 2
+    while k < len(core):
+        c = core[k]
+        if c == "\\":
+            if not in_class and core[k + 1:k + 2] in ("b", "B", "Z", "z", "A"):
+                return None
+            k += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if core[k + 1:k + 2] == "^":
+                k += 1
+            if core[k + 1:k + 2] == "]":  # a leading ] is a member (RE2)
+                k += 1
+        elif c == "$" or core.startswith(("(?=", "(?!"), k):
+            return None
+        k += 1
+    return core if core and not in_class else None
 
 
 def _top_level_alternatives(pattern: str) -> list[str]:
@@ -1089,6 +1148,7 @@ class Detectors:
                     # semi-generic rules whose names start with a keyword, and unique tokens (bare
                     # rules among them) that start with one: tried only at keyword positions
                     anchored=_starts_with_keyword(r["regex"], kws) or _token_starts_with_keyword(r["regex"], kws),
+                    core=_compile_core(r["regex"]),
                 ))
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed credential rules ({exc!r})") from None
@@ -1186,12 +1246,13 @@ class Detectors:
         return hits
 
     def _scan_split(self, base: View, found: list[tuple[str, str, int, int]],
-                    where: Mapping[str, list[int]] | None = None) -> None:
+                    where: Mapping[str, list[int]] | None = None, *, prefilter: bool = True) -> None:
         """Keys split into chunks: for each distinctive keyword in a run's joined text, join from
         the keyword on, and try ends from the longest down (prose after the key would otherwise
         glue onto it and break the rule's word boundary); the first end that matches wins.
         ``where``: the keywords' positions in the whole text without whitespace, so that only
-        runs holding one are looked at (in prose nearly every sentence is a run)."""
+        runs holding one are looked at (in prose nearly every sentence is a run). ``prefilter``
+        False tries every rule at every end (the reference the tests compare with)."""
         keep = None if where is None else _runs_holding(base.text, where)
         for tokens in split_runs(base, keep=keep):
             joined = "".join(t[0] for t in tokens).lower()
@@ -1213,6 +1274,11 @@ class Detectors:
                     # the joined text only; its map back to ``base`` (a Python list per character)
                     # is built once a rule matches, not for every start that finds nothing
                     full = "".join(t[0] for t in tokens[i:])[skip:]
+                    # a rule whose core finds nothing in the whole run matches no prefix of it
+                    # (in prose, ``asia`` in "euthanasia" or ``pat`` in "patient" start a search)
+                    live = [r for r in rules if r.core is None or r.core.search(full)] if prefilter else rules
+                    if not live:
+                        continue
                     ends = list(itertools.accumulate(len(t[0]) for t in tokens[i:]))
                     lower = full.lower()
                     # keyword positions found once; a prefix holds those that end inside it. Exact
@@ -1225,7 +1291,7 @@ class Detectors:
                         text = full[:end]
                         where = None if where_all is None else {
                             w: kept for w, qs in where_all.items() if (kept := [q for q in qs if q + len(w) <= end])}
-                        hits = [(r.id, a, b) for r in rules for a, b in self._match_rule(r, text, where)]
+                        hits = [(r.id, a, b) for r in live for a, b in self._match_rule(r, text, where)]
                         if hits:
                             v = joined_view(base, tokens[i:], skip=skip)
                             for rid, a, b in hits:
