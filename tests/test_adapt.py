@@ -158,6 +158,7 @@ def test_adapt_bundle_end_to_end(tiny_bundle, tmp_path, mlflow_store):
     assert m["holdout_threshold"]["misroute_rate"] <= 0.2 + 0.05
 
 
+@pytest.mark.slow
 def test_gate_failure_writes_nothing(tiny_bundle, tmp_path):
     """Outcomes that reverse between the fitted and the held-out rows (drift): the head learns
     HARD -> frontier, the held-out rows say HARD -> cheap, so it ranks them far worse than the

@@ -150,6 +150,7 @@ def test_gitleaks_entropy_allowlists_and_placeholders(det: Detectors) -> None:
     assert det.scan("Write a regex that matches AWS keys: AKIA[0-9A-Z]{16}") == []
 
 
+@pytest.mark.slow
 def test_keyword_engines_find_the_same(rules_doc: dict) -> None:
     texts = [line for line in (DATA / "obfuscation.jsonl").read_text(encoding="utf-8").split("\n") if line]
     texts = [json.loads(line)["text"] for line in texts][::3]
@@ -268,6 +269,7 @@ def test_end_free_core_strips_only_known_tails_and_refuses_lookahead() -> None:
     assert D.end_free_core(r"abc\\b") == r"abc\\b"  # a backslash, then b: a literal, not a tail
 
 
+@pytest.mark.slow
 def test_split_key_prefilter_changes_no_hit(det: Detectors, rules_doc: dict) -> None:
     """Every rule the prefilter can rule out: its own keys split into chunks, followed by prose
     (so only a prefix of the joined run ends where the key ends), and prose holding its keywords;

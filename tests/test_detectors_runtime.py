@@ -95,6 +95,7 @@ def test_older_bundle_without_rules_loads_with_detectors_off(tiny_bundle: Path, 
         assert d.detections == []
 
 
+@pytest.mark.slow
 def test_tampered_rules_are_refused_and_install_rehashes(bundle_with_rules: Path, tmp_path: Path,
                                                          shared_data: Path, capsys) -> None:
     path = bundle_with_rules / DETECTORS_FILE
@@ -242,6 +243,7 @@ def test_row_cache_gives_the_logits_of_a_fresh_run(bundle_with_rules: Path) -> N
                 np.testing.assert_allclose(c[h], f[h], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_caches_give_the_same_decisions_under_concurrent_calls(bundle_with_rules: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -118,6 +118,7 @@ def test_damaged_outputs_give_the_safe_decision(router: Router, damage: str) -> 
     assert "invalid_input" in d.flags
 
 
+@pytest.mark.slow
 def test_deadline_terminates_a_slow_run(tiny_bundle: Path) -> None:
     with Router.load(tiny_bundle, deadline_ms=100) as r:
         fast = r._session
@@ -135,6 +136,7 @@ def test_deadline_terminates_a_slow_run(tiny_bundle: Path) -> None:
             assert_classified(d)
 
 
+@pytest.mark.slow
 def test_late_answer_past_the_deadline_gives_the_safe_decision(tiny_bundle: Path) -> None:
     with Router.load(tiny_bundle, deadline_ms=50) as r:
         r._session = SlowSession(r._session, delay_s=0.3, pass_options=False)  # ignores terminate
@@ -175,6 +177,7 @@ def test_server_keeps_serving_through_faults(router: Router, tiny_bundle: Path) 
         assert_classified(c.post("/v1/route", json={"text": "hello"}).json()["decision"])
 
 
+@pytest.mark.slow
 def test_route_that_raises_is_caught_by_the_server(router: Router) -> None:
     def broken(texts):
         raise RuntimeError("a bug in routing")
@@ -238,6 +241,7 @@ def test_readyz_is_503_with_the_reason_for_a_bad_bundle(tiny_bundle: Path, tmp_p
         assert c.post("/v1/route", json={"text": "hi"}).status_code == 503
 
 
+@pytest.mark.slow
 def test_missing_bundle_becomes_ready_when_it_appears(tiny_bundle: Path, tmp_path: Path) -> None:
     target = tmp_path / "later"
     with LiveServer(create_app(target, bundle_retry_s=0.1)) as s, httpx.Client(base_url=s.url, timeout=10) as c:
@@ -249,6 +253,7 @@ def test_missing_bundle_becomes_ready_when_it_appears(tiny_bundle: Path, tmp_pat
         assert_classified(c.post("/v1/route", json={"text": "hi"}).json()["decision"])
 
 
+@pytest.mark.slow
 def test_bundle_that_appears_tampered_is_never_served(tiny_bundle: Path, tmp_path: Path) -> None:
     target = tmp_path / "later"
     with LiveServer(create_app(target, bundle_retry_s=0.1)) as s, httpx.Client(base_url=s.url, timeout=10) as c:

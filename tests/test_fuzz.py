@@ -112,6 +112,7 @@ def test_route_never_raises_and_answers_validly(router: Router) -> None:
     run_budget(prop)
 
 
+@pytest.mark.slow
 def test_route_of_anything_that_is_not_text_is_the_safe_decision(router: Router) -> None:
     @given(NOT_TEXT)
     @budgeted(30)

@@ -263,6 +263,7 @@ def test_unparseable_bodies_get_400(client: httpx.Client, raw: bytes) -> None:
         assert_error(resp, 400)
 
 
+@pytest.mark.slow
 def test_deep_nesting_within_the_body_limit_gets_400(tiny_bundle: Path) -> None:
     app = create_app(tiny_bundle, max_body_bytes=1 << 20)
     with hardened_server(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
@@ -322,6 +323,7 @@ def _read_until_closed(sock: socket.socket, limit_s: float = PATIENCE_S) -> tupl
         return data, False
 
 
+@pytest.mark.slow
 def test_slow_body_gets_408_and_the_connection_is_closed(server: LiveServer, client: httpx.Client) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
@@ -332,6 +334,7 @@ def test_slow_body_gets_408_and_the_connection_is_closed(server: LiveServer, cli
     assert client.post("/v1/route", json={"text": "next client"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_slow_request_head_is_cut_off(server: LiveServer, client: httpx.Client) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /v1/route HTTP/1.1\r\nHost: t\r\n")
@@ -360,6 +363,7 @@ def test_slow_request_head_is_cut_off(server: LiveServer, client: httpx.Client) 
     assert client.post("/v1/route", json={"text": "next client"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
     body = b'{"text": "hello"}'
     with socket.create_connection(("127.0.0.1", server.port)) as sock:

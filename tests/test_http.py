@@ -93,6 +93,7 @@ def test_route_single_and_batch_match_the_runtime(client: httpx.Client, router: 
     assert [d["tier"] for d in body["decisions"]] == [d.tier for d in router.route(texts)]
 
 
+@pytest.mark.slow
 def test_metrics_count_requests_and_decisions(client: httpx.Client) -> None:
     before_ok = metric(client, "tierwise_requests_total", endpoint="/v1/route", status="200")
     before_bad = metric(client, "tierwise_requests_total", endpoint="/v1/route", status="400")
@@ -180,6 +181,7 @@ def test_decisions_are_audited(client: httpx.Client, audit_path: Path) -> None:
     assert "audit-1" in ids and {"audit-2:0", "audit-2:1"} <= set(ids)
 
 
+@pytest.mark.slow
 def test_unloadable_bundle_is_not_ready_but_healthy(tmp_path: Path) -> None:
     app = create_app(tmp_path / "missing-bundle")
     with Server(app) as s, httpx.Client(base_url=s.url, timeout=10) as c:

@@ -42,6 +42,7 @@ def test_every_module_is_in_a_layer() -> None:
     assert not unplaced, f"add these modules to a layer in pyproject.toml [tool.importlinter]: {unplaced}"
 
 
+@pytest.mark.slow
 def test_import_contracts_are_kept() -> None:
     pytest.importorskip("importlinter")
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))

@@ -325,6 +325,7 @@ def _hf_dataset():
     }, features=features)
 
 
+@pytest.mark.slow
 def test_hf_save_to_disk_directory(tmp_path, schema):
     ds = _hf_dataset()
     ds.save_to_disk(str(tmp_path / "ds"))

@@ -267,6 +267,7 @@ def openai_body(**kwargs: object) -> bytes:
     return sent[0]
 
 
+@pytest.mark.slow
 def test_http_accepts_an_unmodified_openai_chat_body(client: httpx.Client, router: Router) -> None:
     raw = openai_body(model="gpt-4o-mini", temperature=0.2, tools=TOOLS, messages=[
         {"role": "system", "content": "You are a weather bot."},

@@ -150,6 +150,7 @@ def archive_with(bundle: Path, out: Path, replace: dict[str, tuple[int, io.RawIO
 
 
 # -- signatures -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_signed_bundle_loads_with_its_key_and_says_so(tiny_bundle: Path, signed: Path, keys) -> None:
     with Router.load(signed, trusted_keys=[keys[1]]) as router:
         assert router.trust["signature_verified"] is True
@@ -259,6 +260,7 @@ def test_attack_manifest_symlink_is_refused(tiny_bundle: Path, tmp_path: Path) -
         bundle_io.verify_bundle(b)
 
 
+@pytest.mark.slow
 def test_attack_manifest_hard_link_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     """Attack 4: manifest.json a hard link to a file outside the bundle."""
     b = tmp_path / "b"

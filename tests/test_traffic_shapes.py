@@ -130,6 +130,7 @@ def test_the_distiller_gives_wrapped_copies_the_prompts_targets(tiny_model_dir, 
     assert kept.any() and (sens[kept] == base["sensitivity"][origin][kept]).all()
 
 
+@pytest.mark.slow
 def test_the_teacher_trains_on_wrapped_copies_with_their_prompts_soft_targets(tmp_path, tiny_model_dir):
     """The teacher's loop takes traffic shapes too: 96 prompts + 96 copies at batch 16 make 12 steps
     an epoch, and a copy carries its prompt's soft tier target."""
