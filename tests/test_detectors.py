@@ -267,6 +267,10 @@ def test_end_free_core_strips_only_known_tails_and_refuses_lookahead() -> None:
     assert D.end_free_core(r"abc(?=def)") is None
     assert D.end_free_core(r"abc$") is None
     assert D.end_free_core(r"abc\\b") == r"abc\\b"  # a backslash, then b: a literal, not a tail
+    # every assertion deleted, classes left alone; a lookaround cannot be deleted safely
+    assert D.context_free(r"(?i)\b(key-[a-f0-9]{32})(?:[\s;]|\\[nr]|$)") == r"(?i)(key-[a-f0-9]{32})(?:[\s;]|\\[nr]|)"
+    assert D.context_free(r"^[^$\b]x\Bz\z") == r"[^$\b]xz"
+    assert D.context_free(r"a(?<=b)c") is None
 
 
 @pytest.mark.slow
@@ -294,13 +298,55 @@ def test_split_key_prefilter_changes_no_hit(det: Detectors, rules_doc: dict) -> 
             texts.append(f"{chunks}\nthanks")
         texts.append("the " + " ".join(rule.keywords) + " of a patient in asia, key- words " * 3)
     assert checked > 150  # the shipped rules: nearly every distinctive rule has a core
+    reference = Detectors(rules_doc)
+    reference._split_prefilter = False  # every rule tried at every end, every run
     found_any = 0
     for text in texts:
         base = canonical(text)
         with_filter: list = []
         without: list = []
         det._scan_split(base, with_filter)
-        det._scan_split(base, without, prefilter=False)
+        reference._scan_split(base, without)
         assert with_filter == without, text
+        assert det.scan(text) == reference.scan(text), text  # the whole-text prefilter too
         found_any += bool(without)
     assert found_any > 100  # the split keys are found, so the comparison covers real matches
+
+
+def test_number_rules_scan_only_near_number_runs_and_find_the_same() -> None:
+    """Number-shaped personal data is searched only near runs of digits (``_near``): on random
+    texts dense in digits, separators, capitals and SSN keywords, the same matches as one scan of
+    the whole text; and no rule's widest match could reach past a window."""
+    import random
+    import re._parser as sre_parse
+
+    for p in (D._PHONE, D._SSN, D._SSN_BARE, D._CARD, D._IBAN, D._IPV4):
+        assert sre_parse.parse(p.pattern, p.flags).getwidth()[1] < D.NUMBER_WINDOW - 8, p.pattern
+    rng = random.Random(0)
+    # real shapes, shapes that only look like them ("+1 2 34", "GB82 WEST"), and what sits between
+    shapes = ["4111 1111 1111 1111", "4111-1111-1111-1111", "415 555 0199", "(415) 555-0199", "+44 20 7946 0958",
+              "078-05-1120", "219 09 9998", "219099998", "GB82 WEST 1234 5698 7654 32", "DE89370400440532013000",
+              "8.8.4.4", "93.184.216.34", "+1 2 34", "GB82 WEST", "12 34", "7.5", "2024-01-02"]
+    glue = ["", " ", "  ", "-", ".", "(", ")", "+", "/", "\n", ", ", "a", " word ", "SSN ", "ssn: ",
+            "social security number ", "ss# ", "GB", "X", " 1 2 3 4 5 6 7 8 9 0 ", " and more prose, " * 3]
+    texts = ["".join(rng.choice(shapes) + rng.choice(glue) for _ in range(rng.randint(10, 120))) for _ in range(200)]
+    prose = "Some words before anything that looks like a number at all, and then some more of them. " * 3
+    texts += [prose + f"My {kw} {n} thanks. " + prose for kw in ("social security number", "SSN:", "ss#")
+              for n in ("219099998", "219-09-9998")]  # the keyword far before the digits
+    windowed = []
+    for t in texts:
+        out: list = []
+        D.scan_pii(t, out)
+        windowed.append(out)
+    whole_text = D._windows
+    try:
+        D._windows = lambda text, runs, chars=None: [(0, len(text))]  # one window: the whole text
+        reference = []
+        for t in texts:
+            out = []
+            D.scan_pii(t, out)
+            reference.append(out)
+    finally:
+        D._windows = whole_text
+    assert windowed == reference
+    assert sum(map(len, reference)) > 300  # the texts hold many real matches

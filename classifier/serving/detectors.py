@@ -480,6 +480,8 @@ class _SecretRule:
     anchored: bool = False  # every match starts with one of the keywords (semi-generic rules)
     # the regex without its tail (``end_free_core``): rules out a split-key run in one search
     core: re.Pattern[str] | None = None
+    # the regex without any assertion (``context_free``): rules out the whole split-key search
+    free: re.Pattern[str] | None = None
 
 
 # gitleaks' "semi-generic" rules start with a lazy prefix that only widens the reported match;
@@ -515,9 +517,10 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
         raise ConfigError(f"{where}: regex does not compile in Python ({exc})") from None
 
 
-def _compile_core(regex: str) -> re.Pattern[str] | None:
-    """``end_free_core(regex)`` compiled like the rule itself, or None."""
-    core = end_free_core(regex)
+def _compile_core(regex: str, cut: Callable[[str], str | None] | None = None) -> re.Pattern[str] | None:
+    """``cut(regex)`` (``end_free_core``, the default, or ``context_free``) compiled like the rule
+    itself, or None."""
+    core = (cut or end_free_core)(regex)
     if core is None:
         return None
     try:
@@ -710,37 +713,86 @@ def scan_pii(text: str, out: list[tuple[str, int, int]]) -> None:
             if _EXAMPLE_BEFORE.search(text, max(0, m.start() - 16), m.start()):
                 continue  # "example: mario@gmail.com" documents a format
             out.append(("email", m.start(), m.end()))
-    # one cheap pass decides whether any number-shaped rule can match: a run of >= 8 characters
-    # of digits and separators (a phone, SSN, card, IBAN tail or IPv4 address all have one)
-    if _NUMBER_RUN.search(text) is None:
+    # one cheap pass finds the runs of >= 8 characters of digits and separators: every phone,
+    # SSN, card, IBAN or IPv4 address that validates holds one, so the number-shaped rules need
+    # only run near them (``_near``), not over all of a long prompt
+    runs = [m.span() for m in _NUMBER_RUN.finditer(text)]
+    if not runs:
         if "::" in text or text.count(":") >= 5:
             _scan_ipv6(text, out)
         _scan_dob(text, out)
         return
-    for m in _PHONE.finditer(text):
+    near = _windows(text, runs)
+    for m in _near(_PHONE, text, _windows(text, runs, _PHONE_CHARS)):
         if phone_ok(m.group(0)):
             out.append(("phone", m.start(), m.end()))
-    for m in _SSN.finditer(text):
+    for m in _near(_SSN, text, near):
         if ssn_ok(m.group(1), m.group(3), m.group(4)):
             out.append(("us-ssn", m.start(), m.end()))
-    for m in _SSN_BARE.finditer(text):
+    for m in _near(_SSN_BARE, text, near):
         d = m.group(1)
         if ssn_ok(d[:3], d[3:5], d[5:]):
             out.append(("us-ssn", m.start(1), m.end(1)))
-    for m in _CARD.finditer(text):
+    for m in _near(_CARD, text, near):
         digits = re.sub(r"\D", "", m.group(0))
         if card_ok(digits):
             out.append(("payment-card", m.start(), m.end()))
-    for m in _IBAN.finditer(text):
+    for m in _near(_IBAN, text, _windows(text, runs, _IBAN_CHARS)):
         if iban_ok(m.group(1).replace(" ", "")):
             out.append(("iban", m.start(1), m.end(1)))
     if "." in text:
-        for m in _IPV4.finditer(text):
+        for m in _near(_IPV4, text, near):
             if ip_ok(m.group(0)) and _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()) is None:
                 out.append(("ipv4", m.start(), m.end()))
     if "::" in text or text.count(":") >= 5:
         _scan_ipv6(text, out)
     _scan_dob(text, out)
+
+
+# Near a number run. Every match of a number-shaped rule lies within ``NUMBER_WINDOW`` characters
+# of a run it holds (the longest, an IBAN or "social security number ... 123456789", is < 50
+# characters; a test checks each rule's widest match). Where a rule's raw matches need not hold a
+# run (a short phone-like "+1 2 34", an IBAN-shaped word), one of them could start before a window
+# and hide a match that starts inside it from a scan of the whole text; for those rules a window
+# starts further back, past every character such a match can hold, so both scans agree.
+NUMBER_WINDOW = 64
+_PHONE_CHARS = frozenset("0123456789 +.()-")
+_IBAN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ")
+_WALK_BACK = 512  # characters a window start walks back at most; further, it starts at 0
+
+
+def _windows(text: str, runs: Sequence[tuple[int, int]], chars: frozenset[str] | None = None
+             ) -> list[tuple[int, int]]:
+    """Merged stretches of ``text`` around ``runs`` (see above), in order."""
+    out: list[tuple[int, int]] = []
+    n = len(text)
+    for a, b in runs:
+        a, b = max(0, a - NUMBER_WINDOW), min(n, b + NUMBER_WINDOW)
+        if chars is not None:
+            stop = max(0, a - _WALK_BACK)
+            while a > stop and text[a - 1] in chars:
+                a -= 1
+            if a == stop:
+                a = 0
+        if out and a <= out[-1][1]:
+            out[-1] = (min(out[-1][0], a), max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _near(pattern: re.Pattern[str], text: str, windows: Sequence[tuple[int, int]]) -> Iterator[re.Match[str]]:
+    """``pattern.finditer(text)`` where its matches can be: within ``windows``. A window's scan
+    reads 8 characters past it (lookarounds see the real text; a lookahead cut short by the scan's
+    end could accept what the whole text rejects, so a match that close to it is dropped: none of
+    the real ones is, as they end well inside the window)."""
+    n = len(text)
+    for a, b in windows:
+        end = min(n, b + 8)
+        for m in pattern.finditer(text, a, end):
+            if end < n and m.end() + 4 > end:
+                continue
+            yield m
 
 
 def _scan_ipv6(text: str, out: list[tuple[str, int, int]]) -> None:
@@ -845,6 +897,45 @@ def end_free_core(regex: str) -> str | None:
             return None
         k += 1
     return core if core and not in_class else None
+
+
+def context_free(regex: str) -> str | None:
+    """``regex`` (Go syntax) with every zero-width assertion (``\\b``, ``\\B``, ``^``, ``$``,
+    ``\\A``, ``\\z``) deleted, or None when it has a lookaround. Deleting an assertion only lets a
+    regex match more, and what is left reads nothing but the characters it consumes: a match of
+    the rule inside any stretch of a text is a match of this inside the whole text. So when it
+    finds nothing in a text with its whitespace removed, no split-key run can hold the rule's key
+    (a run's joined text is a stretch of exactly that), and the split-key search is skipped."""
+    out: list[str] = []
+    k, in_class = 0, False
+    while k < len(regex):
+        c = regex[k]
+        if c == "\\":
+            if not in_class and regex[k + 1:k + 2] in ("b", "B", "A", "z"):
+                k += 2
+                continue
+            out.append(regex[k:k + 2])
+            k += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            k += 1
+            for lead in ("^", "]"):  # negation, then a leading ] (a member in RE2)
+                if regex[k:k + 1] == lead:
+                    out.append(lead)
+                    k += 1
+            continue
+        elif c in "^$":
+            k += 1
+            continue
+        elif regex.startswith(("(?=", "(?!", "(?<=", "(?<!"), k):
+            return None
+        out.append(c)
+        k += 1
+    return "".join(out) if not in_class else None
 
 
 def _top_level_alternatives(pattern: str) -> list[str]:
@@ -1149,6 +1240,7 @@ class Detectors:
                     # rules among them) that start with one: tried only at keyword positions
                     anchored=_starts_with_keyword(r["regex"], kws) or _token_starts_with_keyword(r["regex"], kws),
                     core=_compile_core(r["regex"]),
+                    free=_compile_core(r["regex"], context_free),
                 ))
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed credential rules ({exc!r})") from None
@@ -1158,6 +1250,8 @@ class Detectors:
         # ``<id>-bare`` -> ``<id>`` (``bare_rules``): a span both report is one hit, the gitleaks rule's
         self._parent = {r["id"]: r["derived_from"] for r in cred.get("rules", []) if r.get("derived_from")}
         self._always = [r for r in rules if not r.keywords]
+        # the split-key prefilters (``free`` and ``core`` of each rule); off only to test them
+        self._split_prefilter = True
         self._by_keyword: dict[str, list[_SecretRule]] = {}
         for r in rules:
             for w in r.keywords:
@@ -1218,6 +1312,12 @@ class Detectors:
             lower = base.text.lower()
             compact = "".join(lower.split())
             where = self._distinct_finder.find(compact)
+            if where and self._split_prefilter:
+                # in prose a keyword turns up often (``pat`` in "patient"); a key never does
+                whole = "".join(base.text.split())
+                rules = {r.id: r for w in where for r in self._by_keyword[w] if r.distinctive}.values()
+                if not any(r.free is None or r.free.search(whole) for r in rules):
+                    where = {}
             if where:
                 # keyword positions index the lower-cased text; usable for runs only if it kept every length
                 self._scan_split(base, found, where if len(lower) == len(base.text) else None)
@@ -1246,13 +1346,13 @@ class Detectors:
         return hits
 
     def _scan_split(self, base: View, found: list[tuple[str, str, int, int]],
-                    where: Mapping[str, list[int]] | None = None, *, prefilter: bool = True) -> None:
+                    where: Mapping[str, list[int]] | None = None) -> None:
         """Keys split into chunks: for each distinctive keyword in a run's joined text, join from
         the keyword on, and try ends from the longest down (prose after the key would otherwise
         glue onto it and break the rule's word boundary); the first end that matches wins.
         ``where``: the keywords' positions in the whole text without whitespace, so that only
-        runs holding one are looked at (in prose nearly every sentence is a run). ``prefilter``
-        False tries every rule at every end (the reference the tests compare with)."""
+        runs holding one are looked at (in prose nearly every sentence is a run)."""
+        prefilter = self._split_prefilter
         keep = None if where is None else _runs_holding(base.text, where)
         for tokens in split_runs(base, keep=keep):
             joined = "".join(t[0] for t in tokens).lower()
