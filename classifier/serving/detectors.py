@@ -861,6 +861,38 @@ _END_TAILS = (_GITLEAKS_TAIL, _BARE_TAIL, "(?:[\\x60'\"\\s;]|\\\\[nr]|$|\\b)", "
 _LEADING_GROUPS = re.compile(r"(?:\((?:\?[a-zA-Z-]*[:)])?)*")
 
 
+def _regex_tokens(regex: str, start: int = 0) -> tuple[list[tuple[int, str, bool]], bool]:
+    """The tokens of a Go (or Python) regex from ``start``, which must be outside a class, as
+    (position, token, inside a class), and whether it ends inside a class. An escape is one
+    token of two characters; a class opener takes its leading ``^`` and ``]`` (a member in RE2)."""
+    out: list[tuple[int, str, bool]] = []
+    k, in_class = start, False
+    while k < len(regex):
+        c = regex[k]
+        if c == "\\":
+            out.append((k, regex[k:k + 2], in_class))
+            k += 2
+        elif in_class:
+            out.append((k, c, True))
+            in_class = c != "]"
+            k += 1
+        elif c == "[":
+            j = k + 1
+            for lead in ("^", "]"):
+                if regex[j:j + 1] == lead:
+                    j += 1
+            out.append((k, regex[k:j], False))
+            in_class, k = True, j
+        else:
+            out.append((k, c, False))
+            k += 1
+    return out, in_class
+
+
+_ASSERTIONS = ("\\b", "\\B", "\\A", "\\z", "\\Z", "^", "$")
+_LOOKAROUNDS = ("(?=", "(?!", "(?<=", "(?<!")
+
+
 def end_free_core(regex: str) -> str | None:
     """``regex`` (Go syntax) without the condition it puts on what follows a key, or None when
     that cannot be done safely. The split-key search tries a rule on every prefix of a joined run
@@ -875,28 +907,18 @@ def end_free_core(regex: str) -> str | None:
             core = core[: -len(tail)]
             break
     lead = _LEADING_GROUPS.match(core)
-    k, in_class = (lead.end() if lead else 0), False
+    k = lead.end() if lead else 0
     if core[k:k + 2] == "\\b":  # a word boundary before the first character looks back and at it
         k += 2
-    while k < len(core):
-        c = core[k]
-        if c == "\\":
-            if not in_class and core[k + 1:k + 2] in ("b", "B", "Z", "z", "A"):
-                return None
-            k += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            if core[k + 1:k + 2] == "^":
-                k += 1
-            if core[k + 1:k + 2] == "]":  # a leading ] is a member (RE2)
-                k += 1
-        elif c == "$" or core.startswith(("(?=", "(?!"), k):
+    tokens, open_class = _regex_tokens(core, k)
+    if open_class or not core:
+        return None
+    for pos, token, in_class in tokens:
+        # ^ and lookbehinds only look back, which cutting the text after the key does not change
+        if not in_class and (token in ("\\b", "\\B", "\\A", "\\z", "\\Z", "$")
+                             or core.startswith(("(?=", "(?!"), pos)):
             return None
-        k += 1
-    return core if core and not in_class else None
+    return core
 
 
 def context_free(regex: str) -> str | None:
@@ -906,36 +928,17 @@ def context_free(regex: str) -> str | None:
     the rule inside any stretch of a text is a match of this inside the whole text. So when it
     finds nothing in a text with its whitespace removed, no split-key run can hold the rule's key
     (a run's joined text is a stretch of exactly that), and the split-key search is skipped."""
+    tokens, open_class = _regex_tokens(regex)
+    if open_class:
+        return None
     out: list[str] = []
-    k, in_class = 0, False
-    while k < len(regex):
-        c = regex[k]
-        if c == "\\":
-            if not in_class and regex[k + 1:k + 2] in ("b", "B", "A", "z"):
-                k += 2
-                continue
-            out.append(regex[k:k + 2])
-            k += 2
+    for pos, token, in_class in tokens:
+        if not in_class and token in _ASSERTIONS:
             continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            out.append(c)
-            k += 1
-            for lead in ("^", "]"):  # negation, then a leading ] (a member in RE2)
-                if regex[k:k + 1] == lead:
-                    out.append(lead)
-                    k += 1
-            continue
-        elif c in "^$":
-            k += 1
-            continue
-        elif regex.startswith(("(?=", "(?!", "(?<=", "(?<!"), k):
+        if not in_class and regex.startswith(_LOOKAROUNDS, pos):
             return None
-        out.append(c)
-        k += 1
-    return "".join(out) if not in_class else None
+        out.append(token)
+    return "".join(out)
 
 
 def _top_level_alternatives(pattern: str) -> list[str]:
