@@ -24,7 +24,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m scripts.demo
 
-# The full preset: the numbers in the README (about 35 minutes on 2 cores).
+# The full preset: the numbers in the README (well over 2 hours on 2 idle cores; training alone took 78 minutes in session 18).
 full: $(STAMP)
 	$(BIN)/python -m scripts.demo --full
 
