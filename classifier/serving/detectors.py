@@ -1230,20 +1230,22 @@ class Detectors:
             for k, r in enumerate(cred.get("rules", [])):
                 rid = r["id"]
                 kws = tuple(r.get("keywords", ()))
+                prefix = strip_prefix(r["regex"])[1]
+                # a rule anchored on its own prefix (``AKIA``, ``ghp_``), not on a name in context
+                distinctive = not rid.startswith("generic") and bool(kws) and min(len(w) for w in kws) >= 3 and not prefix
                 rules.append(_SecretRule(
                     id=rid, pattern=_compile(r["regex"], f"{where}: credential.rules[{k}] ({rid})"),
                     keywords=kws, secret_group=int(r.get("secretGroup", 0)), entropy=float(r.get("entropy", 0.0)),
                     allowlists=_allowlists(r.get("allowlists", ()), f"{where}: credential.rules[{k}] ({rid})"),
                     generic=rid.startswith("generic"),
-                    # a rule anchored on its own prefix (``AKIA``, ``ghp_``), not on a name in context
-                    distinctive=(not rid.startswith("generic") and bool(kws) and min(len(w) for w in kws) >= 3
-                                 and not strip_prefix(r["regex"])[1]),
-                    prefix=strip_prefix(r["regex"])[1],
+                    distinctive=distinctive,
+                    prefix=prefix,
                     # semi-generic rules whose names start with a keyword, and unique tokens (bare
                     # rules among them) that start with one: tried only at keyword positions
                     anchored=_starts_with_keyword(r["regex"], kws) or _token_starts_with_keyword(r["regex"], kws),
-                    core=_compile_core(r["regex"]),
-                    free=_compile_core(r["regex"], context_free),
+                    # only the split-key search reads these, and only for distinctive rules
+                    core=_compile_core(r["regex"]) if distinctive else None,
+                    free=_compile_core(r["regex"], context_free) if distinctive else None,
                 ))
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed credential rules ({exc!r})") from None
@@ -1312,18 +1314,18 @@ class Detectors:
                 self._scan_view(v, found, credentials=True, pii=True, only_distinctive=False)
         if self._joined and self._distinctive_kw and ("\n" in base.text or " " in base.text):
             # a key split by spaces or newlines: its keyword appears only once whitespace is gone
-            lower = base.text.lower()
-            compact = "".join(lower.split())
+            whole = "".join(base.text.split())
+            compact = whole.lower()  # lower-casing never makes or removes whitespace
             where = self._distinct_finder.find(compact)
             if where and self._split_prefilter:
                 # in prose a keyword turns up often (``pat`` in "patient"); a key never does
-                whole = "".join(base.text.split())
                 rules = {r.id: r for w in where for r in self._by_keyword[w] if r.distinctive}.values()
                 if not any(r.free is None or r.free.search(whole) for r in rules):
                     where = {}
             if where:
-                # keyword positions index the lower-cased text; usable for runs only if it kept every length
-                self._scan_split(base, found, where if len(lower) == len(base.text) else None)
+                # keyword positions index the lower-cased text; usable for runs only if it kept every
+                # length (whitespace keeps its length, so the text without it tells)
+                self._scan_split(base, found, where if len(compact) == len(whole) else None)
         if self._spelled and self.pii_rules:
             for v in spelled_views(base):
                 self._scan_view(v, found, credentials=False, pii=True, only_distinctive=False)
