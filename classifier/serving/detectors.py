@@ -55,7 +55,7 @@ import re
 import threading
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,6 +65,7 @@ import tomllib
 
 from classifier.errors import BundleError, ConfigError
 from classifier.regex_go import go_to_python_regex
+from classifier.serving.prefilter import RegexPrefilter
 
 logger = logging.getLogger(__name__)
 
@@ -284,14 +285,16 @@ def _decode_b64(blob: str) -> str | None:
     return _printable(data)
 
 
-def decoded_views(view: View) -> list[View]:
-    """Views of the base64, hex and URL-encoded blobs in ``view``, each mapped to its blob's span."""
+def decoded_views(view: View, maybe: Collection[str] | None = None) -> list[View]:
+    """Views of the base64, hex and URL-encoded blobs in ``view``, each mapped to its blob's span.
+    ``maybe``: the patterns that can match in the view (``Detectors.patterns``; None: all)."""
     text = view.text
     out: list[View] = []
+    b64, hexa = maybe is None or "b64" in maybe, maybe is None or "hex" in maybe
     # a whitespace-free run of >= 24 characters (str.split in C: a regex \S{24,} retries at every
     # character of every word and cost more than the rest of this function on ordinary prose)
-    if len(text) >= 24 and max(map(len, text.split()), default=0) >= 24:
-        for m in _B64_BLOB.finditer(text):
+    if (b64 or hexa) and len(text) >= 24 and max(map(len, text.split()), default=0) >= 24:
+        for m in _B64_BLOB.finditer(text) if b64 else ():
             blob = m.group(0)
             # a plain word or identifier is not base64 worth decoding: it needs a digit or +/ and mixed case
             if blob.isalpha() or blob.islower() or blob.isupper() or blob.isdigit():
@@ -299,14 +302,14 @@ def decoded_views(view: View) -> list[View]:
             s = _decode_b64(blob[:_MAX_DECODE])
             if s is not None:
                 out.append(_blob_view(view, s, m.start(), m.end()))
-        for m in _HEX_BLOB.finditer(text):
+        for m in _HEX_BLOB.finditer(text) if hexa else ():
             try:
                 s = _printable(bytes.fromhex(m.group(0)[:_MAX_DECODE]))
             except ValueError:
                 s = None
             if s is not None:
                 out.append(_blob_view(view, s, m.start(), m.end()))
-    if "%" in text:
+    if "%" in text and (maybe is None or "url" in maybe):
         done = -1
         for m in _URL_ESCAPE.finditer(text):
             if m.start() < done:
@@ -384,13 +387,14 @@ _AT_DOT = re.compile(
 _DOT_WORD = re.compile(r"(?i)\s*(?:\[dot\]|\(dot\)|\{dot\}|<dot>|\sdot\s|\.)\s*")
 
 
-def spelled_views(view: View) -> list[View]:
+def spelled_views(view: View, maybe: Collection[str] | None = None) -> list[View]:
     """Digits written as words (``one two three dash ...``) and ``name (at) host (dot) com``
-    e-mails, rewritten as digits / plain addresses for the personal-data checks."""
+    e-mails, rewritten as digits / plain addresses for the personal-data checks. ``maybe`` as in
+    ``decoded_views``."""
     text = view.text
     out: list[View] = []
     lower = text.lower()
-    if sum(w in lower for w in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero")) >= 3:
+    if (maybe is None or "spelled" in maybe) and sum(w in lower for w in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero")) >= 3:
         for m in _SPELLED_RUN.finditer(text):
             pieces: list[tuple[str, int, int]] = []
             for t in re.finditer(rf"(?i){_DIGIT_WORD}|dash|-|,", m.group(0)):
@@ -398,7 +402,7 @@ def spelled_views(view: View) -> list[View]:
                 piece = _DIGIT_WORDS.get(w, "-")
                 pieces.append((piece, m.start() + t.start(), m.start() + t.end()))
             out.append(_sub_view(view, pieces))
-    if "at" in lower and "dot" in lower or "[at]" in lower or "(at)" in lower:
+    if (maybe is None or "at-dot" in maybe) and ("at" in lower and "dot" in lower or "[at]" in lower or "(at)" in lower):
         for m in _AT_DOT.finditer(text):
             domain = _DOT_WORD.sub(".", m.group(2))
             addr = f"{m.group(1)}@{domain}"
@@ -703,9 +707,13 @@ def scan_spelled_numbers(text: str, out: list[tuple[str, int, int]]) -> None:
         out.append(("us-ssn", 0, len(text)))
 
 
-def scan_pii(text: str, out: list[tuple[str, int, int]]) -> None:
-    """Append (rule, start, end) of each validated personal-data match in ``text``."""
-    if "@" in text:
+def scan_pii(text: str, out: list[tuple[str, int, int]], maybe: Collection[str] | None = None) -> None:
+    """Append (rule, start, end) of each validated personal-data match in ``text``. ``maybe``: the
+    patterns that can match in it (``Detectors.patterns``; None: all), the others are not run."""
+    def can(name: str) -> bool:
+        return maybe is None or name in maybe
+
+    if "@" in text and can("email"):
         for m in _EMAIL.finditer(text):
             local, _, domain = m.group(0).partition("@")
             if _EMAIL_DOC_DOMAINS.search(domain) or _EMAIL_DOC_LOCAL.match(local):
@@ -716,37 +724,42 @@ def scan_pii(text: str, out: list[tuple[str, int, int]]) -> None:
     # one cheap pass finds the runs of >= 8 characters of digits and separators: every phone,
     # SSN, card, IBAN or IPv4 address that validates holds one, so the number-shaped rules need
     # only run near them (``_near``), not over all of a long prompt
-    runs = [m.span() for m in _NUMBER_RUN.finditer(text)]
+    runs = [m.span() for m in _NUMBER_RUN.finditer(text)] if can("number-run") else []
+    ipv6, dob = can("ipv6") and ("::" in text or text.count(":") >= 5), can("dob")
     if not runs:
-        if "::" in text or text.count(":") >= 5:
+        if ipv6:
             _scan_ipv6(text, out)
-        _scan_dob(text, out)
+        if dob:
+            _scan_dob(text, out)
         return
     near = _windows(text, runs)
-    for m in _near(_PHONE, text, _windows(text, runs, _PHONE_CHARS)):
-        if phone_ok(m.group(0)):
-            out.append(("phone", m.start(), m.end()))
-    for m in _near(_SSN, text, near):
+    if can("phone"):
+        for m in _near(_PHONE, text, _windows(text, runs, _PHONE_CHARS)):
+            if phone_ok(m.group(0)):
+                out.append(("phone", m.start(), m.end()))
+    for m in _near(_SSN, text, near) if can("ssn") else ():
         if ssn_ok(m.group(1), m.group(3), m.group(4)):
             out.append(("us-ssn", m.start(), m.end()))
-    for m in _near(_SSN_BARE, text, near):
+    for m in _near(_SSN_BARE, text, near) if can("ssn-bare") else ():
         d = m.group(1)
         if ssn_ok(d[:3], d[3:5], d[5:]):
             out.append(("us-ssn", m.start(1), m.end(1)))
-    for m in _near(_CARD, text, near):
+    for m in _near(_CARD, text, near) if can("card") else ():
         digits = re.sub(r"\D", "", m.group(0))
         if card_ok(digits):
             out.append(("payment-card", m.start(), m.end()))
-    for m in _near(_IBAN, text, _windows(text, runs, _IBAN_CHARS)):
-        if iban_ok(m.group(1).replace(" ", "")):
-            out.append(("iban", m.start(1), m.end(1)))
-    if "." in text:
+    if can("iban"):
+        for m in _near(_IBAN, text, _windows(text, runs, _IBAN_CHARS)):
+            if iban_ok(m.group(1).replace(" ", "")):
+                out.append(("iban", m.start(1), m.end(1)))
+    if "." in text and can("ipv4"):
         for m in _near(_IPV4, text, near):
             if ip_ok(m.group(0)) and _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()) is None:
                 out.append(("ipv4", m.start(), m.end()))
-    if "::" in text or text.count(":") >= 5:
+    if ipv6:
         _scan_ipv6(text, out)
-    _scan_dob(text, out)
+    if dob:
+        _scan_dob(text, out)
 
 
 # Near a number run. Every match of a number-shaped rule lies within ``NUMBER_WINDOW`` characters
@@ -810,6 +823,14 @@ def _scan_dob(text: str, out: list[tuple[str, int, int]]) -> None:
             if year is not None and len(year.group(1)) == 4 and int(year.group(1)) >= datetime.now().year:
                 continue  # a birthday to come, not a date of birth
             out.append(("date-of-birth", m.start(1), m.end(1)))
+
+
+# The patterns the prefilter (``classifier.serving.prefilter``) vouches for, by the names the
+# passes above ask it about; the credential rules join them as ``rule:<id>``.
+_VIEW_PATTERNS = {"b64": _B64_BLOB, "hex": _HEX_BLOB, "url": _URL_ESCAPE, "split": _SPLIT_RUN,
+                  "spelled": _SPELLED_RUN, "at-dot": _AT_DOT}
+_PII_PATTERNS = {"email": _EMAIL, "number-run": _NUMBER_RUN, "phone": _PHONE, "ssn": _SSN, "ssn-bare": _SSN_BARE,
+                 "card": _CARD, "iban": _IBAN, "ipv4": _IPV4, "ipv6": _IPV6, "dob": _DOB}
 
 
 # ------------------------------------------------------------------------------------------
@@ -1214,7 +1235,8 @@ class Detectors:
     returns the hits in one text, ``scan_many(texts)`` one list per text. Thread-safe (read-only
     after construction)."""
 
-    def __init__(self, doc: Mapping[str, Any], *, keyword_engine: str = "auto", where: str = DETECTORS_FILE) -> None:
+    def __init__(self, doc: Mapping[str, Any], *, keyword_engine: str = "auto", prefilter: bool = True,
+                 where: str = DETECTORS_FILE) -> None:
         if doc.get("format") != FORMAT:
             raise BundleError(f"{where}: format must be {FORMAT!r}, got {doc.get('format')!r}")
         if doc.get("format_version") != FORMAT_VERSION:
@@ -1271,6 +1293,10 @@ class Detectors:
         self._decode = bool(views.get("decode", True))
         self._joined = bool(views.get("joined", True))
         self._spelled = bool(views.get("spelled", True))
+        # one Hyperscan pass names the regexes that can match in a text; the rest are not run
+        self._rule_names = {r.id: "rule:" + r.id for r in rules}
+        self.patterns = RegexPrefilter({**_VIEW_PATTERNS, **_PII_PATTERNS,
+                                        **{self._rule_names[r.id]: r.pattern for r in rules}}, enabled=prefilter)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], **kw: Any) -> Detectors:
@@ -1297,7 +1323,7 @@ class Detectors:
     def info(self) -> dict[str, Any]:
         return {"version": self.version, "credential_rules": len(self.rules), "bare_rules": len(self._parent),
                 "pii_rules": sorted(self.pii_rules),
-                "keyword_engine": self.keyword_engine,
+                "keyword_engine": self.keyword_engine, "prefilter": "hyperscan" if self.patterns.active else None,
                 "compiled_from": self.doc.get("compiled_from")}
 
     # -- scanning ---------------------------------------------------------------------------
@@ -1307,12 +1333,14 @@ class Detectors:
     def scan(self, text: str) -> list[Hit]:
         """Hits in ``text`` (offsets into ``text``), sorted by start, one per rule and span."""
         base = canonical(text)
+        maybe = self.patterns.possible(base.text)
         found: list[tuple[str, str, int, int]] = []
-        self._scan_view(base, found, credentials=True, pii=True, only_distinctive=False)
+        self._scan_view(base, found, credentials=True, pii=True, only_distinctive=False, maybe=maybe)
         if self._decode:
-            for v in decoded_views(base):
+            for v in decoded_views(base, maybe):
                 self._scan_view(v, found, credentials=True, pii=True, only_distinctive=False)
-        if self._joined and self._distinctive_kw and ("\n" in base.text or " " in base.text):
+        if (self._joined and self._distinctive_kw and ("\n" in base.text or " " in base.text)
+                and (maybe is None or "split" in maybe)):
             # a key split by spaces or newlines: its keyword appears only once whitespace is gone
             whole = "".join(base.text.split())
             compact = whole.lower()  # lower-casing never makes or removes whitespace
@@ -1327,7 +1355,7 @@ class Detectors:
                 # length (whitespace keeps its length, so the text without it tells)
                 self._scan_split(base, found, where if len(compact) == len(whole) else None)
         if self._spelled and self.pii_rules:
-            for v in spelled_views(base):
+            for v in spelled_views(base, maybe):
                 self._scan_view(v, found, credentials=False, pii=True, only_distinctive=False)
                 if v.text and "@" not in v.text:  # a spelled number: judged by its digits alone
                     spans: list[tuple[str, int, int]] = []
@@ -1405,9 +1433,14 @@ class Detectors:
                             break
 
     def _scan_view(self, view: View, found: list[tuple[str, str, int, int]], *, credentials: bool, pii: bool,
-                   only_distinctive: bool) -> None:
+                   only_distinctive: bool, maybe: Collection[str] | None = None) -> None:
+        """Rule and personal-data hits in one view. ``maybe``: the patterns that can match in it
+        (``self.patterns.possible(view.text)``, asked here when not given; None: all)."""
         text = view.text
-        if credentials and self.rules:
+        if maybe is None:
+            maybe = self.patterns.possible(text)
+        names = self._rule_names
+        if credentials and self.rules and (maybe is None or any(n.startswith("rule:") for n in maybe)):
             lower = text.lower()
             where = self._finder.find(lower)
             rules: dict[str, _SecretRule] = {r.id: r for r in self._always}
@@ -1415,14 +1448,14 @@ class Detectors:
                 for r in self._by_keyword[w]:
                     rules[r.id] = r
             for r in rules.values():
-                if only_distinctive and not r.distinctive:
+                if only_distinctive and not r.distinctive or maybe is not None and names[r.id] not in maybe:
                     continue
                 for a, b in self._match_rule(r, text, where):
                     oa, ob = view.span(a, b)
                     found.append((r.id, CREDENTIAL, oa, ob))
         if pii and self.pii_rules:
             spans: list[tuple[str, int, int]] = []
-            scan_pii(text, spans)
+            scan_pii(text, spans, maybe)
             for rule, a, b in spans:
                 if rule in self.pii_rules:
                     oa, ob = view.span(a, b)
