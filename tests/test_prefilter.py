@@ -74,7 +74,7 @@ def test_prefilter_names_every_pattern_that_matches(det: Detectors, rules_doc: d
             if p.search(base) is not None:
                 checked += 1
                 assert name in maybe, (name, base[:200])
-                vouched_non_ascii += not base.isascii() and name.startswith("rule:") and name not in det.patterns._not_ascii
+                vouched_non_ascii += not base.isascii() and name.startswith("rule:") and name not in det.patterns._unicode
     assert checked > 500 and vouched_non_ascii > 50
 
 
@@ -102,9 +102,13 @@ def test_prefilter_skips_what_cannot_match_and_declines_what_it_cannot_vouch_for
     assert pf.possible("nothing to see") == frozenset()
     assert pf.possible("akiaabcdefghijklmnop and 123456789") == {"key", "digits"}
     assert "line-end" in pf.possible("it is ok\n")  # Python's $ also matches before a final newline
-    # non-ASCII text: the re.ASCII pattern is still vouched for, the Unicode one is not
+    # non-ASCII text: the re.ASCII pattern is still vouched for; the Unicode one only where every
+    # non-ASCII character is plain (punctuation, symbols), not a letter, digit or space
     assert pf.possible("café ¹²³") == {"digits"}
     assert pf.possible("café AKIAABCDEFGHIJKLMNOP") == {"key", "digits"}
+    assert pf.possible("“quoted” — 12345 ✓ 🚀") == frozenset()
+    assert pf.possible("“quoted” — 123456789 ✓") == {"digits"}
+    assert pf.possible("٣٤٥٦٧٨٩١٢ “x”") == {"digits"}  # Arabic-Indic digits are \d to Python
     assert pf.possible("x\x1fy") is None  # a control character: not vouched for
     off = RegexPrefilter({"key": re.compile("a")}, enabled=False)
     assert not off.active and off.possible("a") is None

@@ -21,8 +21,12 @@ Assumptions, stated (``possible`` returns None, "run everything", whenever one d
   Hyperscan's byte mode. The text is scanned with every non-ASCII character replaced by that byte
   (one byte per character, so counted repeats stay aligned), and their verdict holds on any text.
   (Hyperscan's UTF-8 mode would read the text as it is, but compiled one of the rules for 2 s.)
-- Other patterns (the personal-data ones, with Python's Unicode classes) are vouched for only on
-  ASCII text, where both readings agree. On other text they are reported as possible.
+- Other patterns (the personal-data ones, with Python's Unicode classes; ASCII source) are
+  vouched for on ASCII text, where both readings agree, and on text whose non-ASCII characters
+  are all *plain*: not ``\\w``, ``\\d`` or ``\\s`` in Python's Unicode reading and not a case
+  variant of an ASCII letter (curly quotes, dashes, bullets, symbols, emoji). To an ASCII-only
+  pattern such a character is, like the byte 0x80, in the negated classes and ``.`` only. On
+  other text (accented letters, CJK, Unicode digits) they are reported as possible.
 - Python's ``re`` and Hyperscan read the same syntax alike (no ``{,n}``, ``(?x)`` or ``\\u``:
   a pattern Hyperscan refuses is always reported as possible). ``tests/test_prefilter.py``
   checks the superset on every rule's own example secret and on real prompts.
@@ -45,6 +49,7 @@ logger = logging.getLogger(__name__)
 # (Python's Unicode \s counts \x1c-\x1f as whitespace; PCRE does not)
 _UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_WORD_OR_SPACE = re.compile(r"[\w\s]")  # Unicode: letters, digits (\d is in \w), underscore, spaces
 # a pattern that names a non-ASCII character, literally or by an escape (\x80-\xff, \u, \U, \N{},
 # a three-digit octal escape or back-reference: read conservatively)
 _NAMES_NON_ASCII = re.compile(r"[^\x00-\x7f]|\\(?:x[89a-fA-F]|[uUN]|[0-3][0-7][0-7])")
@@ -61,9 +66,10 @@ class RegexPrefilter:
         self.names = list(patterns)
         self._db: Any = None
         self._local = threading.local()
-        # where a text is not ASCII, only the ASCII patterns read with re.ASCII are vouched for
-        self._not_ascii = frozenset(n for n, p in patterns.items()
-                                    if not p.flags & re.ASCII or _NAMES_NON_ASCII.search(p.pattern))
+        # where a text is not ASCII: patterns naming a non-ASCII character are never vouched for,
+        # and patterns with Unicode classes only when every non-ASCII character is plain
+        self._names_non_ascii = frozenset(n for n, p in patterns.items() if _NAMES_NON_ASCII.search(p.pattern))
+        self._unicode = frozenset(n for n, p in patterns.items() if not p.flags & re.ASCII) | self._names_non_ascii
         self._always: frozenset[str] = frozenset()
         if not enabled or not patterns:
             return
@@ -94,7 +100,8 @@ class RegexPrefilter:
         names = self.names
         found = {names[i] for i in hits} | self._always
         if not ascii_text:
-            found |= self._not_ascii
+            plain = all(_plain(c) for c in set(_NON_ASCII.findall(text)))
+            found |= self._names_non_ascii if plain else self._unicode
         return frozenset(found)
 
 
@@ -155,3 +162,11 @@ def _compile(hs: Any, exprs: list[tuple[int, bytes, int]], always: set[int]) -> 
             logger.info("prefilter: pattern %d is always scanned (Hyperscan refuses it: %s)", item[0], exc)
             always.add(item[0])
     return build(kept) if kept else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain(c: str) -> bool:
+    """A non-ASCII character that no ASCII-only pattern, Unicode classes or not, tells from the
+    byte 0x80: not a word, digit or space character, and no case variant of it is ASCII (case
+    variants are letters, so the second test is belt and braces)."""
+    return _WORD_OR_SPACE.match(c) is None and not (c.lower().isascii() or c.upper().isascii())
