@@ -102,13 +102,27 @@ def test_prefilter_skips_what_cannot_match_and_declines_what_it_cannot_vouch_for
     assert pf.possible("nothing to see") == frozenset()
     assert pf.possible("akiaabcdefghijklmnop and 123456789") == {"key", "digits"}
     assert "line-end" in pf.possible("it is ok\n")  # Python's $ also matches before a final newline
-    # non-ASCII text: the re.ASCII pattern is still vouched for; the Unicode one only where every
-    # non-ASCII character is plain (punctuation, symbols), not a letter, digit or space
-    assert pf.possible("café ¹²³") == {"digits"}
-    assert pf.possible("café AKIAABCDEFGHIJKLMNOP") == {"key", "digits"}
+    # non-ASCII text: both are still vouched for (0x80 and stand-ins, see the module)
+    assert pf.possible("café ¹²³") == frozenset()  # superscripts are not \d to Python
+    assert pf.possible("café AKIAABCDEFGHIJKLMNOP") == {"key"}
     assert pf.possible("“quoted” — 12345 ✓ 🚀") == frozenset()
     assert pf.possible("“quoted” — 123456789 ✓") == {"digits"}
     assert pf.possible("٣٤٥٦٧٨٩١٢ “x”") == {"digits"}  # Arabic-Indic digits are \d to Python
+    assert pf.possible("café 東京 12") == frozenset()
+
+
+def test_stand_ins_pass_every_test_their_character_passes() -> None:
+    pf = RegexPrefilter({"word": re.compile(r"\b[a-z]+\b"), "ci": re.compile(r"(?i)five\s+\d"),
+                         "neg": re.compile(r"x[^\n\d]y")})
+    assert pf._stand_in("’") == "\x80"  # punctuation: in the negated class only, like 0x80
+    assert re.fullmatch(r"\w", pf._stand_in("é")) and not re.fullmatch(r"\d", pf._stand_in("é"))
+    assert pf._stand_in("٣") == "0"
+    assert pf._stand_in("\u00a0") in " \t"  # a no-break space is \s to Python
+    assert pf._stand_in("ı").lower() == "i"  # dotless i matches (?i)i in Python
+    for c in "é’٣\u00a0ı東":
+        s = pf._stand_in(c)
+        assert all(t.fullmatch(s) for t in pf._tests if t.fullmatch(c)), c
+    assert "ci" in pf.possible("fıve ٣")  # matches in Python; found through the stand-ins
     assert pf.possible("x\x1fy") is None  # a control character: not vouched for
     off = RegexPrefilter({"key": re.compile("a")}, enabled=False)
     assert not off.active and off.possible("a") is None

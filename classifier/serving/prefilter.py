@@ -21,12 +21,14 @@ Assumptions, stated (``possible`` returns None, "run everything", whenever one d
   Hyperscan's byte mode. The text is scanned with every non-ASCII character replaced by that byte
   (one byte per character, so counted repeats stay aligned), and their verdict holds on any text.
   (Hyperscan's UTF-8 mode would read the text as it is, but compiled one of the rules for 2 s.)
-- Other patterns (the personal-data ones, with Python's Unicode classes; ASCII source) are
-  vouched for on ASCII text, where both readings agree, and on text whose non-ASCII characters
-  are all *plain*: not ``\\w``, ``\\d`` or ``\\s`` in Python's Unicode reading and not a case
-  variant of an ASCII letter (curly quotes, dashes, bullets, symbols, emoji). To an ASCII-only
-  pattern such a character is, like the byte 0x80, in the negated classes and ``.`` only. On
-  other text (accented letters, CJK, Unicode digits) they are reported as possible.
+- Other patterns (the personal-data ones, with Python's Unicode classes; ASCII source): on ASCII
+  text both readings agree. On other text each non-ASCII character ``c`` is replaced by a
+  *stand-in*: an ASCII character (or the byte 0x80) that passes every character test of these
+  patterns that ``c`` passes (each literal, class, ``.`` and, for word boundaries, ``\\w``, read
+  with its pattern's flags, as Python reads them). Every match in the text then has a
+  counterpart in the replaced text, so their verdict on it holds. ``é`` stands as ``_`` or a
+  letter, a curly quote as 0x80, an Arabic-Indic digit as ``0``. A character no stand-in covers
+  leaves these patterns unvouched on that text (reported as possible).
 - Python's ``re`` and Hyperscan read the same syntax alike (no ``{,n}``, ``(?x)`` or ``\\u``:
   a pattern Hyperscan refuses is always reported as possible). ``tests/test_prefilter.py``
   checks the superset on every rule's own example secret and on real prompts.
@@ -49,7 +51,8 @@ logger = logging.getLogger(__name__)
 # (Python's Unicode \s counts \x1c-\x1f as whitespace; PCRE does not)
 _UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
-_WORD_OR_SPACE = re.compile(r"[\w\s]")  # Unicode: letters, digits (\d is in \w), underscore, spaces
+# stand-in candidates, in order of preference: the byte 0x80 (passes the fewest tests), then ASCII
+_CANDIDATES = "\x80_ 0aAzZ" + "".join(chr(c) for c in range(0x20, 0x7f)) + "\t\n\r"
 # a pattern that names a non-ASCII character, literally or by an escape (\x80-\xff, \u, \U, \N{},
 # a three-digit octal escape or back-reference: read conservatively)
 _NAMES_NON_ASCII = re.compile(r"[^\x00-\x7f]|\\(?:x[89a-fA-F]|[uUN]|[0-3][0-7][0-7])")
@@ -66,10 +69,23 @@ class RegexPrefilter:
         self.names = list(patterns)
         self._db: Any = None
         self._local = threading.local()
-        # where a text is not ASCII: patterns naming a non-ASCII character are never vouched for,
-        # and patterns with Unicode classes only when every non-ASCII character is plain
-        self._names_non_ascii = frozenset(n for n, p in patterns.items() if _NAMES_NON_ASCII.search(p.pattern))
-        self._unicode = frozenset(n for n, p in patterns.items() if not p.flags & re.ASCII) | self._names_non_ascii
+        # where a text is not ASCII: patterns naming a non-ASCII character are never vouched for;
+        # the others are read with 0x80 for every non-ASCII character (re.ASCII ones) or with
+        # stand-ins (see the module)
+        unvouched = {n for n, p in patterns.items() if _NAMES_NON_ASCII.search(p.pattern)}
+        tests: dict[re.Pattern[str], None] = {}
+        for n, p in patterns.items():
+            if p.flags & re.ASCII or n in unvouched:
+                continue
+            got = _char_tests(p)
+            if got is None:
+                unvouched.add(n)
+            else:
+                tests.update(dict.fromkeys(got))
+        self._names_non_ascii = frozenset(unvouched)
+        self._unicode = frozenset(n for n, p in patterns.items() if not p.flags & re.ASCII and n not in unvouched)
+        self._tests = list(tests)
+        self._stand_ins: dict[str, str | None] = {}
         self._always: frozenset[str] = frozenset()
         if not enabled or not patterns:
             return
@@ -88,9 +104,22 @@ class RegexPrefilter:
     def possible(self, text: str) -> frozenset[str] | None:
         if self._db is None or _UNSAFE.search(text) is not None:
             return None
-        ascii_text = text.isascii()
-        # byte mode: one byte per character, every non-ASCII one the byte 0x80 (see the module)
-        data = (text if ascii_text else _NON_ASCII.sub("\x80", text)).encode("latin-1")
+        if text.isascii():
+            return frozenset(self._scan(text.encode("ascii"))) | self._always
+        # byte mode: one byte per character; for the re.ASCII patterns every non-ASCII character
+        # is the byte 0x80, for the others its stand-in (see the module)
+        found = {n for n in self._scan(_NON_ASCII.sub("\x80", text).encode("latin-1")) if n not in self._unicode}
+        stand = {c: self._stand_in(c) for c in set(_NON_ASCII.findall(text))}
+        if None in stand.values():
+            found |= self._unicode
+        elif any(v != "\x80" for v in stand.values()):
+            replaced = _NON_ASCII.sub(lambda m: stand[m.group()], text)  # type: ignore[arg-type,return-value]
+            found |= {n for n in self._scan(replaced.encode("latin-1")) if n in self._unicode}
+        else:  # every stand-in is 0x80: the first scan read these patterns the same way
+            found |= {n for n in self._scan(_NON_ASCII.sub("\x80", text).encode("latin-1")) if n in self._unicode}
+        return frozenset(found | self._names_non_ascii | self._always)
+
+    def _scan(self, data: bytes) -> set[str]:
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = self._local.scratch = self._hs.Scratch(self._db)
@@ -98,11 +127,18 @@ class RegexPrefilter:
         # one report per expression at most (HS_FLAG_SINGLEMATCH): a handful of Python calls
         self._db.scan(data, match_event_handler=lambda i, a, b, f, c: hits.add(i), scratch=scratch)
         names = self.names
-        found = {names[i] for i in hits} | self._always
-        if not ascii_text:
-            plain = all(_plain(c) for c in set(_NON_ASCII.findall(text)))
-            found |= self._names_non_ascii if plain else self._unicode
-        return frozenset(found)
+        return {names[i] for i in hits}
+
+    def _stand_in(self, c: str) -> str | None:
+        """The first candidate that passes every character test ``c`` passes (None: none does)."""
+        got = self._stand_ins.get(c, "")
+        if got != "":
+            return got
+        need = [t for t in self._tests if t.fullmatch(c)]
+        got = next((s for s in _CANDIDATES if all(t.fullmatch(s) for t in need)), None)
+        if len(self._stand_ins) < 65536:  # bounded: one entry per distinct character seen
+            self._stand_ins[c] = got
+        return got
 
 
 def _hs_flags(hs: Any, py_flags: int) -> int | None:
@@ -164,9 +200,75 @@ def _compile(hs: Any, exprs: list[tuple[int, bytes, int]], always: set[int]) -> 
     return build(kept) if kept else None
 
 
-@functools.lru_cache(maxsize=4096)
-def _plain(c: str) -> bool:
-    """A non-ASCII character that no ASCII-only pattern, Unicode classes or not, tells from the
-    byte 0x80: not a word, digit or space character, and no case variant of it is ASCII (case
-    variants are letters, so the second test is belt and braces)."""
-    return _WORD_OR_SPACE.match(c) is None and not (c.lower().isascii() or c.upper().isascii())
+_CATEGORIES = {"CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
+               "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W"}
+
+
+def _char_tests(p: re.Pattern[str]) -> list[re.Pattern[str]] | None:
+    """Every test ``p`` puts to one character, as a one-character regex with the flags in force
+    there: literals, classes, ``.``, and ``\\w`` for a word boundary (look-around bodies too).
+    Read from Python's own parse of the pattern. None where a construct is not understood here
+    (or a case-insensitive back-reference, which compares two characters): never vouched for."""
+    try:
+        from re import _constants as C
+        from re import _parser as sre_parse
+    except ImportError:  # Python 3.10
+        import sre_constants as C  # type: ignore[no-redef]
+        import sre_parse  # type: ignore[no-redef]
+
+    out: dict[tuple[str, int], None] = {}
+
+    def cls(items: list) -> str:
+        parts, neg = [], ""
+        for op, av in items:
+            if op is C.NEGATE:
+                neg = "^"
+            elif op is C.LITERAL:
+                parts.append(re.escape(chr(av)))
+            elif op is C.RANGE:
+                parts.append(f"{re.escape(chr(av[0]))}-{re.escape(chr(av[1]))}")
+            elif op is C.CATEGORY:
+                parts.append(_CATEGORIES[str(av)])
+            else:
+                raise ValueError(op)
+        return f"[{neg}{''.join(parts)}]"
+
+    def walk(sub: Any, flags: int) -> None:
+        for op, av in sub:
+            if op is C.LITERAL:
+                out[(re.escape(chr(av)), flags)] = None
+            elif op is C.NOT_LITERAL:
+                out[(f"[^{re.escape(chr(av))}]", flags)] = None
+            elif op is C.ANY:
+                out[(".", flags)] = None
+            elif op is C.IN:
+                out[(cls(av), flags)] = None
+            elif op is C.AT and av in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY):
+                out[(r"\w", flags)] = None
+            elif op is C.SUBPATTERN:
+                _, add, remove, body = av
+                walk(body, (flags | add) & ~remove)
+            elif op is C.BRANCH:
+                for b in av[1]:
+                    walk(b, flags)
+            elif op in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)):
+                walk(av[2], flags)
+            elif op in (C.ASSERT, C.ASSERT_NOT):
+                walk(av[1], flags)
+            elif op is getattr(C, "ATOMIC_GROUP", None):
+                walk(av, flags)
+            elif op is C.GROUPREF_EXISTS:
+                walk(av[1], flags)
+                if av[2] is not None:
+                    walk(av[2], flags)
+            elif op is C.GROUPREF and flags & re.IGNORECASE:
+                raise ValueError("case-insensitive back-reference")
+            elif op not in (C.AT, C.GROUPREF):
+                raise ValueError(op)
+
+    try:
+        walk(sre_parse.parse(p.pattern, p.flags), p.flags)
+    except (ValueError, KeyError):
+        return None
+    keep = re.IGNORECASE | re.DOTALL | re.ASCII
+    return [re.compile(src, f & keep) for src, f in out]
