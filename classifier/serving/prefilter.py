@@ -108,15 +108,13 @@ class RegexPrefilter:
             return frozenset(self._scan(text.encode("ascii"))) | self._always
         # byte mode: one byte per character; for the re.ASCII patterns every non-ASCII character
         # is the byte 0x80, for the others its stand-in (see the module)
-        found = {n for n in self._scan(_NON_ASCII.sub("\x80", text).encode("latin-1")) if n not in self._unicode}
+        found = self._scan(_NON_ASCII.sub("\x80", text).encode("latin-1"))
         stand = {c: self._stand_in(c) for c in set(_NON_ASCII.findall(text))}
         if None in stand.values():
             found |= self._unicode
-        elif any(v != "\x80" for v in stand.values()):
-            replaced = _NON_ASCII.sub(lambda m: stand[m.group()], text)  # type: ignore[arg-type,return-value]
-            found |= {n for n in self._scan(replaced.encode("latin-1")) if n in self._unicode}
-        else:  # every stand-in is 0x80: the first scan read these patterns the same way
-            found |= {n for n in self._scan(_NON_ASCII.sub("\x80", text).encode("latin-1")) if n in self._unicode}
+        elif any(v != "\x80" for v in stand.values()):  # else the scan above read them the same way
+            replaced = _NON_ASCII.sub(lambda m: stand[m.group()] or "", text)
+            found = {n for n in found if n not in self._unicode} | (self._scan(replaced.encode("latin-1")) & self._unicode)
         return frozenset(found | self._names_non_ascii | self._always)
 
     def _scan(self, data: bytes) -> set[str]:
