@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -351,29 +350,3 @@ def test_number_rules_scan_only_near_number_runs_and_find_the_same() -> None:
         D._windows = whole_text
     assert windowed == reference
     assert sum(map(len, reference)) > 300  # the texts hold many real matches
-
-
-def test_allowlist_regexes_searched_as_one_union_answer_as_each(rules_doc: dict) -> None:
-    """An allowlist's regexes are searched as one alternation; on allowlisted shapes, secrets and
-    near misses it answers exactly as searching each of them."""
-    import numpy as np
-
-    from classifier.data.secrets_gen import RegexSampler
-
-    lists = [rules_doc["credential"]["global_allowlist"]]
-    lists += [a for r in rules_doc["credential"]["rules"] for a in r.get("allowlists", ())]
-    lists = [a for a in lists if len(a.get("regexes", ())) > 1]
-    assert lists
-    rng = np.random.default_rng(1)
-    subjects = ["true", "FALSE", "null", "aaaa", "${VAR}", "$HOME", "{{ env.X }}", "${{ secrets.KEY }}", "%s",
-                "%PATH%", "/usr/bin/x", "/Users/me/src/a.py", "{1}", "@TOKEN@", "Nulls", "xtrue", "ghp_" + "a1" * 18]
-    subjects += [RegexSampler(r["regex"]).sample(rng).text for r in rules_doc["credential"]["rules"][:80]]
-    for a in lists:
-        each = tuple(D._compile(x, "test") for x in a["regexes"])
-        union = D._union(each)
-        assert union is not None
-        for s in subjects + [s.upper() for s in subjects] + [s + "\n" for s in subjects]:
-            assert (union.search(s) is not None) == any(r.search(s) for r in each), (a["regexes"], s)
-    # group numbers move in a union, so a back-reference keeps the regexes apart
-    assert D._union((re.compile(r"(a)\1"), re.compile("b"))) is None
-    assert D._union((re.compile("(?x) a"), re.compile("b"))) is None

@@ -455,12 +455,6 @@ class _Allowlist:
         # secret, not 1,446 substring tests (same answer: is any stopword a substring)
         if len(self.stopwords) > 32 and all(self.stopwords):
             self._finder = _KeywordFinder(self.stopwords)
-        # the global allowlist has 13 regexes, tried on every candidate secret: one search of
-        # their union instead (the same answer: does any of them match somewhere)
-        if len(self.regexes) > 1:
-            union = _union(self.regexes)
-            if union is not None:
-                self.regexes = (union,)
 
     def allows(self, secret: str, match: str, line: str) -> bool:
         if self.regexes:
@@ -570,35 +564,6 @@ def _starts_with_keyword(pattern: str, keywords: Sequence[str]) -> bool:
         if not any(alt.startswith(w) for w in keywords):
             return False
     return True
-
-
-_GLOBAL_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
-_BACKREF = re.compile(r"\\[1-9]|\(\?P=|\(\?\(")
-
-
-def _union(regexes: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
-    """One regex that searches as ``any(r.search(s) for r in regexes)``: their alternation, each a
-    group of its own with its leading flags scoped to it. None where that is not exact: differing
-    compile flags, back-references or conditionals (group numbers move in a union)."""
-    bits = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
-    flags, parts = set(), []
-    for r in regexes:
-        if _BACKREF.search(r.pattern):
-            return None
-        m = _GLOBAL_FLAGS.match(r.pattern)
-        inline = m.group(1) if m else ""
-        if any(c not in bits for c in inline):
-            return None  # a, L, u or x: not scoped here
-        body = r.pattern[m.end():] if m else r.pattern
-        parts.append(f"(?{inline}:{body})" if inline else f"(?:{body})")
-        # the flags it was compiled with: its own, less those its leading group set
-        flags.add(r.flags & ~sum(bits[c] for c in inline))
-    if len(flags) != 1:
-        return None
-    try:
-        return re.compile("|".join(parts), flags.pop())
-    except re.error:
-        return None
 
 
 def _allowlists(raw: Iterable[Mapping[str, Any]], where: str) -> tuple[_Allowlist, ...]:
