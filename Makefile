@@ -24,7 +24,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m scripts.demo
 
-# The full preset: the numbers in the README (well over 2 hours on 2 idle cores; training alone took 78 minutes in session 18).
+# The full preset: the numbers in the README (50 minutes on a fresh clone in session 19; on a slower 2-core machine training alone took 78 minutes).
 full: $(STAMP)
 	$(BIN)/python -m scripts.demo --full
 
