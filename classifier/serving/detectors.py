@@ -737,17 +737,20 @@ def scan_pii(text: str, out: list[tuple[str, int, int]], maybe: Collection[str] 
         for m in _near(_PHONE, text, _windows(text, runs, _PHONE_CHARS)):
             if phone_ok(m.group(0)):
                 out.append(("phone", m.start(), m.end()))
-    for m in _near(_SSN, text, near) if can("ssn") else ():
-        if ssn_ok(m.group(1), m.group(3), m.group(4)):
-            out.append(("us-ssn", m.start(), m.end()))
-    for m in _near(_SSN_BARE, text, near) if can("ssn-bare") else ():
-        d = m.group(1)
-        if ssn_ok(d[:3], d[3:5], d[5:]):
-            out.append(("us-ssn", m.start(1), m.end(1)))
-    for m in _near(_CARD, text, near) if can("card") else ():
-        digits = re.sub(r"\D", "", m.group(0))
-        if card_ok(digits):
-            out.append(("payment-card", m.start(), m.end()))
+    if can("ssn"):
+        for m in _near(_SSN, text, near):
+            if ssn_ok(m.group(1), m.group(3), m.group(4)):
+                out.append(("us-ssn", m.start(), m.end()))
+    if can("ssn-bare"):
+        for m in _near(_SSN_BARE, text, near):
+            d = m.group(1)
+            if ssn_ok(d[:3], d[3:5], d[5:]):
+                out.append(("us-ssn", m.start(1), m.end(1)))
+    if can("card"):
+        for m in _near(_CARD, text, near):
+            digits = re.sub(r"\D", "", m.group(0))
+            if card_ok(digits):
+                out.append(("payment-card", m.start(), m.end()))
     if can("iban"):
         for m in _near(_IBAN, text, _windows(text, runs, _IBAN_CHARS)):
             if iban_ok(m.group(1).replace(" ", "")):
