@@ -16,6 +16,17 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("TIERWISE_SHARED_DATA", ROOT.parent / "shared" / "datasets"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prefilter_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The detectors' compiled Hyperscan rules go to pytest's cache folder (a temporary one under
+    ``-p no:cacheprovider``), not ~/.cache; child processes inherit the variable, so servers and
+    CLI runs in the tests reuse them too."""
+    if "TIERWISE_CACHE_DIR" not in os.environ:
+        cache = getattr(request.config, "cache", None)
+        where = cache.mkdir("tierwise") if cache is not None else tmp_path_factory.mktemp("tierwise-cache")
+        os.environ["TIERWISE_CACHE_DIR"] = str(where)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()

@@ -138,3 +138,44 @@ def test_a_pattern_hyperscan_refuses_is_always_possible() -> None:
     pf = RegexPrefilter({"u-escape": re.compile(r"\u00e9t", re.ASCII), "plain": re.compile("abc")})
     assert pf.active
     assert pf.possible("nothing") == {"u-escape"}
+
+
+def test_compiled_rules_are_kept_on_disk_checked_and_reloaded(tmp_path, monkeypatch) -> None:
+    from classifier.serving import prefilter as P
+
+    monkeypatch.setenv("TIERWISE_CACHE_DIR", str(tmp_path))
+    patterns = {"key": re.compile(r"\bAKIA[A-Z0-9]{16}\b", re.ASCII), "digits": re.compile(r"\d{9}")}
+    texts = ["AKIAABCDEFGHIJKLMNOP", "call 123456789", "nothing", "café 123456789"]
+    P._database.cache_clear()
+    first = RegexPrefilter(patterns)
+    files = list((tmp_path / "hyperscan").glob("*.db"))
+    assert len(files) == 1
+    want = [first.possible(t) for t in texts]
+    assert want[0] == {"key"} and want[1] == {"digits"} and want[2] == frozenset()
+
+    # the next process loads it: compiling is not even possible here
+    P._database.cache_clear()
+    real_compile = P._compile
+    monkeypatch.setattr(P, "_compile", lambda *a: (_ for _ in ()).throw(AssertionError("compiled again")))
+    assert [RegexPrefilter(patterns).possible(t) for t in texts] == want
+
+    # a damaged file is not trusted: the rules are compiled again and the file rewritten
+    data = bytearray(files[0].read_bytes())
+    data[-10] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    P._database.cache_clear()
+    monkeypatch.setattr(P, "_compile", real_compile)
+    assert [RegexPrefilter(patterns).possible(t) for t in texts] == want
+    P._database.cache_clear()
+    assert P._load(__import__("hyperscan"), files[0]) is not None  # rewritten whole
+
+    # off, or a directory that cannot be written: no file, same answers
+    P._database.cache_clear()
+    monkeypatch.setenv("TIERWISE_CACHE_DIR", "off")
+    assert [RegexPrefilter(patterns).possible(t) for t in texts] == want
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("TIERWISE_CACHE_DIR", str(blocked))
+    P._database.cache_clear()
+    assert [RegexPrefilter(patterns).possible(t) for t in texts] == want
+    P._database.cache_clear()

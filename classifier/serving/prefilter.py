@@ -39,10 +39,15 @@ What it leaves out: *where* a pattern matches (only whether), and texts it canno
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+import os
+import platform
 import re
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -158,9 +163,14 @@ def _hs_flags(hs: Any, py_flags: int) -> int | None:
 def _database(patterns: tuple[tuple[str, int], ...]) -> tuple[Any, frozenset[int]]:
     """(database, indices never vouched for) of (pattern, Python flags) pairs. Compiling the
     default rules takes ~0.8 s, so a process compiles each rule set once (a database is read-only
-    and shared by threads; each thread scans with its own scratch)."""
+    and shared by threads; each thread scans with its own scratch), and the compiled database is
+    kept on disk for the next process (``_disk_cache``)."""
     import hyperscan as hs
 
+    path = _disk_cache(hs, patterns)
+    got = _load(hs, path) if path is not None else None
+    if got is not None:
+        return got
     always: set[int] = set()
     exprs: list[tuple[int, bytes, int]] = []
     for i, (pattern, py_flags) in enumerate(patterns):
@@ -169,7 +179,55 @@ def _database(patterns: tuple[tuple[str, int], ...]) -> tuple[Any, frozenset[int
             always.add(i)
         else:
             exprs.append((i, pattern.encode("utf-8"), flags))  # non-ASCII ones: vouched on ASCII text only
-    return _compile(hs, exprs, always), frozenset(always)
+    db = _compile(hs, exprs, always)
+    if path is not None and db is not None:
+        _store(hs, path, db, always)
+    return db, frozenset(always)
+
+
+# -- the compiled database on disk --------------------------------------------------------------
+# A file per rule set, named by the SHA-256 of everything the database depends on (patterns,
+# flags, Hyperscan's version, the machine); its content is a header line (format, the indices
+# never vouched for, the SHA-256 of the serialised database) and the serialised database. A file
+# that does not check out, or that Hyperscan will not load (another CPU), is ignored and the rules
+# are compiled; a directory that cannot be written is no error. TIERWISE_CACHE_DIR moves it
+# (default: $XDG_CACHE_HOME/tierwise or ~/.cache/tierwise); TIERWISE_CACHE_DIR=off turns it off.
+_CACHE_FORMAT = "tierwise-hyperscan-1"
+
+
+def _disk_cache(hs: Any, patterns: tuple[tuple[str, int], ...]) -> Path | None:
+    root = os.environ.get("TIERWISE_CACHE_DIR")
+    if root == "off":
+        return None
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tierwise")
+    key = json.dumps([_CACHE_FORMAT, getattr(hs, "__version__", "?"), platform.machine(), patterns])
+    return Path(root) / "hyperscan" / f"{hashlib.sha256(key.encode()).hexdigest()}.db"
+
+
+def _load(hs: Any, path: Path) -> tuple[Any, frozenset[int]] | None:
+    try:
+        data = path.read_bytes()
+        header, _, blob = data.partition(b"\n")
+        head = json.loads(header)
+        if head.get("format") != _CACHE_FORMAT or head.get("sha256") != hashlib.sha256(blob).hexdigest():
+            return None
+        return hs.loadb(blob, hs.HS_MODE_BLOCK), frozenset(int(i) for i in head["always"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, hs.error):
+        return None
+
+
+def _store(hs: Any, path: Path, db: Any, always: set[int]) -> None:
+    try:
+        blob = hs.dumpb(db)
+        header = json.dumps({"format": _CACHE_FORMAT, "always": sorted(always),
+                             "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(header + b"\n" + blob)
+        os.replace(tmp, path)  # atomic: another process reads the old file or the new one
+    except (OSError, hs.error) as exc:
+        logger.debug("prefilter: compiled rules not cached at %s (%s)", path, exc)
 
 
 def _compile(hs: Any, exprs: list[tuple[int, bytes, int]], always: set[int]) -> Any:
