@@ -13,8 +13,8 @@ the same by construction.
 Assumptions, stated (``possible`` returns None, "run everything", whenever one does not hold):
 
 - Hyperscan is installed (the ``serve`` extra has it; without it nothing changes but speed).
-- The text is valid UTF-8 once encoded (no lone surrogates) and holds no control characters
-  other than tab, newline and carriage return (the detectors' canonical form removes them).
+- The text holds no control characters other than tab, newline and carriage return (the
+  detectors' canonical form removes them; Python's Unicode ``\\s`` counts some that PCRE's does not).
 - Patterns compiled with ``re.ASCII`` (the gitleaks rules) whose source is ASCII with no escape
   of a non-ASCII character: for them a non-ASCII character is one character that is not ``\\w``,
   ``\\d`` or ``\\s`` and is in no class but the negated ones, which is what byte ``0x80`` is to
@@ -31,9 +31,12 @@ Assumptions, stated (``possible`` returns None, "run everything", whenever one d
   leaves these patterns unvouched on that text (reported as possible).
 - Python's ``re`` and Hyperscan read the same syntax alike (no ``{,n}``, ``(?x)`` or ``\\u``:
   a pattern Hyperscan refuses is always reported as possible). ``tests/test_prefilter.py``
-  checks the superset on every rule's own example secret and on real prompts.
+  checks the superset pattern by pattern, on sampled matches of every pattern in ASCII and
+  non-ASCII contexts and on real prompts.
 
-What it leaves out: *where* a pattern matches (only whether), and texts it cannot vouch for.
+Compiling the shipped rules takes ~0.8 s: a process compiles a rule set once, and the compiled
+database is kept on disk for the next one (``_disk_cache``). What it leaves out: *where* a
+pattern matches (only whether), and texts it cannot vouch for.
 """
 
 from __future__ import annotations
