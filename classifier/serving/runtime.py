@@ -178,6 +178,11 @@ class _Watchdog:
 
 
 
+def _single(texts: Any) -> bool:
+    """Is ``texts`` one request (a prompt string or a body), not a list of them?"""
+    return isinstance(texts, (str, Mapping, Request))
+
+
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """``input_ids`` and ``attention_mask`` (int64) of token rows padded to the longest one."""
     width = max(len(r) for r in rows)
@@ -420,7 +425,7 @@ class Router:
         reqs = self._checked(texts)
         if not reqs:
             return {h: np.zeros((0, self.schema.head(h).num_classes), np.float32) for h in self.head_names}
-        return self._request_scores(reqs)[0]
+        return self._request_scores(reqs, single=_single(texts))[0]
 
     def proba_from_logits(self, logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calibrated softmax ``softmax(logits / T + b)`` (float64, the input is left alone)."""
@@ -442,7 +447,7 @@ class Router:
         reqs = self._checked(texts)
         if not reqs:
             return {h: np.zeros((0, self.schema.head(h).num_classes)) for h in self.head_names}
-        return self._request_scores(reqs)[1]
+        return self._request_scores(reqs, single=_single(texts))[1]
 
     # -- requests: parsing, the model view, windows and pooling ----------------------------------
     def _init_view(self, view: Any) -> None:
@@ -619,10 +624,13 @@ class Router:
             flags.append(f)
         return rows, groups, flags
 
-    def _run_rows(self, rows: list[list[int]], deadline: float | None) -> dict[str, np.ndarray]:
-        """Raw logits per head [R, C] of model rows; rows of a long request seen lately come from
-        the row cache (the same numbers: a fp32 row's logits do not depend on its batch)."""
-        if self._row_cache is None or len(rows) < 2:
+    def _run_rows(self, rows: list[list[int]], deadline: float | None, cache: bool = False) -> dict[str, np.ndarray]:
+        """Raw logits per head [R, C] of model rows. With ``cache`` (one request at a time: an
+        agent's calls), rows seen lately come from the row cache. A batch call never reads it: on
+        some CPUs (AVX-512 here) ONNX Runtime's last bits for a row depend on the batch it ran in,
+        so a batch's numbers would depend on what the router saw before; without the cache they
+        depend only on the batch, which ``--engine ray`` keeps the same (bit for bit)."""
+        if self._row_cache is None or len(rows) < 2 or not cache:
             return self._run_rows_now(rows, deadline)
         # the ids as 4-byte integers: a 512-byte key per 128-token row (a tuple of ints is ~5 kB)
         keys = [array.array("i", row).tobytes() for row in rows]
@@ -657,12 +665,12 @@ class Router:
                 out[h][idx] = o
         return out
 
-    def _request_scores(self, reqs: Sequence[Request], deadline: float | None = None
+    def _request_scores(self, reqs: Sequence[Request], deadline: float | None = None, single: bool = False
                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[list[str]]]:
         """(logits, calibrated probabilities, view flags) per request, pooled by the view:
         tier/task rows mean-pooled, sensitivity windows max-pooled per sensitive class."""
         rows, groups, flags = self._rows(reqs)
-        raw = self._run_rows(rows, deadline)
+        raw = self._run_rows(rows, deadline, cache=single)
         n = len(reqs)
         if len(rows) == n and all(t == [i] and s == [i] for i, (t, s) in enumerate(groups)):
             return raw, self.proba_from_logits(raw), flags  # one row per request: nothing to pool
@@ -707,9 +715,9 @@ class Router:
         start = time.monotonic()
         if isinstance(texts, (list, tuple)):
             return self._route_many(texts, start)
-        return self._route_many([texts], start)[0]
+        return self._route_many([texts], start, single=True)[0]
 
-    def _route_many(self, texts: Sequence[Any], start: float) -> list[Decision]:
+    def _route_many(self, texts: Sequence[Any], start: float, single: bool = False) -> list[Decision]:
         n = len(texts)
         out: list[Decision | None] = [None] * n
         good: list[int] = []
@@ -733,17 +741,17 @@ class Router:
             where = f"prompt {i}: " if n > 1 else ""
             out[i] = self.engine.safe_decision(f"{where}cannot classify: {problem}", [FLAG_INVALID_INPUT])
         if good:
-            for i, d in zip(good, self._decide(cleaned, flags, start, raw), strict=True):
+            for i, d in zip(good, self._decide(cleaned, flags, start, raw, single=single), strict=True):
                 out[i] = d
         return out  # type: ignore[return-value]
 
     def _decide(self, reqs: list[Request], flags: list[list[str]], start: float,
-                raw: list[Request] | None = None) -> list[Decision]:
+                raw: list[Request] | None = None, single: bool = False) -> list[Decision]:
         deadline = None if self.deadline_ms is None else start + self.deadline_ms / 1000.0
         detections: list[list[Hit]] | None = None
         try:
             detections = self._scan(raw if raw is not None else reqs)
-            _, probs, view_flags = self._request_scores(reqs, deadline)
+            _, probs, view_flags = self._request_scores(reqs, deadline, single=single)
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the answer came after the deadline")
             for f, vf in zip(flags, view_flags, strict=True):
