@@ -177,7 +177,6 @@ class _Watchdog:
                         del self._runs[key]
 
 
-
 def _single(texts: Any) -> bool:
     """Is ``texts`` one request (a prompt string or a body), not a list of them?"""
     return isinstance(texts, (str, Mapping, Request))
