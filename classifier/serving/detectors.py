@@ -285,12 +285,17 @@ def _decode_b64(blob: str) -> str | None:
     return _printable(data)
 
 
+def _can(maybe: Collection[str] | None, name: str) -> bool:
+    """May pattern ``name`` match? ``maybe``: the names the prefilter allows (None: every pattern)."""
+    return maybe is None or name in maybe
+
+
 def decoded_views(view: View, maybe: Collection[str] | None = None) -> list[View]:
     """Views of the base64, hex and URL-encoded blobs in ``view``, each mapped to its blob's span.
     ``maybe``: the patterns that can match in the view (``Detectors.patterns``; None: all)."""
     text = view.text
     out: list[View] = []
-    b64, hexa = maybe is None or "b64" in maybe, maybe is None or "hex" in maybe
+    b64, hexa = _can(maybe, "b64"), _can(maybe, "hex")
     # a whitespace-free run of >= 24 characters (str.split in C: a regex \S{24,} retries at every
     # character of every word and cost more than the rest of this function on ordinary prose)
     if (b64 or hexa) and len(text) >= 24 and max(map(len, text.split()), default=0) >= 24:
@@ -309,7 +314,7 @@ def decoded_views(view: View, maybe: Collection[str] | None = None) -> list[View
                 s = None
             if s is not None:
                 out.append(_blob_view(view, s, m.start(), m.end()))
-    if "%" in text and (maybe is None or "url" in maybe):
+    if "%" in text and _can(maybe, "url"):
         done = -1
         for m in _URL_ESCAPE.finditer(text):
             if m.start() < done:
@@ -394,7 +399,7 @@ def spelled_views(view: View, maybe: Collection[str] | None = None) -> list[View
     text = view.text
     out: list[View] = []
     lower = text.lower()
-    if (maybe is None or "spelled" in maybe) and sum(w in lower for w in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero")) >= 3:
+    if _can(maybe, "spelled") and sum(w in lower for w in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero")) >= 3:
         for m in _SPELLED_RUN.finditer(text):
             pieces: list[tuple[str, int, int]] = []
             for t in re.finditer(rf"(?i){_DIGIT_WORD}|dash|-|,", m.group(0)):
@@ -402,7 +407,7 @@ def spelled_views(view: View, maybe: Collection[str] | None = None) -> list[View
                 piece = _DIGIT_WORDS.get(w, "-")
                 pieces.append((piece, m.start() + t.start(), m.start() + t.end()))
             out.append(_sub_view(view, pieces))
-    if (maybe is None or "at-dot" in maybe) and ("at" in lower and "dot" in lower or "[at]" in lower or "(at)" in lower):
+    if _can(maybe, "at-dot") and ("at" in lower and "dot" in lower or "[at]" in lower or "(at)" in lower):
         for m in _AT_DOT.finditer(text):
             domain = _DOT_WORD.sub(".", m.group(2))
             addr = f"{m.group(1)}@{domain}"
@@ -711,7 +716,7 @@ def scan_pii(text: str, out: list[tuple[str, int, int]], maybe: Collection[str] 
     """Append (rule, start, end) of each validated personal-data match in ``text``. ``maybe``: the
     patterns that can match in it (``Detectors.patterns``; None: all), the others are not run."""
     def can(name: str) -> bool:
-        return maybe is None or name in maybe
+        return _can(maybe, name)
 
     if "@" in text and can("email"):
         for m in _EMAIL.finditer(text):
@@ -1341,9 +1346,10 @@ class Detectors:
         self._scan_view(base, found, credentials=True, pii=True, only_distinctive=False, maybe=maybe)
         if self._decode:
             for v in decoded_views(base, maybe):
-                self._scan_view(v, found, credentials=True, pii=True, only_distinctive=False)
+                self._scan_view(v, found, credentials=True, pii=True, only_distinctive=False,
+                                maybe=self.patterns.possible(v.text))
         if (self._joined and self._distinctive_kw and ("\n" in base.text or " " in base.text)
-                and (maybe is None or "split" in maybe)):
+                and _can(maybe, "split")):
             # a key split by spaces or newlines: its keyword appears only once whitespace is gone
             whole = "".join(base.text.split())
             compact = whole.lower()  # lower-casing never makes or removes whitespace
@@ -1359,7 +1365,8 @@ class Detectors:
                 self._scan_split(base, found, where if len(compact) == len(whole) else None)
         if self._spelled and self.pii_rules:
             for v in spelled_views(base, maybe):
-                self._scan_view(v, found, credentials=False, pii=True, only_distinctive=False)
+                self._scan_view(v, found, credentials=False, pii=True, only_distinctive=False,
+                                maybe=self.patterns.possible(v.text))
                 if v.text and "@" not in v.text:  # a spelled number: judged by its digits alone
                     spans: list[tuple[str, int, int]] = []
                     scan_spelled_numbers(v.text, spans)
@@ -1436,12 +1443,10 @@ class Detectors:
                             break
 
     def _scan_view(self, view: View, found: list[tuple[str, str, int, int]], *, credentials: bool, pii: bool,
-                   only_distinctive: bool, maybe: Collection[str] | None = None) -> None:
+                   only_distinctive: bool, maybe: Collection[str] | None) -> None:
         """Rule and personal-data hits in one view. ``maybe``: the patterns that can match in it
-        (``self.patterns.possible(view.text)``, asked here when not given; None: all)."""
+        (``self.patterns.possible(view.text)``; None: all)."""
         text = view.text
-        if maybe is None:
-            maybe = self.patterns.possible(text)
         names = self._rule_names
         if credentials and self.rules and (maybe is None or any(n.startswith("rule:") for n in maybe)):
             lower = text.lower()
